@@ -1,0 +1,21 @@
+//! The chat wire protocol, version 1: the contract between `chat-server` and
+//! every client (`chat-tui`, `chat-bench`, the end-to-end tests, websocat).
+//!
+//! Every WebSocket text frame carries one JSON object, an *event*, tagged by
+//! its `type` field. [`ClientEvent`] is what clients send, [`ServerEvent`]
+//! what the server sends. Names, text and ids are checked by the functions in
+//! [`validate`]; the limits live in [`limits`]. This crate does no I/O.
+//!
+//! The users' reference for the protocol is `docs/protocol.md` at the root of
+//! the workspace; the golden tests in `tests/golden.rs` pin every event's wire
+//! form to it.
+
+pub mod event;
+pub mod limits;
+pub mod validate;
+
+pub use event::{
+    decode_client, decode_server, encode, ClientEvent, DecodeError, ErrorCode, MessageRecord,
+    PresenceState, Request, RoomSummary, ServerEvent,
+};
+pub use limits::PROTOCOL_VERSION;

@@ -1,0 +1,130 @@
+//! Validation of what users type: names, message text, passwords and request
+//! ids. The server applies these to every request; clients may use them to
+//! refuse bad input before it reaches the network.
+
+use crate::limits::{
+    MAX_ID_CHARS, MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MIN_PASSWORD_BYTES,
+};
+
+/// Why a piece of text was refused; each maps to one protocol error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    /// Nothing left after trimming trailing whitespace.
+    #[error("message text is empty")]
+    Empty,
+    /// More than [`MAX_TEXT_BYTES`] after trimming.
+    #[error("message text is {0} bytes; at most {MAX_TEXT_BYTES} are allowed")]
+    TooLarge(usize),
+    /// A control character that could repaint a reader's terminal.
+    #[error("message text contains control character U+{0:04X}")]
+    ControlCharacter(u32),
+}
+
+/// True when `name` is a valid user or room name: 1 to 32 characters from
+/// `A-Z a-z 0-9 _ - .`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_CHARS
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// True when `id` may be used as a request id.
+pub fn is_valid_id(id: &str) -> bool {
+    id.chars().count() <= MAX_ID_CHARS
+}
+
+/// True when a password has an acceptable length for `register`.
+pub fn is_valid_password(password: &str) -> bool {
+    (MIN_PASSWORD_BYTES..=MAX_PASSWORD_BYTES).contains(&password.len())
+}
+
+/// Normalizes message text the way the server stores it: trailing whitespace
+/// and newlines trimmed, `\r\n` and lone `\r` turned into `\n`; refuses empty
+/// text, text over [`MAX_TEXT_BYTES`] and control characters other than
+/// newline and tab.
+pub fn normalize_text(text: &str) -> Result<String, TextError> {
+    let trimmed = text.trim_end();
+    let mut out = String::with_capacity(trimmed.len());
+    let mut chars = trimmed.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push('\n');
+            }
+            '\n' | '\t' => out.push(c),
+            c if is_forbidden_control(c) => return Err(TextError::ControlCharacter(c as u32)),
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return Err(TextError::Empty);
+    }
+    if out.len() > MAX_TEXT_BYTES {
+        return Err(TextError::TooLarge(out.len()));
+    }
+    Ok(out)
+}
+
+/// C0 and C1 control characters and DEL: the ones that can move a terminal's
+/// cursor or start an escape sequence.
+pub fn is_forbidden_control(c: char) -> bool {
+    matches!(c as u32, 0x00..=0x1F | 0x7F..=0x9F)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("alice"));
+        assert!(is_valid_name("A-b_c.9"));
+        assert!(is_valid_name(&"x".repeat(32)));
+        assert!(!is_valid_name(&"x".repeat(33)));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("al ice"));
+        assert!(!is_valid_name("é"));
+        assert!(!is_valid_name("a/b"));
+    }
+
+    #[test]
+    fn text_is_trimmed_and_newlines_normalized() {
+        assert_eq!(normalize_text("hi \n\t ").unwrap(), "hi");
+        assert_eq!(normalize_text("a\r\nb\rc\td").unwrap(), "a\nb\nc\td");
+        assert_eq!(normalize_text("  lead").unwrap(), "  lead");
+    }
+
+    #[test]
+    fn text_refusals() {
+        assert_eq!(normalize_text(" \n "), Err(TextError::Empty));
+        assert_eq!(
+            normalize_text("a\u{1b}[2J"),
+            Err(TextError::ControlCharacter(0x1b))
+        );
+        assert_eq!(
+            normalize_text("a\u{85}b"),
+            Err(TextError::ControlCharacter(0x85))
+        );
+        assert!(normalize_text(&"é".repeat(2048)).is_ok());
+        assert_eq!(
+            normalize_text(&"x".repeat(4097)),
+            Err(TextError::TooLarge(4097))
+        );
+        // Trailing whitespace does not count against the limit.
+        assert!(normalize_text(&format!("{}   ", "x".repeat(4096))).is_ok());
+    }
+
+    #[test]
+    fn ids_and_passwords() {
+        assert!(is_valid_id(&"i".repeat(64)));
+        assert!(!is_valid_id(&"i".repeat(65)));
+        assert!(!is_valid_password("short"));
+        assert!(is_valid_password("12345678"));
+        assert!(!is_valid_password(&"p".repeat(1025)));
+    }
+}

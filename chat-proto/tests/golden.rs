@@ -1,0 +1,257 @@
+//! Golden-JSON tests: every event's wire form, as written in the protocol
+//! contract (`shared/protocol.md`, mirrored in `docs/protocol.md`).
+
+use chat_proto::*;
+use serde_json::{json, Value};
+
+fn wire<T: serde::Serialize>(event: &T) -> Value {
+    serde_json::from_str(&encode(event)).expect("encode gives JSON")
+}
+
+#[test]
+fn client_events_decode_from_the_documented_json() {
+    let cases: Vec<(&str, Request)> = vec![
+        (
+            r#"{"type":"login","user":"alice","password":"correct horse"}"#,
+            Request::new(ClientEvent::Login {
+                user: "alice".into(),
+                password: "correct horse".into(),
+            }),
+        ),
+        (
+            r#"{"type":"register","user":"bob","password":"battery staple"}"#,
+            Request::new(ClientEvent::Register {
+                user: "bob".into(),
+                password: "battery staple".into(),
+            }),
+        ),
+        (r#"{"type":"rooms"}"#, Request::new(ClientEvent::Rooms)),
+        (
+            r#"{"type":"join","room":"general"}"#,
+            Request::new(ClientEvent::Join {
+                room: "general".into(),
+                since: None,
+            }),
+        ),
+        (
+            r#"{"type":"join","room":"general","since":41}"#,
+            Request::new(ClientEvent::Join {
+                room: "general".into(),
+                since: Some(41),
+            }),
+        ),
+        (
+            r#"{"type":"leave","room":"general"}"#,
+            Request::new(ClientEvent::Leave {
+                room: "general".into(),
+            }),
+        ),
+        (
+            r#"{"type":"send","room":"general","text":"hello","id":"c1"}"#,
+            Request::with_id(
+                ClientEvent::Send {
+                    room: "general".into(),
+                    text: "hello".into(),
+                },
+                "c1",
+            ),
+        ),
+        (
+            r#"{"type":"history","room":"general","before":120,"limit":50}"#,
+            Request::new(ClientEvent::History {
+                room: "general".into(),
+                before: Some(120),
+                limit: Some(50),
+            }),
+        ),
+        (
+            r#"{"type":"typing","room":"general"}"#,
+            Request::new(ClientEvent::Typing {
+                room: "general".into(),
+            }),
+        ),
+        (
+            r#"{"type":"delete_room","room":"general"}"#,
+            Request::new(ClientEvent::DeleteRoom {
+                room: "general".into(),
+            }),
+        ),
+        (
+            r#"{"type":"ping","id":"p1"}"#,
+            Request::with_id(ClientEvent::Ping, "p1"),
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(decode_client(text).unwrap(), expected, "{text}");
+        // And the client side encodes to the same JSON.
+        assert_eq!(
+            wire(&expected),
+            serde_json::from_str::<Value>(text).unwrap()
+        );
+    }
+}
+
+#[test]
+fn server_events_encode_to_the_documented_json() {
+    let message = MessageRecord {
+        room: "general".into(),
+        seq: 121,
+        user: "alice".into(),
+        text: "hello".into(),
+        ts: 1764000000000,
+    };
+    let cases: Vec<(ServerEvent, Value)> = vec![
+        (
+            ServerEvent::Welcome {
+                user: "alice".into(),
+                admin: false,
+                protocol: PROTOCOL_VERSION,
+                server: "chat-server 0.1.0".into(),
+                re: Some("l1".into()),
+            },
+            json!({"type":"welcome","user":"alice","admin":false,"protocol":1,"server":"chat-server 0.1.0","re":"l1"}),
+        ),
+        (
+            ServerEvent::Rooms {
+                rooms: vec![RoomSummary {
+                    name: "general".into(),
+                    members: 3,
+                    last_seq: 120,
+                }],
+                re: None,
+            },
+            json!({"type":"rooms","rooms":[{"name":"general","members":3,"last_seq":120}]}),
+        ),
+        (
+            ServerEvent::Joined {
+                room: "general".into(),
+                last_seq: 120,
+                members: vec!["alice".into(), "bob".into()],
+                re: None,
+            },
+            json!({"type":"joined","room":"general","last_seq":120,"members":["alice","bob"]}),
+        ),
+        (
+            ServerEvent::History {
+                room: "general".into(),
+                messages: vec![message.clone()],
+                has_more: true,
+                re: None,
+            },
+            json!({"type":"history","room":"general","messages":[
+                {"room":"general","seq":121,"user":"alice","text":"hello","ts":1764000000000u64}
+            ],"has_more":true}),
+        ),
+        (
+            ServerEvent::Message(message),
+            json!({"type":"message","room":"general","seq":121,"user":"alice","text":"hello","ts":1764000000000u64}),
+        ),
+        (
+            ServerEvent::Ack {
+                re: Some("c1".into()),
+                room: "general".into(),
+                seq: 121,
+                ts: 1764000000000,
+            },
+            json!({"type":"ack","re":"c1","room":"general","seq":121,"ts":1764000000000u64}),
+        ),
+        (
+            ServerEvent::Left {
+                room: "general".into(),
+                re: None,
+            },
+            json!({"type":"left","room":"general"}),
+        ),
+        (
+            ServerEvent::Presence {
+                room: "general".into(),
+                user: "bob".into(),
+                state: PresenceState::Joined,
+            },
+            json!({"type":"presence","room":"general","user":"bob","state":"joined"}),
+        ),
+        (
+            ServerEvent::Presence {
+                room: "general".into(),
+                user: "bob".into(),
+                state: PresenceState::Left,
+            },
+            json!({"type":"presence","room":"general","user":"bob","state":"left"}),
+        ),
+        (
+            ServerEvent::Typing {
+                room: "general".into(),
+                user: "bob".into(),
+            },
+            json!({"type":"typing","room":"general","user":"bob"}),
+        ),
+        (
+            ServerEvent::RoomDeleted {
+                room: "general".into(),
+                re: None,
+            },
+            json!({"type":"room_deleted","room":"general"}),
+        ),
+        (
+            ServerEvent::Pong {
+                re: Some("p1".into()),
+            },
+            json!({"type":"pong","re":"p1"}),
+        ),
+        (
+            ServerEvent::error(
+                ErrorCode::RateLimited,
+                "slow down: 20 messages per second",
+                Some("c1".into()),
+            ),
+            json!({"type":"error","code":"rate_limited","message":"slow down: 20 messages per second","re":"c1"}),
+        ),
+    ];
+    for (event, expected) in cases {
+        assert_eq!(wire(&event), expected);
+        // Clients decode what the server encodes.
+        assert_eq!(decode_server(&encode(&event)).unwrap(), event);
+    }
+}
+
+#[test]
+fn every_error_code_has_its_documented_name() {
+    let codes = [
+        (ErrorCode::BadRequest, "bad_request"),
+        (ErrorCode::AuthRequired, "auth_required"),
+        (ErrorCode::AuthFailed, "auth_failed"),
+        (ErrorCode::RegistrationClosed, "registration_closed"),
+        (ErrorCode::UserExists, "user_exists"),
+        (ErrorCode::InvalidName, "invalid_name"),
+        (ErrorCode::TooLarge, "too_large"),
+        (ErrorCode::NotJoined, "not_joined"),
+        (ErrorCode::NoSuchRoom, "no_such_room"),
+        (ErrorCode::Forbidden, "forbidden"),
+        (ErrorCode::RateLimited, "rate_limited"),
+        (ErrorCode::Internal, "internal"),
+    ];
+    for (code, name) in codes {
+        assert_eq!(wire(&code), json!(name));
+        assert_eq!(code.as_str(), name);
+    }
+}
+
+#[test]
+fn bad_frames_keep_the_id_when_it_can_be_read() {
+    let err = decode_client(r#"{"type":"warp","id":"x1"}"#).unwrap_err();
+    assert_eq!(err.id.as_deref(), Some("x1"));
+    let err = decode_client(r#"{"type":"join","room":5,"id":"x2"}"#).unwrap_err();
+    assert_eq!(err.id.as_deref(), Some("x2"));
+    let err = decode_client(r#"{"type":"join","id":"x3"}"#).unwrap_err();
+    assert_eq!(err.id.as_deref(), Some("x3"));
+    let err = decode_client("not json").unwrap_err();
+    assert_eq!(err.id, None);
+    assert!(err.reason.contains("malformed JSON"));
+    let long = "i".repeat(65);
+    let err = decode_client(&format!(r#"{{"type":"ping","id":"{long}"}}"#)).unwrap_err();
+    assert_eq!(err.id, None);
+    let err = decode_client(r#"{"type":"ping","id":7}"#).unwrap_err();
+    assert_eq!(err.id, None);
+    assert!(decode_client(r#"{"type":"join","room":"a","since":-1}"#).is_err());
+    assert!(decode_client("[1,2]").is_err());
+}
