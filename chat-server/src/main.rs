@@ -1,1 +1,197 @@
-fn main() {}
+//! The `chat-server` command: `serve` runs the server; `useradd`, `passwd`,
+//! `userdel` and `users` manage accounts in its database.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use chat_server::server::{client_urls, ServeConfig, Server};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "chat-server",
+    version,
+    about = "Terminal chat server: rooms, history, WebSocket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct DbArg {
+    /// SQLite database file [default: ~/.local/share/chat-server/chat.db]
+    #[arg(long, env = "CHAT_DB", global = true)]
+    db: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on; 0.0.0.0:8765 to reach it from the LAN.
+        #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8765")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        db: DbArg,
+        /// Let anyone create an account with `register`.
+        #[arg(long)]
+        open_registration: bool,
+        /// Connections served at once; more are refused with HTTP 503.
+        #[arg(long, default_value_t = 20_000)]
+        max_connections: usize,
+        /// Redis URL: run as one node of a cluster sharing the database.
+        #[arg(long, env = "CHAT_REDIS_URL")]
+        redis: Option<String>,
+        /// Messages per second one connection may send (0: no limit).
+        #[arg(long, default_value_t = chat_proto::limits::SEND_RATE_PER_SEC)]
+        send_rate: u32,
+        /// Burst of messages above the rate.
+        #[arg(long, default_value_t = chat_proto::limits::SEND_BURST)]
+        send_burst: u32,
+    },
+    /// Create a user (password prompted, or one line on standard input).
+    Useradd {
+        name: String,
+        /// Allow the user to delete rooms.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Change a user's password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Delete a user (their messages stay).
+    Userdel {
+        name: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// List users.
+    Users {
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+fn db_path(arg: DbArg) -> Result<PathBuf> {
+    match arg.db {
+        Some(path) => Ok(path),
+        None => dirs::data_dir()
+            .map(|dir| dir.join("chat-server").join("chat.db"))
+            .context("no data folder on this system: pass --db PATH"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            db,
+            open_registration,
+            max_connections,
+            redis,
+            send_rate,
+            send_burst,
+        } => db_path(db).and_then(|db| {
+            serve(
+                listen,
+                ServeConfig {
+                    db,
+                    open_registration,
+                    max_connections,
+                    send_rate,
+                    send_burst,
+                    redis,
+                },
+            )
+        }),
+        Command::Useradd { name, admin, db } => {
+            db_path(db).and_then(|db| chat_server::admin::useradd(&db, &name, admin))
+        }
+        Command::Passwd { name, db } => {
+            db_path(db).and_then(|db| chat_server::admin::passwd(&db, &name))
+        }
+        Command::Userdel { name, db } => {
+            db_path(db).and_then(|db| chat_server::admin::userdel(&db, &name))
+        }
+        Command::Users { db } => db_path(db).and_then(|db| chat_server::admin::users(&db)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("chat-server: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(listen: SocketAddr, config: ServeConfig) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let db = config.db.clone();
+        let server = Server::start(config).await?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let urls = client_urls(addr);
+        if addr.ip().is_unspecified() {
+            println!("listening on {addr}; clients on the LAN can connect to:");
+            for url in &urls {
+                println!("  {url}");
+            }
+        } else {
+            println!("listening on {}", urls.join(" "));
+        }
+        tracing::info!(db = %db.display(), "database");
+        if let Ok(0) = server.state().store.user_count().await {
+            println!(
+                "no users yet: create one with  chat-server useradd NAME --admin --db {}",
+                db.display()
+            );
+        }
+        server.run(listener, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

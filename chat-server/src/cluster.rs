@@ -1,0 +1,682 @@
+//! Cluster mode: several server processes (nodes) share rooms through Redis.
+//!
+//! What travels through Redis:
+//! - Pub/sub, one channel per room (`chat:room:NAME`): every stored message
+//!   (published once, by the node that stored it), presence changes, typing
+//!   and room deletions. A node subscribes once per room that has members on
+//!   it, and unsubscribes when the last one leaves.
+//! - Presence: a hash per room (`chat:presence:NAME`) with one field per
+//!   (node, user). Lua scripts update it atomically and say whether a user's
+//!   first connection in the cluster arrived or last one left.
+//! - Liveness: each node refreshes `chat:node:ID` (15 s TTL) every 5 s. A
+//!   node whose key expired is reaped by one surviving node (a `SET NX`
+//!   lock): its presence fields are removed and `left` is announced.
+//!
+//! What does not: messages themselves live in the shared SQLite file, which
+//! numbers them. Redis only carries notifications, so a node that misses
+//! some (Redis down, a late subscription) reads them from the store; the
+//! rooms' in-order delivery ([`crate::rooms`]) turns gaps into store reads.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_proto::{MessageRecord, PresenceState, ServerEvent};
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::rooms::{frame, Rooms};
+use crate::store::Store;
+
+/// Bound on every Redis round trip: an outage must not stall a session.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+const NODE_TTL_MS: u64 = 15_000;
+
+/// Why cluster mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid Redis URL {url}: {source}")]
+    BadUrl {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("cannot reach Redis at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+}
+
+/// What a node publishes on a room's channel.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Envelope {
+    /// A message stored by `origin`.
+    Message {
+        origin: String,
+        message: MessageRecord,
+    },
+    /// An event for the room's members (presence, typing). `local_done`: the
+    /// origin already delivered it to its own members.
+    Event {
+        origin: String,
+        local_done: bool,
+        except_user: Option<String>,
+        event: ServerEvent,
+    },
+    /// The room was deleted by an admin on `origin`.
+    Deleted { origin: String, room: String },
+}
+
+enum Subscription {
+    Watch(String, oneshot::Sender<()>),
+    Unwatch(String),
+}
+
+/// This node's link to the cluster.
+pub struct Cluster {
+    node: String,
+    url: String,
+    client: redis::Client,
+    conn: ConnectionManager,
+    rooms: Arc<Rooms>,
+    /// Messages to publish, queued by the store's writer thread.
+    publish: mpsc::UnboundedSender<(String, String)>,
+    publish_queue: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
+    subscriptions: mpsc::UnboundedSender<Subscription>,
+    subscription_queue: Mutex<Option<mpsc::UnboundedReceiver<Subscription>>>,
+    /// Set while Redis is unreachable, so the outage is logged once.
+    down: AtomicBool,
+    join_script: Script,
+    leave_script: Script,
+    reap_script: Script,
+}
+
+fn room_channel(room: &str) -> String {
+    format!("chat:room:{room}")
+}
+
+fn presence_key(room: &str) -> String {
+    format!("chat:presence:{room}")
+}
+
+fn node_rooms_key(node: &str) -> String {
+    format!("chat:noderooms:{node}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("chat:node:{node}")
+}
+
+/// Presence fields are `NODE|USER`; `|` appears in neither.
+const COUNT_USER: &str = r"
+local n = 0
+local suffix = '|' .. ARGV[2]
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, -#suffix) == suffix then n = n + 1 end
+end
+return n";
+
+impl Cluster {
+    /// Connects to Redis at `url`; fails with one clear line when the URL is
+    /// malformed or Redis does not answer.
+    pub async fn connect(url: &str, rooms: Arc<Rooms>) -> Result<Arc<Cluster>, ClusterError> {
+        let client = redis::Client::open(url).map_err(|source| ClusterError::BadUrl {
+            url: url.to_owned(),
+            source,
+        })?;
+        let unreachable = |reason: String| ClusterError::Unreachable {
+            url: url.to_owned(),
+            reason,
+        };
+        let conn = tokio::time::timeout(REDIS_TIMEOUT * 2, client.get_connection_manager())
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut ping = conn.clone();
+        let _: String =
+            tokio::time::timeout(REDIS_TIMEOUT, redis::cmd("PING").query_async(&mut ping))
+                .await
+                .map_err(|_| unreachable("timed out".into()))?
+                .map_err(|e| unreachable(e.to_string()))?;
+        let (publish, publish_queue) = mpsc::unbounded_channel();
+        let (subscriptions, subscription_queue) = mpsc::unbounded_channel();
+        let node = format!("{:016x}", rand::random::<u64>());
+        tracing::info!(node = %node, redis = %url, "cluster mode: connected to Redis");
+        Ok(Arc::new(Cluster {
+            node,
+            url: url.to_owned(),
+            client,
+            conn,
+            rooms,
+            publish,
+            publish_queue: Mutex::new(Some(publish_queue)),
+            subscriptions,
+            subscription_queue: Mutex::new(Some(subscription_queue)),
+            down: AtomicBool::new(false),
+            join_script: Script::new(&format!(
+                "redis.call('HSET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], '1')
+                 redis.call('SADD', KEYS[2], ARGV[3]){COUNT_USER}"
+            )),
+            leave_script: Script::new(&format!(
+                "redis.call('HDEL', KEYS[1], ARGV[1] .. '|' .. ARGV[2]){COUNT_USER}"
+            )),
+            reap_script: Script::new(
+                r"
+local prefix = ARGV[1] .. '|'
+local gone = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[1], f)
+    gone[#gone + 1] = string.sub(f, #prefix + 1)
+  end
+end
+local absent = {}
+for _, user in ipairs(gone) do
+  local present = false
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(f, -(#user + 1)) == '|' .. user then present = true end
+  end
+  if not present then absent[#absent + 1] = user end
+end
+return absent",
+            ),
+        }))
+    }
+
+    /// Starts the background tasks: publisher, subscriber, heartbeat and
+    /// reaper.
+    pub fn start(self: &Arc<Self>, store: Store) {
+        if let Some(queue) = self.publish_queue.lock().ok().and_then(|mut q| q.take()) {
+            tokio::spawn(self.clone().publisher(queue));
+        }
+        if let Some(queue) = self
+            .subscription_queue
+            .lock()
+            .ok()
+            .and_then(|mut q| q.take())
+        {
+            tokio::spawn(self.clone().subscriber(queue, store));
+        }
+        tokio::spawn(self.clone().heartbeat());
+    }
+
+    fn went_down(&self, what: &str, err: &dyn std::fmt::Display) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::error!(redis = %self.url, error = %err, "Redis unreachable ({what}); serving local clients only until it returns");
+        }
+    }
+
+    fn came_back(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(redis = %self.url, "Redis is back");
+        }
+    }
+
+    /// Runs one Redis command future with the timeout; errors are logged once
+    /// per outage.
+    async fn call<T>(
+        &self,
+        what: &str,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(REDIS_TIMEOUT, command).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(err)) => {
+                self.went_down(what, &err);
+                None
+            }
+            Err(_) => {
+                self.went_down(what, &"timed out");
+                None
+            }
+        }
+    }
+
+    fn envelope_text(envelope: &Envelope) -> String {
+        serde_json::to_string(envelope).unwrap_or_default()
+    }
+
+    async fn publish_envelope(&self, room: &str, envelope: &Envelope) -> bool {
+        let mut conn = self.conn.clone();
+        let text = Self::envelope_text(envelope);
+        self.call(
+            "publish",
+            conn.publish::<_, _, ()>(room_channel(room), text),
+        )
+        .await
+        .is_some()
+    }
+
+    /// Queues stored messages for publishing (called from the store writer;
+    /// never blocks).
+    pub fn publish_messages(&self, messages: &[MessageRecord]) {
+        for message in messages {
+            let envelope = Envelope::Message {
+                origin: self.node.clone(),
+                message: message.clone(),
+            };
+            let _ = self
+                .publish
+                .send((room_channel(&message.room), Self::envelope_text(&envelope)));
+        }
+    }
+
+    async fn publisher(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<(String, String)>) {
+        let mut conn = self.conn.clone();
+        while let Some((channel, text)) = queue.recv().await {
+            // Lost publishes are recovered by the receivers' gap fills: each
+            // node reads from the store what it did not hear about.
+            if self
+                .call("publish", conn.publish::<_, _, ()>(channel, text))
+                .await
+                .is_some()
+            {
+                self.came_back();
+            }
+        }
+    }
+
+    /// Publishes an event that this node already delivered locally.
+    pub async fn publish_event(&self, room: &str, event: &ServerEvent) {
+        let except_user = match event {
+            ServerEvent::Typing { user, .. } | ServerEvent::Presence { user, .. } => {
+                Some(user.clone())
+            }
+            _ => None,
+        };
+        let envelope = Envelope::Event {
+            origin: self.node.clone(),
+            local_done: true,
+            except_user,
+            event: event.clone(),
+        };
+        self.publish_envelope(room, &envelope).await;
+    }
+
+    /// Subscribes to the room's channel (if not yet) before a local member
+    /// joins it. Returns once subscribed, or at once while Redis is down.
+    pub async fn watch_room(&self, room: &str) {
+        let (done, subscribed) = oneshot::channel();
+        if self
+            .subscriptions
+            .send(Subscription::Watch(room.to_owned(), done))
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, subscribed).await;
+        }
+    }
+
+    fn announce_locally(&self, room: &str, user: &str, state: PresenceState) {
+        let event = ServerEvent::Presence {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            state,
+        };
+        self.rooms.broadcast(room, &frame(&event), Some(user));
+    }
+
+    async fn announce(&self, room: &str, user: &str, state: PresenceState) {
+        let event = ServerEvent::Presence {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            state,
+        };
+        let envelope = Envelope::Event {
+            origin: self.node.clone(),
+            local_done: false,
+            except_user: Some(user.to_owned()),
+            event,
+        };
+        if !self.publish_envelope(room, &envelope).await {
+            self.announce_locally(room, user, state);
+        }
+    }
+
+    /// A user's first connection on this node joined the room.
+    pub async fn user_joined(&self, room: &str, user: &str) {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.join_script.prepare_invoke();
+        invocation
+            .key(presence_key(room))
+            .key(node_rooms_key(&self.node))
+            .arg(&self.node)
+            .arg(user)
+            .arg(room);
+        match self
+            .call("presence", invocation.invoke_async::<u64>(&mut conn))
+            .await
+        {
+            Some(1) => self.announce(room, user, PresenceState::Joined).await,
+            Some(_) => {}
+            None => self.announce_locally(room, user, PresenceState::Joined),
+        }
+    }
+
+    /// A user's last connection on this node left the room.
+    pub async fn user_left(&self, room: &str, user: &str) {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.leave_script.prepare_invoke();
+        invocation.key(presence_key(room)).arg(&self.node).arg(user);
+        match self
+            .call("presence", invocation.invoke_async::<u64>(&mut conn))
+            .await
+        {
+            Some(0) => self.announce(room, user, PresenceState::Left).await,
+            Some(_) => {}
+            None => self.announce_locally(room, user, PresenceState::Left),
+        }
+        if self.rooms.local_users(room).is_empty() {
+            let _ = self
+                .subscriptions
+                .send(Subscription::Unwatch(room.to_owned()));
+        }
+    }
+
+    fn users_of(fields: Vec<String>) -> impl Iterator<Item = String> {
+        fields
+            .into_iter()
+            .filter_map(|f| f.split_once('|').map(|(_, user)| user.to_owned()))
+    }
+
+    /// Users online in the room on any node, sorted.
+    pub async fn members(&self, room: &str) -> Vec<String> {
+        let mut conn = self.conn.clone();
+        let mut users = self.rooms.local_users(room);
+        if let Some(fields) = self
+            .call("members", conn.hkeys::<_, Vec<String>>(presence_key(room)))
+            .await
+        {
+            users.extend(Self::users_of(fields));
+        }
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    /// Online users per room on any node.
+    pub async fn member_counts(&self) -> HashMap<String, u64> {
+        let mut users: HashMap<String, HashSet<String>> = self
+            .rooms
+            .local_members()
+            .into_iter()
+            .map(|(room, users)| (room, users.into_iter().collect()))
+            .collect();
+        let mut conn = self.conn.clone();
+        let keys: Option<Vec<String>> = self
+            .call("members", async {
+                let mut keys = Vec::new();
+                let mut iter = conn.scan_match::<_, String>("chat:presence:*").await?;
+                while let Some(key) = iter.next_item().await {
+                    keys.push(key?);
+                }
+                Ok(keys)
+            })
+            .await;
+        if let Some(keys) = keys.filter(|k| !k.is_empty()) {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.hkeys(key);
+            }
+            let mut conn = self.conn.clone();
+            if let Some(all) = self
+                .call("members", pipe.query_async::<Vec<Vec<String>>>(&mut conn))
+                .await
+            {
+                for (key, fields) in keys.iter().zip(all) {
+                    let room = key.trim_start_matches("chat:presence:").to_owned();
+                    users
+                        .entry(room)
+                        .or_default()
+                        .extend(Self::users_of(fields));
+                }
+            }
+        }
+        users
+            .into_iter()
+            .filter(|(_, u)| !u.is_empty())
+            .map(|(room, u)| (room, u.len() as u64))
+            .collect()
+    }
+
+    /// Tells the other nodes that the room was deleted, and clears its
+    /// presence.
+    pub async fn room_deleted(&self, room: &str, _event: &ServerEvent) {
+        let envelope = Envelope::Deleted {
+            origin: self.node.clone(),
+            room: room.to_owned(),
+        };
+        self.publish_envelope(room, &envelope).await;
+        let mut conn = self.conn.clone();
+        self.call("presence", conn.del::<_, ()>(presence_key(room)))
+            .await;
+        let _ = self
+            .subscriptions
+            .send(Subscription::Unwatch(room.to_owned()));
+    }
+
+    fn on_envelope(&self, payload: &str) {
+        let envelope: Envelope = match serde_json::from_str(payload) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a malformed cluster message");
+                return;
+            }
+        };
+        match envelope {
+            Envelope::Message { origin, message } => {
+                if origin != self.node {
+                    self.rooms.deliver(&message);
+                }
+            }
+            Envelope::Event {
+                origin,
+                local_done,
+                except_user,
+                event,
+            } => {
+                if origin == self.node && local_done {
+                    return;
+                }
+                let room = match &event {
+                    ServerEvent::Presence { room, .. } | ServerEvent::Typing { room, .. } => {
+                        room.clone()
+                    }
+                    _ => return,
+                };
+                self.rooms
+                    .broadcast(&room, &frame(&event), except_user.as_deref());
+            }
+            Envelope::Deleted { origin, room } => {
+                if origin != self.node {
+                    let event = ServerEvent::RoomDeleted {
+                        room: room.clone(),
+                        re: None,
+                    };
+                    self.rooms.remove(&room, &frame(&event), None);
+                }
+            }
+        }
+    }
+
+    async fn subscriber(
+        self: Arc<Self>,
+        mut commands: mpsc::UnboundedReceiver<Subscription>,
+        store: Store,
+    ) {
+        loop {
+            let pubsub =
+                match tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub()).await {
+                    Ok(Ok(pubsub)) => pubsub,
+                    Ok(Err(err)) => {
+                        self.went_down("subscribe", &err);
+                        self.wait_answering(&mut commands).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        self.went_down("subscribe", &"timed out");
+                        self.wait_answering(&mut commands).await;
+                        continue;
+                    }
+                };
+            let (mut sink, mut stream) = pubsub.split();
+            let mut subscribed = HashSet::new();
+            let mut healthy = true;
+            for room in self.rooms.occupied() {
+                if sink.subscribe(room_channel(&room)).await.is_err() {
+                    healthy = false;
+                    break;
+                }
+                subscribed.insert(room);
+            }
+            if !healthy {
+                self.wait_answering(&mut commands).await;
+                continue;
+            }
+            self.came_back();
+            // Whatever was stored while we were not listening: from the store.
+            for room in &subscribed {
+                if let Ok(Some(last_seq)) = store.last_seq(room).await {
+                    self.rooms.catch_up(room, last_seq);
+                }
+            }
+            loop {
+                tokio::select! {
+                    command = commands.recv() => match command {
+                        None => return,
+                        Some(Subscription::Watch(room, done)) => {
+                            if !subscribed.contains(&room) {
+                                if sink.subscribe(room_channel(&room)).await.is_err() {
+                                    let _ = done.send(());
+                                    break;
+                                }
+                                subscribed.insert(room);
+                            }
+                            let _ = done.send(());
+                        }
+                        Some(Subscription::Unwatch(room)) => {
+                            if subscribed.contains(&room) && self.rooms.local_users(&room).is_empty() {
+                                if sink.unsubscribe(room_channel(&room)).await.is_err() {
+                                    break;
+                                }
+                                subscribed.remove(&room);
+                            }
+                        }
+                    },
+                    message = stream.next() => match message {
+                        Some(message) => {
+                            if let Ok(payload) = message.get_payload::<String>() {
+                                self.on_envelope(&payload);
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            self.went_down("subscription", &"connection lost");
+        }
+    }
+
+    /// Waits a second before reconnecting, answering subscription requests
+    /// meanwhile so that joins do not wait for Redis.
+    async fn wait_answering(&self, commands: &mut mpsc::UnboundedReceiver<Subscription>) {
+        let pause = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => return,
+                command = commands.recv() => match command {
+                    Some(Subscription::Watch(_, done)) => { let _ = done.send(()); }
+                    Some(Subscription::Unwatch(_)) => {}
+                    None => return,
+                }
+            }
+        }
+    }
+
+    /// Keeps this node alive in Redis (re-asserting its presence, which a
+    /// restarted Redis has forgotten) and reaps nodes that died.
+    async fn heartbeat(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tick.tick().await;
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(node_key(&self.node))
+                .arg(1)
+                .arg("PX")
+                .arg(NODE_TTL_MS)
+                .ignore()
+                .sadd("chat:nodes", &self.node)
+                .ignore();
+            for (room, users) in self.rooms.local_members() {
+                for user in users {
+                    pipe.hset(presence_key(&room), format!("{}|{}", self.node, user), 1)
+                        .ignore();
+                }
+                pipe.sadd(node_rooms_key(&self.node), room).ignore();
+            }
+            if self
+                .call("heartbeat", pipe.query_async::<()>(&mut conn))
+                .await
+                .is_none()
+            {
+                continue;
+            }
+            self.came_back();
+            self.reap_dead_nodes().await;
+        }
+    }
+
+    async fn reap_dead_nodes(&self) {
+        let mut conn = self.conn.clone();
+        let Some(nodes) = self
+            .call("reap", conn.smembers::<_, Vec<String>>("chat:nodes"))
+            .await
+        else {
+            return;
+        };
+        for node in nodes.into_iter().filter(|n| *n != self.node) {
+            let alive: Option<bool> = self.call("reap", conn.exists(node_key(&node))).await;
+            if alive != Some(false) {
+                continue;
+            }
+            let lock: Option<Option<String>> = self
+                .call(
+                    "reap",
+                    redis::cmd("SET")
+                        .arg(format!("chat:reap:{node}"))
+                        .arg(&self.node)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(60_000)
+                        .query_async(&mut conn),
+                )
+                .await;
+            if !matches!(lock, Some(Some(_))) {
+                continue; // another node is reaping it
+            }
+            tracing::warn!(node = %node, "a cluster node stopped answering; its users are offline");
+            let rooms: Vec<String> = self
+                .call("reap", conn.smembers(node_rooms_key(&node)))
+                .await
+                .unwrap_or_default();
+            for room in rooms {
+                let mut invocation = self.reap_script.prepare_invoke();
+                invocation.key(presence_key(&room)).arg(&node);
+                let absent: Vec<String> = self
+                    .call("reap", invocation.invoke_async(&mut conn))
+                    .await
+                    .unwrap_or_default();
+                for user in absent {
+                    self.announce(&room, &user, PresenceState::Left).await;
+                }
+            }
+            let _: Option<()> = self.call("reap", conn.del(node_rooms_key(&node))).await;
+            let _: Option<()> = self.call("reap", conn.srem("chat:nodes", &node)).await;
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The server: shared state, the accept loop, and graceful shutdown.
+//!
+//! [`Server::start`] opens the store, connects the broker and returns a
+//! server ready to [`Server::run`] on an already-bound listener (tests bind
+//! port 0). A connection takes a permit of the `--max-connections` semaphore
+//! before its handshake; without one it is answered with HTTP 503 and
+//! closed. Shutdown stops accepting, closes every session with 1001, waits
+//! for them (bounded), then lets the store writer finish its queue.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::auth::Auth;
+use crate::broker::Broker;
+use crate::cluster::{Cluster, ClusterError};
+use crate::rooms::{GapFill, Rooms};
+use crate::store::{Store, StoreError};
+
+/// How the server runs, from the command line.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// SQLite database file.
+    pub db: PathBuf,
+    /// Let anyone create an account with `register`.
+    pub open_registration: bool,
+    /// Connections served at once; more are refused.
+    pub max_connections: usize,
+    /// Sends per second per connection (0: unlimited), and the burst.
+    pub send_rate: u32,
+    pub send_burst: u32,
+    /// Redis URL for cluster mode.
+    pub redis: Option<String>,
+}
+
+/// What every session shares.
+pub struct ServerState {
+    pub config: ServeConfig,
+    pub store: Store,
+    pub rooms: Arc<Rooms>,
+    pub broker: Arc<Broker>,
+    pub auth: Auth,
+    pub next_session_id: AtomicU64,
+    /// Flips to true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open database {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// A started server, not yet accepting.
+pub struct Server {
+    state: Arc<ServerState>,
+    stop: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Opens the store and, in cluster mode, connects to Redis.
+    pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
+        let (rooms, gap_requests) = Rooms::new();
+        let rooms = Arc::new(rooms);
+        let cluster = match &config.redis {
+            Some(url) => Some(Cluster::connect(url, rooms.clone()).await?),
+            None => None,
+        };
+        let broker = Arc::new(match &cluster {
+            Some(cluster) => Broker::clustered(rooms.clone(), cluster.clone()),
+            None => Broker::standalone(rooms.clone()),
+        });
+        let store =
+            Store::open(&config.db, broker.clone()).map_err(|source| StartError::Store {
+                path: config.db.clone(),
+                source,
+            })?;
+        tokio::spawn(fill_gaps(gap_requests, store.clone(), rooms.clone()));
+        if let Some(cluster) = &cluster {
+            cluster.start(store.clone());
+        }
+        let (stop, shutdown) = watch::channel(false);
+        let state = Arc::new(ServerState {
+            config,
+            store,
+            rooms,
+            broker,
+            auth: Auth::new(),
+            next_session_id: AtomicU64::new(1),
+            shutdown,
+        });
+        Ok(Server { state, stop })
+    }
+
+    /// The shared state (for logging at start).
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// Accepts connections on `listener` until `stop` resolves, then shuts
+    /// down gracefully.
+    pub async fn run(self, listener: TcpListener, stop: impl std::future::Future<Output = ()>) {
+        let permits = Arc::new(Semaphore::new(self.state.config.max_connections));
+        let mut sessions = JoinSet::new();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        match permits.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                let state = self.state.clone();
+                                sessions.spawn(async move {
+                                    crate::session::serve(stream, peer, state).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => {
+                                tokio::spawn(refuse_busy(stream, peer));
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        // Out of file descriptors and the like: back off
+                        // briefly instead of spinning.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            sessions = sessions.len(),
+            "shutting down: closing every session"
+        );
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            sessions.abort_all();
+        }
+        let store = self.state.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Answers a connection over the limit with HTTP 503.
+async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
+    tracing::warn!(%peer, "connection refused: --max-connections reached");
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        stream.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 32\r\nConnection: close\r\n\r\nserver full: too many connections",
+        ),
+    )
+    .await;
+}
+
+/// Serves gap-fill requests from the rooms: reads the missing messages from
+/// the store and delivers them in order.
+async fn fill_gaps(
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<GapFill>,
+    store: Store,
+    rooms: Arc<Rooms>,
+) {
+    while let Some(gap) = requests.recv().await {
+        let mut after = gap.after;
+        while after < gap.upto {
+            match store.range(&gap.room, after, gap.upto, 1000).await {
+                Ok(messages) if !messages.is_empty() => {
+                    for message in &messages {
+                        rooms.deliver(message);
+                    }
+                    after = messages.last().map_or(gap.upto, |m| m.seq);
+                }
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::error!(room = %gap.room, error = %err, "reading missing messages failed");
+                    break;
+                }
+            }
+        }
+        rooms.gap_filled(&gap.room, gap.upto);
+    }
+}
+
+/// The URLs clients can use for a listening address: on a wildcard address,
+/// one per network interface of the machine.
+pub fn client_urls(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let url = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => format!("ws://[{v6}]:{port}/ws"),
+        v4 => format!("ws://{v4}:{port}/ws"),
+    };
+    if !addr.ip().is_unspecified() {
+        return vec![url(addr.ip())];
+    }
+    let mut urls: Vec<String> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|iface| iface.ip().is_ipv4() == addr.is_ipv4())
+        .filter(|iface| !iface.ip().is_ipv6() || !iface.is_link_local())
+        .map(|iface| url(iface.ip()))
+        .collect();
+    urls.sort();
+    urls.dedup();
+    urls
+}

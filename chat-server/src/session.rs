@@ -1,0 +1,749 @@
+//! One client connection, from the WebSocket handshake to the close.
+//!
+//! A session is a single task running one `select!` over: the socket, its
+//! outbox (frames pushed by rooms), acknowledgements of its own sends coming
+//! back from the store, the keep-alive timer, and the server's shutdown
+//! signal. Requests are answered in the order they arrive, except that sends
+//! are pipelined: the next request is read while a send waits for its commit,
+//! and acks go out in send order.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_proto::limits::{close, DEFAULT_PAGE, JOIN_HISTORY, MAX_PAGE};
+use chat_proto::validate::{is_valid_name, is_valid_password, normalize_text, TextError};
+use chat_proto::{
+    decode_client, ClientEvent, ErrorCode, MessageRecord, Request, RoomSummary, ServerEvent,
+    PROTOCOL_VERSION,
+};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Future, SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as HttpRequest, Response,
+};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::rooms::{Frame, SessionHandle};
+use crate::server::ServerState;
+use crate::store::StoreError;
+
+/// Frames a session may have queued before it counts as fallen behind.
+const OUTBOX_FRAMES: usize = 4096;
+/// Frames written per flush when draining the outbox.
+const WRITE_BATCH: usize = 256;
+/// A write that makes no progress for this long drops the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for the WebSocket handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive: a ping this often, and a drop after this much silence.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// Sends waiting for their commit before the session stops reading.
+const MAX_PENDING_SENDS: usize = 256;
+
+type Socket = WebSocketStream<TcpStream>;
+type PendingAck = Pin<Box<dyn Future<Output = ServerEvent> + Send>>;
+
+/// WebSocket settings sized for thousands of mostly idle connections.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        // Small buffers: the tungstenite defaults (128 KiB each) would cost
+        // gigabytes at 10,000 connections.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(Some(chat_proto::limits::MAX_FRAME_BYTES))
+        .max_frame_size(Some(chat_proto::limits::MAX_FRAME_BYTES))
+}
+
+/// Why the session loop ended, and what the peer is told.
+enum Ending {
+    /// The peer closed or vanished: nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The account a session is logged in as.
+struct Account {
+    admin: bool,
+    handle: Arc<SessionHandle>,
+}
+
+/// Token bucket for sends.
+struct RateLimit {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, burst: u32) -> RateLimit {
+        RateLimit {
+            per_sec: per_sec as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token; false when the bucket is empty. A rate of 0 disables
+    /// the limit.
+    fn allow(&mut self) -> bool {
+        if self.per_sec <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Accepts the WebSocket upgrade on `/ws` (or `/`) and runs the session.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
+    let _ = stream.set_nodelay(true);
+    // The callback's error type is tungstenite's HTTP response; its size is
+    // not ours to choose.
+    #[allow(clippy::result_large_err)]
+    let check_path = |request: &HttpRequest, response: Response| match request.uri().path() {
+        "/ws" | "/" => Ok(response),
+        _ => {
+            let mut refusal = ErrorResponse::new(Some("not found: connect to /ws\n".into()));
+            *refusal.status_mut() = StatusCode::NOT_FOUND;
+            Err(refusal)
+        }
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        check_path,
+        Some(websocket_config()),
+    );
+    let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let id = state.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let (outbox, inbox) = mpsc::channel(OUTBOX_FRAMES);
+    let session = Session {
+        id,
+        peer,
+        socket,
+        state: state.clone(),
+        account: None,
+        outbox,
+        inbox,
+        failures: 0,
+        rate: RateLimit::new(state.config.send_rate, state.config.send_burst),
+        joined: HashSet::new(),
+        pending_acks: FuturesOrdered::new(),
+        last_heard: Instant::now(),
+    };
+    session.run(state.shutdown.clone()).await;
+}
+
+struct Session {
+    id: u64,
+    peer: SocketAddr,
+    socket: Socket,
+    state: Arc<ServerState>,
+    account: Option<Account>,
+    /// Kept to build the handle at login; rooms push into it.
+    outbox: mpsc::Sender<Frame>,
+    inbox: mpsc::Receiver<Frame>,
+    failures: u32,
+    rate: RateLimit,
+    /// Rooms this session joined: a hint for cleanup; [`crate::rooms::Rooms`]
+    /// is the truth (a room can be deleted under us).
+    joined: HashSet<String>,
+    pending_acks: FuturesOrdered<PendingAck>,
+    last_heard: Instant,
+}
+
+impl Session {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let login_deadline =
+            tokio::time::sleep(Duration::from_secs(chat_proto::limits::LOGIN_TIMEOUT_SECS));
+        tokio::pin!(login_deadline);
+        let mut keepalive = tokio::time::interval(PING_EVERY);
+        keepalive.reset();
+        let ending = loop {
+            let kicked = async {
+                match &self.account {
+                    Some(account) => account.handle.kicked.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let reading = self.pending_acks.len() < MAX_PENDING_SENDS;
+            let step = tokio::select! {
+                _ = shutdown.changed() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+                _ = kicked => Err(Ending::Close(close::TRY_AGAIN_LATER, "too far behind: reconnect and join with since")),
+                Some(frame) = self.inbox.recv() => self.write_outbox(frame).await,
+                Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => self.reply(&ack).await,
+                incoming = self.socket.next(), if reading => self.on_incoming(incoming).await,
+                _ = &mut login_deadline, if self.account.is_none() => Err(Ending::Close(close::POLICY, "login timeout")),
+                _ = keepalive.tick() => self.keepalive().await,
+            };
+            if let Err(ending) = step {
+                break ending;
+            }
+        };
+        self.finish(ending).await;
+    }
+
+    async fn finish(mut self, ending: Ending) {
+        if let Ending::Close(code, reason) = ending {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            // Best effort: a peer that stopped reading must not hold us.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.socket.close(Some(frame))).await;
+        }
+        if let Some(account) = &self.account {
+            for room in std::mem::take(&mut self.joined) {
+                if let Some(true) = self.state.rooms.leave(&room, self.id) {
+                    self.state
+                        .broker
+                        .user_left(&room, &account.handle.user)
+                        .await;
+                }
+            }
+            tracing::debug!(peer = %self.peer, user = %account.handle.user, "session ended");
+        }
+    }
+
+    async fn keepalive(&mut self) -> Result<(), Ending> {
+        if self.last_heard.elapsed() > SILENCE_LIMIT {
+            return Err(Ending::Gone);
+        }
+        self.write(Message::Ping(Default::default())).await
+    }
+
+    async fn write(&mut self, message: Message) -> Result<(), Ending> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Ending::Gone),
+        }
+    }
+
+    /// Sends an event right away.
+    async fn reply(&mut self, event: &ServerEvent) -> Result<(), Ending> {
+        self.write(Message::Text(chat_proto::encode(event).into()))
+            .await
+    }
+
+    async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        re: Option<String>,
+    ) -> Result<(), Ending> {
+        self.reply(&ServerEvent::error(code, message, re)).await
+    }
+
+    /// Writes a frame from the outbox and whatever else is queued behind it,
+    /// with one flush.
+    async fn write_outbox(&mut self, first: Frame) -> Result<(), Ending> {
+        let batch = async {
+            self.socket.feed(Message::Text(first)).await?;
+            for _ in 1..WRITE_BATCH {
+                match self.inbox.try_recv() {
+                    Ok(frame) => self.socket.feed(Message::Text(frame)).await?,
+                    Err(_) => break,
+                }
+            }
+            self.socket.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, batch).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Ending::Gone),
+        }
+    }
+
+    async fn on_incoming(
+        &mut self,
+        incoming: Option<Result<Message, WsError>>,
+    ) -> Result<(), Ending> {
+        let message = match incoming {
+            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                return Err(Ending::Gone)
+            }
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                return Err(Ending::Close(
+                    close::TOO_LARGE,
+                    "message larger than 64 KiB",
+                ))
+            }
+            Some(Err(err)) => {
+                tracing::debug!(peer = %self.peer, error = %err, "connection error");
+                return Err(Ending::Gone);
+            }
+            Some(Ok(message)) => message,
+        };
+        self.last_heard = Instant::now();
+        match message {
+            Message::Text(text) => self.on_text(&text).await,
+            Message::Binary(_) => {
+                self.error(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported: send JSON text",
+                    None,
+                )
+                .await
+            }
+            Message::Close(_) => Err(Ending::Gone),
+            // Pings are answered by tungstenite; pongs only prove liveness.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+        let Request { id, event } = match decode_client(text) {
+            Ok(request) => request,
+            Err(err) => return self.error(ErrorCode::BadRequest, err.reason, err.id).await,
+        };
+        let Some(account) = &self.account else {
+            return match event {
+                ClientEvent::Login { user, password } => self.login(user, password, id).await,
+                ClientEvent::Register { user, password } => self.register(user, password, id).await,
+                _ => {
+                    self.error(ErrorCode::AuthRequired, "log in first", id)
+                        .await
+                }
+            };
+        };
+        let (admin, handle) = (account.admin, account.handle.clone());
+        match event {
+            ClientEvent::Login { .. } | ClientEvent::Register { .. } => {
+                self.error(ErrorCode::BadRequest, "already logged in", id)
+                    .await
+            }
+            ClientEvent::Rooms => self.rooms(id).await,
+            ClientEvent::Join { room, since } => self.join(&handle, room, since, id).await,
+            ClientEvent::Leave { room } => self.leave(&handle, room, id).await,
+            ClientEvent::Send { room, text } => self.send(&handle, room, text, id).await,
+            ClientEvent::History {
+                room,
+                before,
+                limit,
+            } => self.history(room, before, limit, id).await,
+            ClientEvent::Typing { room } => {
+                if !self.state.rooms.is_member(&room, self.id) {
+                    return self
+                        .error(ErrorCode::NotJoined, format!("join {room} first"), id)
+                        .await;
+                }
+                self.state.broker.typing(&room, &handle.user).await;
+                Ok(())
+            }
+            ClientEvent::DeleteRoom { room } => self.delete_room(admin, room, id).await,
+            ClientEvent::Ping => self.reply(&ServerEvent::Pong { re: id }).await,
+        }
+    }
+
+    async fn login(
+        &mut self,
+        user: String,
+        password: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        let record = if is_valid_name(&user) {
+            match self.state.store.user(&user).await {
+                Ok(record) => record,
+                Err(err) => return self.internal(err, id).await,
+            }
+        } else {
+            None
+        };
+        let (hash, admin) = match record {
+            Some(r) => (Some(r.password_hash), r.admin),
+            None => (None, false),
+        };
+        if self.state.auth.verify(password, hash).await {
+            return self.welcome(user, admin, id).await;
+        }
+        self.failures += 1;
+        tracing::info!(peer = %self.peer, user = %user, "login failed");
+        self.error(ErrorCode::AuthFailed, "wrong user name or password", id)
+            .await?;
+        if self.failures >= chat_proto::limits::MAX_LOGIN_FAILURES {
+            return Err(Ending::Close(close::POLICY, "too many failed logins"));
+        }
+        Ok(())
+    }
+
+    async fn register(
+        &mut self,
+        user: String,
+        password: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        if !self.state.config.open_registration {
+            return self
+                .error(
+                    ErrorCode::RegistrationClosed,
+                    "registration is closed: ask an admin for an account",
+                    id,
+                )
+                .await;
+        }
+        if !is_valid_name(&user) {
+            return self
+                .error(
+                    ErrorCode::InvalidName,
+                    "user names are 1 to 32 characters from A-Z a-z 0-9 _ - .",
+                    id,
+                )
+                .await;
+        }
+        if !is_valid_password(&password) {
+            return self
+                .error(ErrorCode::BadRequest, "passwords are 8 to 1024 bytes", id)
+                .await;
+        }
+        let Some(hash) = self.state.auth.hash(password).await else {
+            return self
+                .error(ErrorCode::Internal, "could not hash the password", id)
+                .await;
+        };
+        match self.state.store.create_user(&user, hash).await {
+            Ok(()) => {
+                tracing::info!(peer = %self.peer, user = %user, "user registered");
+                self.welcome(user, false, id).await
+            }
+            Err(StoreError::UserExists) => {
+                self.error(
+                    ErrorCode::UserExists,
+                    format!("the name {user} is taken"),
+                    id,
+                )
+                .await
+            }
+            Err(err) => self.internal(err, id).await,
+        }
+    }
+
+    async fn welcome(
+        &mut self,
+        user: String,
+        admin: bool,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        tracing::info!(peer = %self.peer, user = %user, "logged in");
+        let handle = Arc::new(SessionHandle::new(
+            self.id,
+            user.as_str().into(),
+            self.outbox.clone(),
+        ));
+        self.account = Some(Account { admin, handle });
+        self.reply(&ServerEvent::Welcome {
+            user,
+            admin,
+            protocol: PROTOCOL_VERSION,
+            server: format!("chat-server {}", env!("CARGO_PKG_VERSION")),
+            re: id,
+        })
+        .await
+    }
+
+    async fn internal(&mut self, err: StoreError, id: Option<String>) -> Result<(), Ending> {
+        tracing::error!(peer = %self.peer, error = %err, "request failed");
+        self.error(
+            ErrorCode::Internal,
+            "the server could not complete the request",
+            id,
+        )
+        .await
+    }
+
+    async fn rooms(&mut self, id: Option<String>) -> Result<(), Ending> {
+        let stored = match self.state.store.rooms().await {
+            Ok(rooms) => rooms,
+            Err(err) => return self.internal(err, id).await,
+        };
+        let counts = self.state.broker.member_counts().await;
+        let rooms = stored
+            .into_iter()
+            .map(|r| RoomSummary {
+                members: counts.get(&r.name).copied().unwrap_or(0),
+                name: r.name,
+                last_seq: r.last_seq,
+            })
+            .collect();
+        self.reply(&ServerEvent::Rooms { rooms, re: id }).await
+    }
+
+    async fn join(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        room: String,
+        since: Option<u64>,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        if !is_valid_name(&room) {
+            return self.invalid_room(id).await;
+        }
+        self.state.broker.watch_room(&room).await;
+        let stored_last_seq = match self.state.store.open_room(&room).await {
+            Ok(seq) => seq,
+            Err(err) => return self.internal(err, id).await,
+        };
+        let point = self.state.rooms.join(&room, handle, stored_last_seq);
+        self.joined.insert(room.clone());
+        // Anything stored beyond the join point that this process has not
+        // delivered yet (cluster mode) arrives live after the backlog.
+        self.state.rooms.catch_up(&room, stored_last_seq);
+        if point.first_local {
+            self.state.broker.user_joined(&room, &handle.user).await;
+        }
+        let members = self.state.broker.members(&room).await;
+        self.reply(&ServerEvent::Joined {
+            room: room.clone(),
+            last_seq: point.last_seq,
+            members,
+            re: id,
+        })
+        .await?;
+        match since {
+            None => {
+                let page = self
+                    .state
+                    .store
+                    .history(&room, None, Some(point.last_seq), JOIN_HISTORY)
+                    .await;
+                let (messages, has_more) = match page {
+                    Ok(page) => (page.messages, page.has_more),
+                    Err(err) => return self.internal(err, None).await,
+                };
+                self.send_history(&room, messages, has_more).await
+            }
+            Some(since) => self.send_backlog(&room, since, point.last_seq).await,
+        }
+    }
+
+    /// Every message with `since < seq <= last_seq`, in pages of at most 200.
+    async fn send_backlog(&mut self, room: &str, since: u64, last_seq: u64) -> Result<(), Ending> {
+        let mut after = since;
+        loop {
+            let page = match self
+                .state
+                .store
+                .range(room, after, last_seq, MAX_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(err) => return self.internal(err, None).await,
+            };
+            let Some(newest) = page.last().map(|m| m.seq) else {
+                if after == since {
+                    // Nothing missing: one empty history says so.
+                    return self
+                        .send_history(room, Vec::new(), since > 0 && last_seq > 0)
+                        .await;
+                }
+                return Ok(());
+            };
+            let has_more = page.first().is_some_and(|m| m.seq > 1);
+            self.send_history(room, page, has_more).await?;
+            if newest >= last_seq {
+                return Ok(());
+            }
+            after = newest;
+        }
+    }
+
+    async fn send_history(
+        &mut self,
+        room: &str,
+        messages: Vec<MessageRecord>,
+        has_more: bool,
+    ) -> Result<(), Ending> {
+        self.reply(&ServerEvent::History {
+            room: room.to_owned(),
+            messages,
+            has_more,
+            re: None,
+        })
+        .await
+    }
+
+    async fn invalid_room(&mut self, id: Option<String>) -> Result<(), Ending> {
+        self.error(
+            ErrorCode::InvalidName,
+            "room names are 1 to 32 characters from A-Z a-z 0-9 _ - .",
+            id,
+        )
+        .await
+    }
+
+    async fn leave(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        room: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        self.joined.remove(&room);
+        match self.state.rooms.leave(&room, self.id) {
+            None => {
+                self.error(ErrorCode::NotJoined, format!("you are not in {room}"), id)
+                    .await
+            }
+            Some(last) => {
+                if last {
+                    self.state.broker.user_left(&room, &handle.user).await;
+                }
+                self.reply(&ServerEvent::Left { room, re: id }).await
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        room: String,
+        text: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        if !self.state.rooms.is_member(&room, self.id) {
+            return self
+                .error(
+                    ErrorCode::NotJoined,
+                    format!("join {room} before sending to it"),
+                    id,
+                )
+                .await;
+        }
+        let text = match normalize_text(&text) {
+            Ok(text) => text,
+            Err(err @ TextError::TooLarge(_)) => {
+                return self.error(ErrorCode::TooLarge, err.to_string(), id).await
+            }
+            Err(err) => return self.error(ErrorCode::BadRequest, err.to_string(), id).await,
+        };
+        if !self.rate.allow() {
+            let message = format!(
+                "slow down: {} messages per second",
+                self.state.config.send_rate
+            );
+            return self.error(ErrorCode::RateLimited, message, id).await;
+        }
+        let store = self.state.store.clone();
+        let user = handle.user.clone();
+        let peer = self.peer;
+        self.pending_acks.push_back(Box::pin(async move {
+            match store.append(&room, &user, text).await {
+                Ok(stored) => ServerEvent::Ack {
+                    re: id,
+                    room,
+                    seq: stored.seq,
+                    ts: stored.ts,
+                },
+                Err(StoreError::NoSuchRoom) => {
+                    ServerEvent::error(ErrorCode::NoSuchRoom, format!("{room} was deleted"), id)
+                }
+                Err(err) => {
+                    tracing::error!(%peer, error = %err, "storing a message failed");
+                    ServerEvent::error(ErrorCode::Internal, "the message could not be stored", id)
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    async fn history(
+        &mut self,
+        room: String,
+        before: Option<u64>,
+        limit: Option<u64>,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        if !is_valid_name(&room) {
+            return self.invalid_room(id).await;
+        }
+        let limit = match limit {
+            None => DEFAULT_PAGE,
+            Some(0) => {
+                return self
+                    .error(ErrorCode::BadRequest, "limit must be at least 1", id)
+                    .await
+            }
+            Some(n) => n.min(MAX_PAGE as u64) as usize,
+        };
+        match self.state.store.history(&room, before, None, limit).await {
+            Ok(page) => {
+                self.reply(&ServerEvent::History {
+                    room,
+                    messages: page.messages,
+                    has_more: page.has_more,
+                    re: id,
+                })
+                .await
+            }
+            Err(StoreError::NoSuchRoom) => {
+                self.error(
+                    ErrorCode::NoSuchRoom,
+                    format!("there is no room {room}"),
+                    id,
+                )
+                .await
+            }
+            Err(err) => self.internal(err, id).await,
+        }
+    }
+
+    async fn delete_room(
+        &mut self,
+        admin: bool,
+        room: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        if !admin {
+            return self
+                .error(ErrorCode::Forbidden, "only admins can delete rooms", id)
+                .await;
+        }
+        match self.state.store.delete_room(&room).await {
+            Ok(()) => {
+                tracing::info!(peer = %self.peer, room = %room, "room deleted");
+                self.joined.remove(&room);
+                self.state.broker.room_deleted(&room, self.id).await;
+                self.reply(&ServerEvent::RoomDeleted { room, re: id }).await
+            }
+            Err(StoreError::NoSuchRoom) => {
+                self.error(
+                    ErrorCode::NoSuchRoom,
+                    format!("there is no room {room}"),
+                    id,
+                )
+                .await
+            }
+            Err(err) => self.internal(err, id).await,
+        }
+    }
+}
