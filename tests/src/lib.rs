@@ -1,1 +1,544 @@
-//! placeholder
+//! End-to-end test harness: starts real `chat-server` processes (and, for
+//! cluster tests, a real `redis-server`) on free ports with temporary
+//! databases, and talks to them over real WebSockets.
+//!
+//! Every wait is bounded by [`TIMEOUT`]; nothing sleeps where an event can
+//! be awaited. Child processes are killed by pid when their handle drops.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Longest any single wait in a test may take.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Password used by [`TestServer::add_user`] callers that do not care.
+pub const PASSWORD: &str = "correct horse";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}
+
+/// Path of the `chat-server` binary, built once per test process.
+pub fn server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "chat-server",
+                "--bin",
+                "chat-server",
+            ])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building chat-server failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        target.join("debug").join("chat-server")
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Temporary folder shared by the nodes of a cluster test.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Arc<Scratch> {
+        Arc::new(Scratch {
+            dir: tempfile::tempdir().expect("temp dir"),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// How to start a server.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub open_registration: bool,
+    pub redis: Option<String>,
+    /// Extra `serve` arguments.
+    pub args: Vec<String>,
+}
+
+/// A running `chat-server serve` process.
+pub struct TestServer {
+    child: Option<Child>,
+    port: u16,
+    scratch: Arc<Scratch>,
+    db: PathBuf,
+    options: Options,
+    /// Lines the server printed to stderr (its log), for failure messages.
+    log: Arc<std::sync::Mutex<String>>,
+}
+
+impl TestServer {
+    /// A standalone server with a fresh database.
+    pub fn start() -> TestServer {
+        Self::start_with(Scratch::new(), Options::default())
+    }
+
+    /// A server on the database in `scratch` (shared by cluster nodes).
+    pub fn start_with(scratch: Arc<Scratch>, options: Options) -> TestServer {
+        let db = scratch.path().join("chat.db");
+        let mut server = TestServer {
+            child: None,
+            port: 0,
+            scratch,
+            db,
+            options,
+            log: Default::default(),
+        };
+        server.spawn("127.0.0.1:0".into());
+        server
+    }
+
+    fn spawn(&mut self, listen: String) {
+        let mut command = Command::new(server_binary());
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--db")
+            .arg(&self.db)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if self.options.open_registration {
+            command.arg("--open-registration");
+        }
+        if let Some(redis) = &self.options.redis {
+            command.arg("--redis").arg(redis);
+        }
+        command.args(&self.options.args);
+        let mut child = command.spawn().expect("start chat-server");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut log) = log.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        // The first stdout line names the URL: "listening on ws://ADDR/ws".
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("chat-server did not start; log:\n{}", self.log())
+        });
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches("/ws").parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        self.port = port;
+        self.child = Some(child);
+    }
+
+    /// `ws://127.0.0.1:PORT/ws`.
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn db(&self) -> &Path {
+        &self.db
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Creates a user with the `useradd` subcommand (password on stdin).
+    pub fn add_user(&self, name: &str, password: &str, admin: bool) {
+        let out = run_admin(&self.db, &["useradd", name], admin, Some(password));
+        assert!(
+            out.status.success(),
+            "useradd {name} failed: {}",
+            out.stderr
+        );
+    }
+
+    /// Kills the process with SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        wait_exit(&mut child)
+    }
+
+    /// Starts the server again on the same port and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = format!("127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + TIMEOUT;
+        // The old socket may linger a moment; retry the bind.
+        loop {
+            if StdListener::bind(&listen).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        self.spawn(listen);
+    }
+
+    /// The shared scratch folder.
+    pub fn scratch(&self) -> Arc<Scratch> {
+        self.scratch.clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Output of an admin subcommand.
+pub struct AdminOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `chat-server ARGS --db DB`, feeding `stdin` as one line.
+pub fn run_admin(db: &Path, args: &[&str], admin: bool, stdin: Option<&str>) -> AdminOutput {
+    let mut command = Command::new(server_binary());
+    command
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if admin {
+        command.arg("--admin");
+    }
+    let mut child = command.spawn().expect("run chat-server");
+    if let Some(mut input) = child.stdin.take() {
+        if let Some(line) = stdin {
+            let _ = writeln!(input, "{line}");
+        }
+    }
+    let status = wait_exit(&mut child);
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    AdminOutput {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A `redis-server` of the test's own, on a free port, stopped by pid.
+pub struct TestRedis {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl TestRedis {
+    pub fn start() -> TestRedis {
+        let mut redis = TestRedis {
+            child: None,
+            port: free_port(),
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (see .ci/run)");
+        self.child = Some(child);
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.answers_ping() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops it (SIGKILL): everything it held is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// A close frame with this code.
+    Code(u16),
+    /// The socket ended without a close frame.
+    NoFrame,
+}
+
+/// A WebSocket client speaking JSON events.
+pub struct Client {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Client {
+        let (socket, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        Client { socket }
+    }
+
+    /// Connects and logs in; panics unless `welcome` comes back.
+    pub async fn login(url: &str, user: &str, password: &str) -> Client {
+        let mut client = Client::connect(url).await;
+        let welcome = client
+            .request(json!({"type":"login","user":user,"password":password}))
+            .await;
+        assert_eq!(welcome["type"], "welcome", "login of {user}: {welcome}");
+        client
+    }
+
+    /// Sends one event.
+    pub async fn send(&mut self, event: Value) {
+        self.send_raw(Message::Text(event.to_string().into())).await;
+    }
+
+    /// Sends any WebSocket message.
+    pub async fn send_raw(&mut self, message: Message) {
+        tokio::time::timeout(TIMEOUT, self.socket.send(message))
+            .await
+            .expect("send timed out")
+            .expect("send");
+    }
+
+    /// Next event (pings and pongs skipped); panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(TIMEOUT, self.socket.next())
+                .await
+                .expect("no event within the timeout")
+                .expect("connection ended")
+                .expect("connection error");
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("server sent valid JSON")
+                }
+                Message::Close(frame) => panic!("closed by server: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Next event of type `kind`, skipping others; panics on timeout.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let event = self.recv().await;
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// Sends a request and returns the first event that carries its `re`
+    /// (an `id` is added when missing).
+    pub async fn request(&mut self, mut event: Value) -> Value {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        if event.get("id").is_none() {
+            let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            event["id"] = json!(format!("r{id}"));
+        }
+        let id = event["id"].clone();
+        self.send(event).await;
+        loop {
+            let answer = self.recv().await;
+            if answer["re"] == id {
+                return answer;
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; returns how.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let next = tokio::time::timeout(TIMEOUT, self.socket.next())
+                .await
+                .expect("connection not closed within the timeout");
+            match next {
+                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
+                    return Closed::Code(code.into())
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoFrame,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Joins a room; returns `joined` and the `history` events up to
+    /// `joined.last_seq` (the whole backlog).
+    pub async fn join(&mut self, room: &str, since: Option<u64>) -> (Value, Vec<Value>) {
+        let mut request = json!({"type":"join","room":room});
+        if let Some(since) = since {
+            request["since"] = json!(since);
+        }
+        let joined = self.request(request).await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        let last_seq = joined["last_seq"].as_u64().unwrap_or(0);
+        let mut messages = Vec::new();
+        loop {
+            let history = self.recv_type("history").await;
+            let page = history["messages"].as_array().cloned().unwrap_or_default();
+            let done = page.is_empty()
+                || since.is_none()
+                || page.last().and_then(|m| m["seq"].as_u64()) >= Some(last_seq);
+            messages.extend(page);
+            if done {
+                break;
+            }
+        }
+        (joined, messages)
+    }
+
+    /// Sends a message and waits for its `ack`; returns the ack.
+    pub async fn say(&mut self, room: &str, text: &str) -> Value {
+        let ack = self
+            .request(json!({"type":"send","room":room,"text":text}))
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        ack
+    }
+
+    /// Collects `message` events of `room` until one with `seq >= upto`.
+    pub async fn messages_until(&mut self, room: &str, upto: u64) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let event = self.recv().await;
+            if event["type"] == "message" && event["room"] == room {
+                let seq = event["seq"].as_u64().unwrap_or(0);
+                seen.push(event);
+                if seq >= upto {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+/// Seqs of a list of message objects.
+pub fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages.iter().filter_map(|m| m["seq"].as_u64()).collect()
+}

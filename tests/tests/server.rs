@@ -1,0 +1,660 @@
+//! End-to-end tests of one `chat-server` process: every request, answer and
+//! error code of the protocol, over real WebSockets against the real binary
+//! and a real SQLite file.
+
+use chat_e2e::*;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+fn server_with_users(options: Options) -> TestServer {
+    let server = TestServer::start_with(Scratch::new(), options);
+    server.add_user("alice", PASSWORD, false);
+    server.add_user("bob", PASSWORD, false);
+    server.add_user("root", PASSWORD, true);
+    server
+}
+
+fn unlimited() -> Options {
+    Options {
+        args: vec!["--send-rate".into(), "0".into()],
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn login_welcome_and_failures() {
+    let server = server_with_users(Options::default());
+    let url = server.url();
+
+    let mut c = Client::connect(&url).await;
+    let answer = c.request(json!({"type":"rooms","id":"x"})).await;
+    assert_eq!(answer["code"], "auth_required");
+    let welcome = c
+        .request(json!({"type":"login","user":"alice","password":PASSWORD,"id":"l1"}))
+        .await;
+    assert_eq!(
+        welcome,
+        json!({"type":"welcome","user":"alice","admin":false,"protocol":1,
+               "server":format!("chat-server {}", env!("CARGO_PKG_VERSION")),"re":"l1"})
+    );
+
+    let admin = Client::login(&url, "root", PASSWORD).await;
+    drop(admin);
+
+    // Wrong password, unknown user and malformed name: the same answer.
+    let mut c = Client::connect(&url).await;
+    for (user, password) in [
+        ("alice", "wrong password"),
+        ("nobody", PASSWORD),
+        ("bad name!", PASSWORD),
+    ] {
+        let answer = c
+            .request(json!({"type":"login","user":user,"password":password}))
+            .await;
+        assert_eq!(answer["type"], "error");
+        assert_eq!(answer["code"], "auth_failed", "{user}");
+    }
+    // The third failure closes the connection.
+    assert_eq!(c.closed().await, Closed::Code(1008));
+}
+
+#[tokio::test]
+async fn registration_open_and_closed() {
+    let closed = TestServer::start();
+    let mut c = Client::connect(&closed.url()).await;
+    let answer = c
+        .request(json!({"type":"register","user":"carol","password":"battery staple"}))
+        .await;
+    assert_eq!(answer["code"], "registration_closed");
+
+    let open = TestServer::start_with(
+        Scratch::new(),
+        Options {
+            open_registration: true,
+            ..Options::default()
+        },
+    );
+    let mut c = Client::connect(&open.url()).await;
+    let answer = c
+        .request(json!({"type":"register","user":"no spaces","password":"battery staple"}))
+        .await;
+    assert_eq!(answer["code"], "invalid_name");
+    let answer = c
+        .request(json!({"type":"register","user":"carol","password":"short"}))
+        .await;
+    assert_eq!(answer["code"], "bad_request");
+    let answer = c
+        .request(json!({"type":"register","user":"carol","password":"battery staple"}))
+        .await;
+    assert_eq!(answer["type"], "welcome");
+    assert_eq!(answer["user"], "carol");
+
+    let mut d = Client::connect(&open.url()).await;
+    let answer = d
+        .request(json!({"type":"register","user":"carol","password":"battery staple"}))
+        .await;
+    assert_eq!(answer["code"], "user_exists");
+    // The registered account can log in later.
+    Client::login(&open.url(), "carol", "battery staple").await;
+}
+
+#[tokio::test]
+async fn rooms_messages_presence_and_typing() {
+    let server = server_with_users(Options::default());
+    let url = server.url();
+    let mut alice = Client::login(&url, "alice", PASSWORD).await;
+    let mut bob = Client::login(&url, "bob", PASSWORD).await;
+
+    let (joined, history) = alice.join("general", None).await;
+    assert_eq!(joined["last_seq"], 0);
+    assert_eq!(joined["members"], json!(["alice"]));
+    assert!(joined.get("re").is_some());
+    assert!(history.is_empty());
+
+    let (joined, _) = bob.join("general", None).await;
+    assert_eq!(joined["members"], json!(["alice", "bob"]));
+    let presence = alice.recv_type("presence").await;
+    assert_eq!(
+        presence,
+        json!({"type":"presence","room":"general","user":"bob","state":"joined"})
+    );
+
+    // A message reaches every member, the sender included; the sender gets
+    // an ack with the same seq.
+    alice
+        .send(json!({"type":"send","room":"general","text":"hello\r\nworld  \n","id":"c1"}))
+        .await;
+    let mut ack = None;
+    let mut own = None;
+    while ack.is_none() || own.is_none() {
+        let event = alice.recv().await;
+        match event["type"].as_str() {
+            Some("ack") => ack = Some(event),
+            Some("message") => own = Some(event),
+            _ => {}
+        }
+    }
+    let (ack, own) = (ack.unwrap(), own.unwrap());
+    assert_eq!(ack["re"], "c1");
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(own["text"], "hello\nworld");
+    assert_eq!(own["ts"], ack["ts"]);
+    let seen = bob.recv_type("message").await;
+    assert_eq!(seen, own);
+    assert!(seen.get("re").is_none());
+    assert_eq!(
+        seen.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["room", "seq", "text", "ts", "type", "user"]
+    );
+
+    // Typing goes to the others only.
+    bob.send(json!({"type":"typing","room":"general"})).await;
+    assert_eq!(
+        alice.recv_type("typing").await,
+        json!({"type":"typing","room":"general","user":"bob"})
+    );
+    let pong = bob.request(json!({"type":"ping"})).await;
+    assert_eq!(
+        pong["type"], "pong",
+        "bob got no typing echo before the pong"
+    );
+
+    // rooms lists counts of online users.
+    alice.join("empty-room", None).await;
+    let rooms = alice.request(json!({"type":"rooms"})).await;
+    assert_eq!(
+        rooms["rooms"],
+        json!([
+            {"name":"empty-room","members":1,"last_seq":0},
+            {"name":"general","members":2,"last_seq":1}
+        ])
+    );
+
+    // Leaving: left for the leaver, presence for the others.
+    let left = bob.request(json!({"type":"leave","room":"general"})).await;
+    assert_eq!(left["type"], "left");
+    assert_eq!(left["room"], "general");
+    assert_eq!(
+        alice.recv_type("presence").await,
+        json!({"type":"presence","room":"general","user":"bob","state":"left"})
+    );
+    let answer = bob.request(json!({"type":"leave","room":"general"})).await;
+    assert_eq!(answer["code"], "not_joined");
+    let answer = bob
+        .request(json!({"type":"send","room":"general","text":"hi"}))
+        .await;
+    assert_eq!(answer["code"], "not_joined");
+    let answer = bob.request(json!({"type":"typing","room":"general"})).await;
+    assert_eq!(answer["code"], "not_joined");
+
+    // Joining twice answers as the first time, without a second presence.
+    alice.join("general", None).await;
+    let (joined, history) = alice.join("general", None).await;
+    assert_eq!(joined["members"], json!(["alice"]));
+    assert_eq!(seqs(&history), vec![1]);
+
+    // A disconnect counts as leaving.
+    bob.join("general", None).await;
+    alice.recv_type("presence").await;
+    drop(bob);
+    let presence = alice.recv_type("presence").await;
+    assert_eq!(presence["state"], "left");
+}
+
+#[tokio::test]
+async fn history_pages_backwards() {
+    let server = server_with_users(unlimited());
+    let url = server.url();
+    let mut alice = Client::login(&url, "alice", PASSWORD).await;
+    alice.join("log", None).await;
+    for i in 1..=130 {
+        alice.say("log", &format!("line {i}")).await;
+    }
+
+    // join without since: the newest 50.
+    let mut bob = Client::login(&url, "bob", PASSWORD).await;
+    let (joined, history) = bob.join("log", None).await;
+    assert_eq!(joined["last_seq"], 130);
+    assert_eq!(seqs(&history), (81..=130).collect::<Vec<_>>());
+
+    // Page back through all of it, 50 at a time: 3 pages.
+    let mut before = None;
+    let mut all = Vec::new();
+    let mut pages = 0;
+    loop {
+        let mut request = json!({"type":"history","room":"log","limit":50});
+        if let Some(before) = before {
+            request["before"] = json!(before);
+        }
+        let page = bob.request(request).await;
+        assert_eq!(page["type"], "history");
+        pages += 1;
+        let messages = page["messages"].as_array().unwrap().clone();
+        let page_seqs = seqs(&messages);
+        assert!(page_seqs.windows(2).all(|w| w[1] == w[0] + 1), "ascending");
+        assert_eq!(page["has_more"], page_seqs[0] > 1);
+        before = Some(page_seqs[0]);
+        all.splice(0..0, messages);
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seqs(&all), (1..=130).collect::<Vec<_>>());
+    assert_eq!(all[0]["text"], "line 1");
+    assert_eq!(all[0]["user"], "alice");
+
+    // Default limit 50, at most 200, and a page below 1 is empty.
+    let page = bob.request(json!({"type":"history","room":"log"})).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 50);
+    let page = bob
+        .request(json!({"type":"history","room":"log","limit":1000}))
+        .await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 130);
+    let page = bob
+        .request(json!({"type":"history","room":"log","before":1}))
+        .await;
+    assert_eq!(page["messages"], json!([]));
+    assert_eq!(page["has_more"], false);
+
+    let answer = bob
+        .request(json!({"type":"history","room":"nowhere"}))
+        .await;
+    assert_eq!(answer["code"], "no_such_room");
+}
+
+#[tokio::test]
+async fn resume_with_since_has_no_gap_and_no_duplicate() {
+    let server = server_with_users(unlimited());
+    let url = server.url();
+    let mut alice = Client::login(&url, "alice", PASSWORD).await;
+    alice.join("busy", None).await;
+    for i in 1..=250 {
+        alice.say("busy", &format!("m{i}")).await;
+    }
+
+    // Bob held up to 10, reconnects while alice keeps talking.
+    let writer = tokio::spawn(async move {
+        for i in 251..=400 {
+            alice.say("busy", &format!("m{i}")).await;
+        }
+        alice
+    });
+    let mut bob = Client::login(&url, "bob", PASSWORD).await;
+    let (joined, backlog) = bob.join("busy", Some(10)).await;
+    let last_seq = joined["last_seq"].as_u64().unwrap();
+    assert!(last_seq >= 250);
+    assert_eq!(seqs(&backlog), (11..=last_seq).collect::<Vec<_>>());
+    let mut all = seqs(&backlog);
+    if last_seq < 400 {
+        all.extend(seqs(&bob.messages_until("busy", 400).await));
+    }
+    assert_eq!(all, (11..=400).collect::<Vec<_>>());
+    writer.await.unwrap();
+
+    // Nothing missing: one empty history.
+    let mut carol_view = Client::login(&url, "bob", PASSWORD).await;
+    carol_view
+        .send(json!({"type":"join","room":"busy","since":400}))
+        .await;
+    assert_eq!(carol_view.recv_type("joined").await["last_seq"], 400);
+    let history = carol_view.recv().await;
+    assert_eq!(history["type"], "history");
+    assert_eq!(history["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn concurrent_senders_get_contiguous_seqs_seen_once_by_everyone() {
+    let server = server_with_users(unlimited());
+    let url = server.url();
+    let mut watcher = Client::login(&url, "root", PASSWORD).await;
+    watcher.join("race", None).await;
+
+    let mut senders = Vec::new();
+    for (n, user) in ["alice", "bob", "alice", "bob"].into_iter().enumerate() {
+        let url = url.clone();
+        senders.push(tokio::spawn(async move {
+            let mut client = Client::login(&url, user, PASSWORD).await;
+            client.join("race", None).await;
+            let mut acked = Vec::new();
+            for i in 0..50 {
+                let ack = client.say("race", &format!("{n}-{i}")).await;
+                acked.push(ack["seq"].as_u64().unwrap());
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for sender in senders {
+        acked.extend(sender.await.unwrap());
+    }
+    acked.sort();
+    assert_eq!(acked, (1..=200).collect::<Vec<_>>(), "seq contiguous");
+    let seen = seqs(&watcher.messages_until("race", 200).await);
+    assert_eq!(seen, (1..=200).collect::<Vec<_>>(), "each once, in order");
+}
+
+#[tokio::test]
+async fn acked_messages_survive_kill_9() {
+    let mut server = server_with_users(unlimited());
+    let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+    alice.join("durable", None).await;
+    // Pipelined sends: many share a commit.
+    for i in 1..=300 {
+        alice
+            .send(
+                json!({"type":"send","room":"durable","text":format!("d{i}"),"id":format!("s{i}")}),
+            )
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 300 {
+        if alice.recv().await["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    server.kill();
+    server.restart();
+    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+    let (joined, backlog) = bob.join("durable", Some(0)).await;
+    assert_eq!(joined["last_seq"], 300);
+    let texts: Vec<String> = backlog
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        (1..=300).map(|i| format!("d{i}")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits_0() {
+    let mut server = server_with_users(Options::default());
+    let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+    alice.join("general", None).await;
+    alice.say("general", "last words").await;
+    let status = server.terminate();
+    assert_eq!(alice.closed().await, Closed::Code(1001));
+    assert!(status.success(), "exit status {status:?}");
+    server.restart();
+    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+    let (_, history) = bob.join("general", None).await;
+    assert_eq!(history[0]["text"], "last words");
+}
+
+#[tokio::test]
+async fn bad_input_gets_errors_and_the_connection_stays_usable() {
+    let server = server_with_users(Options::default());
+    let mut c = Client::login(&server.url(), "alice", PASSWORD).await;
+    c.join("general", None).await;
+
+    c.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    assert_eq!(c.recv().await["code"], "bad_request");
+    c.send_raw(Message::Text("{not json".into())).await;
+    assert_eq!(c.recv().await["code"], "bad_request");
+    c.send_raw(Message::Text("[]".into())).await;
+    assert_eq!(c.recv().await["code"], "bad_request");
+
+    let cases = [
+        (json!({"type":"fly","id":"e1"}), "bad_request"),
+        (json!({"type":"join","id":"e2"}), "bad_request"),
+        (json!({"type":"join","room":7,"id":"e3"}), "bad_request"),
+        (
+            json!({"type":"join","room":"a b","id":"e4"}),
+            "invalid_name",
+        ),
+        (
+            json!({"type":"join","room":"x".repeat(33),"id":"e5"}),
+            "invalid_name",
+        ),
+        (
+            json!({"type":"send","room":"general","text":"  \n ","id":"e6"}),
+            "bad_request",
+        ),
+        (
+            json!({"type":"send","room":"general","text":"\u{1b}[2J","id":"e7"}),
+            "bad_request",
+        ),
+        (
+            json!({"type":"send","room":"general","text":"x".repeat(4097),"id":"e8"}),
+            "too_large",
+        ),
+        (
+            json!({"type":"history","room":"general","limit":0,"id":"e9"}),
+            "bad_request",
+        ),
+        (
+            json!({"type":"history","room":"general","before":-3,"id":"e10"}),
+            "bad_request",
+        ),
+        (
+            json!({"type":"delete_room","room":"general","id":"e11"}),
+            "forbidden",
+        ),
+        (
+            json!({"type":"login","user":"alice","password":PASSWORD,"id":"e12"}),
+            "bad_request",
+        ),
+    ];
+    for (request, code) in cases {
+        let id = request["id"].clone();
+        c.send(request.clone()).await;
+        let answer = c.recv_type("error").await;
+        assert_eq!(answer["code"], code, "{request}");
+        assert_eq!(answer["re"], id, "{request}");
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // An id that is too long is itself a bad request, without `re`.
+    c.send(json!({"type":"ping","id":"i".repeat(65)})).await;
+    let answer = c.recv().await;
+    assert_eq!(answer["code"], "bad_request");
+    assert!(answer.get("re").is_none());
+
+    // 4096 bytes of text is fine; so is a frame of exactly 64 KiB.
+    let ack = c.say("general", &"é".repeat(2048)).await;
+    assert_eq!(ack["seq"], 1);
+    let pad = 64 * 1024 - json!({"type":"ping","id":"big","pad":""}).to_string().len();
+    let frame = json!({"type":"ping","id":"big","pad":"p".repeat(pad)}).to_string();
+    assert_eq!(frame.len(), 64 * 1024);
+    c.send_raw(Message::Text(frame.into())).await;
+    assert_eq!(c.recv_type("pong").await, json!({"type":"pong","re":"big"}));
+
+    // Nothing above killed the session.
+    assert_eq!(
+        c.request(json!({"type":"ping","id":"p"})).await["type"],
+        "pong"
+    );
+
+    // One byte more than 64 KiB closes with 1009.
+    let frame = json!({"type":"ping","pad":"p".repeat(pad + 1),"id":"big"}).to_string();
+    assert_eq!(frame.len(), 64 * 1024 + 1);
+    c.send_raw(Message::Text(frame.into())).await;
+    assert_eq!(c.closed().await, Closed::Code(1009));
+
+    // Other users were not affected.
+    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+    assert_eq!(bob.request(json!({"type":"ping"})).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn sends_are_rate_limited() {
+    let server = server_with_users(Options::default());
+    let mut c = Client::login(&server.url(), "alice", PASSWORD).await;
+    c.join("flood", None).await;
+    for i in 0..100 {
+        c.send(json!({"type":"send","room":"flood","text":format!("f{i}"),"id":format!("f{i}")}))
+            .await;
+    }
+    let (mut acks, mut limited) = (0, 0);
+    while acks + limited < 100 {
+        let event = c.recv().await;
+        match (event["type"].as_str(), event["code"].as_str()) {
+            (Some("ack"), _) => acks += 1,
+            (Some("error"), Some("rate_limited")) => {
+                assert!(event["re"].as_str().is_some_and(|r| r.starts_with('f')));
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(limited > 0, "a burst of 100 must hit the limit");
+    assert!(acks >= 40, "the burst of 40 passes");
+    // Refused sends were not stored.
+    let page = c
+        .request(json!({"type":"history","room":"flood","limit":200}))
+        .await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), acks);
+}
+
+#[tokio::test]
+async fn admins_delete_rooms() {
+    let server = server_with_users(Options::default());
+    let url = server.url();
+    let mut root = Client::login(&url, "root", PASSWORD).await;
+    let mut alice = Client::login(&url, "alice", PASSWORD).await;
+    alice.join("doomed", None).await;
+    alice.say("doomed", "soon gone").await;
+    root.join("doomed", None).await;
+
+    let answer = alice
+        .request(json!({"type":"delete_room","room":"doomed"}))
+        .await;
+    assert_eq!(answer["code"], "forbidden");
+    let answer = root
+        .request(json!({"type":"delete_room","room":"nowhere"}))
+        .await;
+    assert_eq!(answer["code"], "no_such_room");
+
+    let answer = root
+        .request(json!({"type":"delete_room","room":"doomed","id":"d1"}))
+        .await;
+    assert_eq!(
+        answer,
+        json!({"type":"room_deleted","room":"doomed","re":"d1"})
+    );
+    assert_eq!(
+        alice.recv_type("room_deleted").await,
+        json!({"type":"room_deleted","room":"doomed"})
+    );
+    // Alice is no longer a member; the name starts afresh.
+    let answer = alice
+        .request(json!({"type":"send","room":"doomed","text":"hello?"}))
+        .await;
+    assert_eq!(answer["code"], "not_joined");
+    let (joined, history) = alice.join("doomed", None).await;
+    assert_eq!(joined["last_seq"], 0);
+    assert!(history.is_empty());
+    let rooms = root.request(json!({"type":"rooms"})).await;
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"name":"doomed","members":1,"last_seq":0}])
+    );
+}
+
+#[tokio::test]
+async fn login_must_come_within_10_seconds() {
+    let server = TestServer::start();
+    let mut c = Client::connect(&server.url()).await;
+    assert_eq!(c.closed().await, Closed::Code(1008));
+}
+
+#[tokio::test]
+async fn only_ws_paths_upgrade_and_connections_are_capped() {
+    let server = server_with_users(Options {
+        args: vec!["--max-connections".into(), "2".into()],
+        ..Options::default()
+    });
+    let root = format!("ws://127.0.0.1:{}/", server.port());
+    let _first = Client::login(&root, "alice", PASSWORD).await;
+    let other = format!("ws://127.0.0.1:{}/elsewhere", server.port());
+    match tokio_tungstenite::connect_async(&other).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404)
+        }
+        other => panic!("expected HTTP 404, got {other:?}"),
+    }
+    let _second = Client::login(&server.url(), "bob", PASSWORD).await;
+    match tokio_tungstenite::connect_async(&server.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_stops_reading_is_closed_with_1013_and_the_room_goes_on() {
+    let server = server_with_users(unlimited());
+    let url = server.url();
+    let mut sleeper = Client::login(&url, "bob", PASSWORD).await;
+    sleeper.join("fast", None).await;
+    let mut alice = Client::login(&url, "alice", PASSWORD).await;
+    alice.join("fast", None).await;
+    let text = "x".repeat(4000);
+    // Far more than the outbox and the socket buffers hold, pipelined; alice
+    // reads everything, bob nothing.
+    let total = 9000u64;
+    let mut sent = 0;
+    let mut acked = 0;
+    while acked < total {
+        while sent < total && sent - acked < 200 {
+            sent += 1;
+            alice
+                .send(json!({"type":"send","room":"fast","text":text}))
+                .await;
+        }
+        if alice.recv().await["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    assert_eq!(sleeper.closed().await, Closed::Code(1013));
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+}
+
+#[test]
+fn admin_commands() {
+    let scratch = Scratch::new();
+    let db = scratch.path().join("nested").join("chat.db");
+    let out = run_admin(&db, &["useradd", "dora"], true, Some("long enough"));
+    assert!(out.status.success(), "{}", out.stderr);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let out = run_admin(&db, &["useradd", "dora"], false, Some("long enough"));
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1);
+    let out = run_admin(&db, &["useradd", "bad/name"], false, Some("long enough"));
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("invalid user name"), "{}", out.stderr);
+    let out = run_admin(&db, &["useradd", "eve"], false, Some("short"));
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("8 to 1024"), "{}", out.stderr);
+    let out = run_admin(&db, &["useradd", "eve"], false, Some("long enough too"));
+    assert!(out.status.success());
+
+    let out = run_admin(&db, &["users"], false, None);
+    assert!(out.status.success());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("NAME"));
+    assert!(lines[1].starts_with("dora") && lines[1].contains("yes"));
+    assert!(lines[2].starts_with("eve") && lines[2].contains("no"));
+
+    let out = run_admin(&db, &["passwd", "eve"], false, Some("a new password"));
+    assert!(out.status.success(), "{}", out.stderr);
+    let out = run_admin(&db, &["userdel", "eve"], false, None);
+    assert!(out.status.success());
+    let out = run_admin(&db, &["userdel", "eve"], false, None);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("no user eve"));
+
+    let out = run_admin(Path::new("/proc/nope/chat.db"), &["users"], false, None);
+    assert!(!out.status.success());
+    assert!(out.stderr.starts_with("chat-server: "), "{}", out.stderr);
+}
+
+use std::path::Path;
