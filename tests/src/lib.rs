@@ -454,6 +454,33 @@ impl Client {
         }
     }
 
+    /// Next event matching `wanted` within `limit` (for waits longer than
+    /// [`TIMEOUT`], such as presence expiry).
+    pub async fn recv_matching(
+        &mut self,
+        limit: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        tokio::time::timeout(limit, async {
+            loop {
+                let message = self
+                    .socket
+                    .next()
+                    .await
+                    .expect("connection ended")
+                    .expect("connection error");
+                if let Message::Text(text) = message {
+                    let event: Value = serde_json::from_str(&text).expect("valid JSON");
+                    if wanted(&event) {
+                        return event;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("no matching event within the limit")
+    }
+
     /// Sends a request and returns the first event that carries its `re`
     /// (an `id` is added when missing).
     pub async fn request(&mut self, mut event: Value) -> Value {

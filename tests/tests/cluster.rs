@@ -1,0 +1,211 @@
+//! End-to-end tests of cluster mode: several real `chat-server` processes
+//! sharing one SQLite file and a real `redis-server` that the test starts on
+//! a free port.
+
+use std::time::Duration;
+
+use chat_e2e::*;
+use serde_json::{json, Value};
+
+struct Cluster {
+    redis: TestRedis,
+    nodes: Vec<TestServer>,
+}
+
+fn cluster(size: usize) -> Cluster {
+    let redis = TestRedis::start();
+    let scratch = Scratch::new();
+    let options = Options {
+        redis: Some(redis.url()),
+        args: vec!["--send-rate".into(), "0".into()],
+        ..Options::default()
+    };
+    let nodes: Vec<TestServer> = (0..size)
+        .map(|_| TestServer::start_with(scratch.clone(), options.clone()))
+        .collect();
+    for user in ["alice", "bob", "carol"] {
+        nodes[0].add_user(user, PASSWORD, false);
+    }
+    nodes[0].add_user("root", PASSWORD, true);
+    Cluster { redis, nodes }
+}
+
+fn is_presence(user: &'static str, state: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["type"] == "presence" && e["user"] == user && e["state"] == state
+}
+
+#[tokio::test]
+async fn every_client_on_every_node_sees_every_message_once_in_order() {
+    let cluster = cluster(3);
+    let mut watchers = Vec::new();
+    for node in &cluster.nodes {
+        let mut watcher = Client::login(&node.url(), "root", PASSWORD).await;
+        watcher.join("all", None).await;
+        watchers.push(watcher);
+    }
+    let per_sender = 80;
+    let mut senders = Vec::new();
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        let url = node.url();
+        senders.push(tokio::spawn(async move {
+            let user = ["alice", "bob", "carol"][n];
+            let mut client = Client::login(&url, user, PASSWORD).await;
+            client.join("all", None).await;
+            // Pipelined: several sends in flight on every node at once.
+            for i in 0..per_sender {
+                client
+                    .send(json!({"type":"send","room":"all","text":format!("{user} {i}"),"id":format!("{i}")}))
+                    .await;
+            }
+            let mut acked = Vec::new();
+            while acked.len() < per_sender {
+                let event = client.recv().await;
+                if event["type"] == "ack" {
+                    acked.push(event["seq"].as_u64().unwrap());
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for sender in senders {
+        acked.extend(sender.await.unwrap());
+    }
+    let total = 3 * per_sender as u64;
+    acked.sort();
+    assert_eq!(
+        acked,
+        (1..=total).collect::<Vec<_>>(),
+        "seq contiguous across nodes"
+    );
+    for watcher in &mut watchers {
+        let seen = seqs(&watcher.messages_until("all", total).await);
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn members_presence_typing_and_deletion_cross_nodes() {
+    let cluster = cluster(3);
+    let (one, two, three) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+    let mut alice = Client::login(&one.url(), "alice", PASSWORD).await;
+    alice.join("lobby", None).await;
+    let mut bob = Client::login(&two.url(), "bob", PASSWORD).await;
+    let (joined, _) = bob.join("lobby", None).await;
+    assert_eq!(joined["members"], json!(["alice", "bob"]));
+    let presence = alice.recv_type("presence").await;
+    assert_eq!(
+        presence,
+        json!({"type":"presence","room":"lobby","user":"bob","state":"joined"})
+    );
+
+    // A second connection of bob on another node is not a new arrival.
+    let mut bob_again = Client::login(&three.url(), "bob", PASSWORD).await;
+    bob_again.join("lobby", None).await;
+
+    let mut root = Client::login(&three.url(), "root", PASSWORD).await;
+    let rooms = root.request(json!({"type":"rooms"})).await;
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"name":"lobby","members":2,"last_seq":0}])
+    );
+
+    bob.send(json!({"type":"typing","room":"lobby"})).await;
+    assert_eq!(
+        alice.recv_type("typing").await,
+        json!({"type":"typing","room":"lobby","user":"bob"})
+    );
+
+    // Bob leaves on one node but stays on another: no departure yet.
+    drop(bob);
+    let mut carol = Client::login(&one.url(), "carol", PASSWORD).await;
+    carol.join("lobby", None).await;
+    let presence = alice.recv_type("presence").await;
+    assert_eq!(presence["user"], "carol", "bob is still online: {presence}");
+    bob_again
+        .request(json!({"type":"leave","room":"lobby"}))
+        .await;
+    let presence = alice.recv_type("presence").await;
+    assert_eq!(presence["state"], "left", "{presence}");
+    assert_eq!(presence["user"], "bob");
+
+    let deleted = root
+        .request(json!({"type":"delete_room","room":"lobby","id":"d"}))
+        .await;
+    assert_eq!(deleted["type"], "room_deleted");
+    assert_eq!(
+        alice.recv_type("room_deleted").await,
+        json!({"type":"room_deleted","room":"lobby"})
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_loses_nothing_and_duplicates_nothing() {
+    let mut cluster = cluster(2);
+    let mut sender = Client::login(&cluster.nodes[0].url(), "alice", PASSWORD).await;
+    sender.join("steady", None).await;
+    let mut local = Client::login(&cluster.nodes[0].url(), "carol", PASSWORD).await;
+    local.join("steady", None).await;
+    let mut remote = Client::login(&cluster.nodes[1].url(), "bob", PASSWORD).await;
+    remote.join("steady", None).await;
+
+    for i in 1..=50 {
+        sender.say("steady", &format!("before {i}")).await;
+    }
+    cluster.redis.stop();
+    // Sends still get stored, acked and delivered on the sender's node.
+    for i in 1..=50 {
+        sender.say("steady", &format!("during {i}")).await;
+    }
+    assert_eq!(
+        seqs(&local.messages_until("steady", 100).await),
+        (1..=100).collect::<Vec<_>>()
+    );
+    cluster.redis.restart();
+    for i in 1..=50 {
+        sender.say("steady", &format!("after {i}")).await;
+    }
+    let seen = seqs(&remote.messages_until("steady", 150).await);
+    assert_eq!(seen, (1..=150).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&local.messages_until("steady", 150).await),
+        (101..=150).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_node_has_its_users_leave_within_30_seconds() {
+    let mut cluster = cluster(2);
+    let mut alice = Client::login(&cluster.nodes[0].url(), "alice", PASSWORD).await;
+    alice.join("watch", None).await;
+    let mut bob = Client::login(&cluster.nodes[1].url(), "bob", PASSWORD).await;
+    bob.join("watch", None).await;
+    alice
+        .recv_matching(Duration::from_secs(10), is_presence("bob", "joined"))
+        .await;
+    cluster.nodes[1].kill();
+    alice
+        .recv_matching(Duration::from_secs(30), is_presence("bob", "left"))
+        .await;
+    let (joined, _) = alice.join("watch", None).await;
+    assert_eq!(joined["members"], json!(["alice"]));
+}
+
+#[test]
+fn bad_or_unreachable_redis_stops_start_up_with_one_line() {
+    let scratch = Scratch::new();
+    let db = scratch.path().join("chat.db");
+    let unreachable = format!("redis://127.0.0.1:{}/", free_port());
+    for url in ["not a url", unreachable.as_str()] {
+        let out = run_admin(
+            &db,
+            &["serve", "--listen", "127.0.0.1:0", "--redis", url],
+            false,
+            None,
+        );
+        assert!(!out.status.success(), "{url}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", out.stderr);
+        assert!(lines[0].contains(url), "{}", lines[0]);
+    }
+}
