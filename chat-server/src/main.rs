@@ -140,6 +140,7 @@ fn serve(listen: SocketAddr, config: ServeConfig) -> Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -160,6 +161,12 @@ fn serve(listen: SocketAddr, config: ServeConfig) -> Result<()> {
             }
         } else {
             println!("listening on {}", urls.join(" "));
+            if addr.ip().is_loopback() {
+                println!(
+                    "  (this machine only: use --listen 0.0.0.0:{} to accept the LAN)",
+                    addr.port()
+                );
+            }
         }
         tracing::info!(db = %db.display(), "database");
         if let Ok(0) = server.state().store.user_count().await {
