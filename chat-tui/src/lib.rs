@@ -1,0 +1,21 @@
+//! `chat-tui`, the terminal client of the chat: a library so that the
+//! binary, the tests and the end-to-end suite share one implementation.
+//!
+//! - [`app`]: the state and `update(&mut App, Event) -> Option<Action>`.
+//! - [`ui`]: the pure `render(&App, &mut Frame)`.
+//! - [`net`]: the task that owns the WebSocket (login, reconnect, resume,
+//!   offline queue), spoken to over channels.
+//! - [`input`], [`wrap`], [`sanitize`], [`timeline`], [`clock`],
+//!   [`config`]: the pieces they are built from.
+//! - [`bench`]: the render-time measurement behind `--bench-render`.
+
+pub mod app;
+pub mod bench;
+pub mod clock;
+pub mod config;
+pub mod input;
+pub mod net;
+pub mod sanitize;
+pub mod timeline;
+pub mod ui;
+pub mod wrap;

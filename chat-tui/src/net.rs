@@ -1,0 +1,1267 @@
+//! The network side of the client: one task owns the WebSocket. It logs in,
+//! keeps the rooms the user wants joined, reconnects with backoff when the
+//! connection drops, resumes every room with `join` + `since` so the app sees
+//! each message exactly once, and holds the lines typed while offline until
+//! they can be sent. The app talks to it over two unbounded channels of
+//! typed values ([`NetCommand`] in, [`NetEvent`] out), so the UI never waits
+//! on the network.
+//!
+//! Delivery rules the app relies on, per room:
+//! - `Backlog` and `Message` events carry only messages newer than any
+//!   delivered before, in `seq` order: no duplicate, and across a reconnect
+//!   no gap (the resume backlog holds everything after the last seq held).
+//! - `Page` events answer `History` commands and hold older messages.
+//! - every `Send` ends in exactly one `Ack` or `SendFailed`. A send that was
+//!   on the wire when the connection dropped is not sent twice: if the
+//!   server stored it (it shows up among the messages after the seam) it is
+//!   acknowledged from there, otherwise it is sent again.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+use chat_proto::limits::close;
+use chat_proto::validate::{is_valid_id, normalize_text, TextError};
+use chat_proto::{
+    decode_server, encode, ClientEvent, ErrorCode, MessageRecord, PresenceState, Request,
+    RoomSummary, ServerEvent,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Where to connect, as whom, and how patiently.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// A `ws://` URL (see [`crate::config::server_url`]).
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    /// Create the account with `register` on the first connection.
+    pub register: bool,
+    /// First reconnect delay; doubles on each failure.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Limit for connecting and logging in, and for silence on a live
+    /// connection before it is considered dead (after a ping).
+    pub timeout: Duration,
+}
+
+impl NetConfig {
+    /// The defaults: backoff from 1 s doubling to 30 s, 10 s timeouts.
+    pub fn new(
+        url: impl Into<String>,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        NetConfig {
+            url: url.into(),
+            user: user.into(),
+            password: password.into(),
+            register: false,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the app asks of the network task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetCommand {
+    /// Join a room (and keep it joined across reconnects).
+    Join { room: String },
+    /// Leave a room.
+    Leave { room: String },
+    /// Post a message. `id` is chosen by the app (at most 64 characters) and
+    /// comes back in exactly one `Ack` or `SendFailed`.
+    Send {
+        id: String,
+        room: String,
+        text: String,
+    },
+    /// Fetch a page of older messages: `seq < before`, at most `limit`.
+    History {
+        room: String,
+        before: Option<u64>,
+        limit: u64,
+    },
+    /// List every room on the server.
+    Rooms,
+    /// Tell the room the user is typing.
+    Typing { room: String },
+    /// Delete a room (admins only).
+    DeleteRoom { room: String },
+    /// Skip the rest of the reconnect delay and try now.
+    Reconnect,
+    /// Close the connection and end the task.
+    Shutdown,
+}
+
+/// Who the server says we are, from `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    pub admin: bool,
+    /// The server's name and version.
+    pub server: String,
+}
+
+/// What the network task tells the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetEvent {
+    /// Dialing the server after a disconnect.
+    Connecting,
+    /// Logged in (again); every room is being rejoined.
+    Connected(Session),
+    /// The connection is gone. `retry_in` is the delay before the next
+    /// attempt; `None` means the task gave up (login refused) until a
+    /// `Reconnect` command.
+    Disconnected {
+        reason: String,
+        retry_in: Option<Duration>,
+    },
+    /// A room was joined (or rejoined) with these members online.
+    Joined {
+        room: String,
+        last_seq: u64,
+        members: Vec<String>,
+    },
+    /// Messages that follow a join: the newest page after a first join
+    /// (`resumed` false, `has_more` tells whether older ones exist), or what
+    /// was missed while disconnected (`resumed` true).
+    Backlog {
+        room: String,
+        messages: Vec<MessageRecord>,
+        has_more: bool,
+        resumed: bool,
+    },
+    /// A new message.
+    Message(MessageRecord),
+    /// The answer to a `History` command.
+    Page {
+        room: String,
+        before: Option<u64>,
+        messages: Vec<MessageRecord>,
+        has_more: bool,
+    },
+    /// A `History` command that could not be answered.
+    PageFailed {
+        room: String,
+        before: Option<u64>,
+        reason: String,
+    },
+    /// A `Send` was stored by the server as `seq`.
+    Ack {
+        id: String,
+        room: String,
+        seq: u64,
+        ts: i64,
+    },
+    /// A `Send` was refused; it will not be retried.
+    SendFailed {
+        id: String,
+        room: String,
+        code: Option<ErrorCode>,
+        message: String,
+    },
+    /// A `Join` was refused; the room is forgotten.
+    JoinFailed {
+        room: String,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The server confirmed a `Leave`.
+    Left {
+        room: String,
+    },
+    /// The room was deleted by an admin; it is forgotten.
+    RoomDeleted {
+        room: String,
+    },
+    Presence {
+        room: String,
+        user: String,
+        state: PresenceState,
+    },
+    Typing {
+        room: String,
+        user: String,
+    },
+    /// The answer to `Rooms`.
+    Rooms(Vec<RoomSummary>),
+    /// Any other error, from the server (`code`) or local (no code).
+    Error {
+        code: Option<ErrorCode>,
+        message: String,
+    },
+}
+
+/// Why the first connection failed. Each displays as one line for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The URL could not be used.
+    BadUrl(String),
+    /// No TCP connection or WebSocket handshake.
+    Unreachable(String),
+    /// The server answered the handshake with an HTTP error status.
+    Http(u16),
+    /// Wrong user name or password.
+    AuthFailed,
+    /// The server refused the login or registration for another reason.
+    Refused(ErrorCode, String),
+    /// The connection closed before `welcome`.
+    Closed(String),
+    /// No `welcome` within the timeout.
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::BadUrl(reason) => write!(f, "bad server address: {reason}"),
+            ConnectError::Unreachable(reason) => write!(f, "cannot reach the server: {reason}"),
+            ConnectError::Http(404) => {
+                f.write_str("the server answered HTTP 404: no chat server at that path (try /ws)")
+            }
+            ConnectError::Http(status) => {
+                write!(
+                    f,
+                    "the server answered HTTP {status} instead of a WebSocket"
+                )
+            }
+            ConnectError::AuthFailed => f.write_str("login failed: wrong user name or password"),
+            ConnectError::Refused(code, message) => write!(f, "login refused ({code}): {message}"),
+            ConnectError::Closed(reason) => {
+                write!(f, "the server closed the connection during login: {reason}")
+            }
+            ConnectError::Timeout(limit) => {
+                write!(f, "no answer from the server within {} s", limit.as_secs())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// A logged-in client: the command sender, the event receiver and the
+/// session of the first login. The task behind it runs until `Shutdown` or
+/// until this value (and every clone of the sender) is dropped.
+pub struct NetClient {
+    /// The session of the first login.
+    pub session: Session,
+    commands: mpsc::UnboundedSender<NetCommand>,
+    events: mpsc::UnboundedReceiver<NetEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NetClient {
+    /// Connects and logs in, then hands the connection to a new task. Fails
+    /// (with a reason for the user) when the first attempt fails; later
+    /// disconnects are retried by the task.
+    pub async fn connect(mut config: NetConfig) -> Result<NetClient, ConnectError> {
+        let (ws, session) = connect_and_login(&config).await?;
+        // The account exists now: reconnects log in.
+        config.register = false;
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            config,
+            commands: command_rx,
+            events: event_tx,
+            session: session.clone(),
+            rooms: BTreeMap::new(),
+            requests: HashMap::new(),
+            next_id: 0,
+            bucket: TokenBucket::new(),
+            next_flush: None,
+        };
+        let task = tokio::spawn(worker.run(ws));
+        Ok(NetClient {
+            session,
+            commands: command_tx,
+            events: event_rx,
+            task,
+        })
+    }
+
+    /// Queues a command for the task. Never blocks; a command sent after the
+    /// task ended is dropped.
+    pub fn send(&self, command: NetCommand) {
+        let _ = self.commands.send(command);
+    }
+
+    /// A sender for commands, for whoever else needs one.
+    pub fn sender(&self) -> mpsc::UnboundedSender<NetCommand> {
+        self.commands.clone()
+    }
+
+    /// The next event; `None` once the task has ended.
+    pub async fn recv(&mut self) -> Option<NetEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<NetEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Asks the task to close the connection and waits (at most two
+    /// seconds) for it to end.
+    pub async fn shutdown(self) {
+        let _ = self.commands.send(NetCommand::Shutdown);
+        let mut task = self.task;
+        if timeout(Duration::from_secs(2), &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+/// Dials the server and logs in (or registers).
+async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectError> {
+    let attempt = async {
+        let (mut ws, _response) = connect_async(config.url.as_str())
+            .await
+            .map_err(connect_error)?;
+        let credentials = if config.register {
+            ClientEvent::Register {
+                user: config.user.clone(),
+                password: config.password.clone(),
+            }
+        } else {
+            ClientEvent::Login {
+                user: config.user.clone(),
+                password: config.password.clone(),
+            }
+        };
+        ws.send(Message::text(encode(&Request::with_id(
+            credentials,
+            "login",
+        ))))
+        .await
+        .map_err(|err| ConnectError::Closed(err.to_string()))?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => match decode_server(text.as_str()) {
+                    Ok(ServerEvent::Welcome {
+                        user,
+                        admin,
+                        server,
+                        ..
+                    }) => {
+                        return Ok((
+                            ws,
+                            Session {
+                                user,
+                                admin,
+                                server,
+                            },
+                        ))
+                    }
+                    Ok(ServerEvent::Error {
+                        code: ErrorCode::AuthFailed,
+                        ..
+                    }) => return Err(ConnectError::AuthFailed),
+                    Ok(ServerEvent::Error { code, message, .. }) => {
+                        return Err(ConnectError::Refused(code, message))
+                    }
+                    // Anything else before `welcome` is not for us.
+                    Ok(_) | Err(_) => {}
+                },
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(ConnectError::Closed(close_reason(frame)))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(ConnectError::Closed(err.to_string())),
+                None => return Err(ConnectError::Closed("connection closed".into())),
+            }
+        }
+    };
+    timeout(config.timeout, attempt)
+        .await
+        .map_err(|_| ConnectError::Timeout(config.timeout))?
+}
+
+fn connect_error(err: tungstenite::Error) -> ConnectError {
+    match err {
+        tungstenite::Error::Http(response) => ConnectError::Http(response.status().as_u16()),
+        tungstenite::Error::Url(err) => ConnectError::BadUrl(err.to_string()),
+        tungstenite::Error::Io(err) => ConnectError::Unreachable(err.to_string()),
+        err => ConnectError::Unreachable(err.to_string()),
+    }
+}
+
+fn close_reason(frame: Option<tungstenite::protocol::CloseFrame>) -> String {
+    match frame {
+        None => "connection closed".into(),
+        Some(frame) => {
+            let code = u16::from(frame.code);
+            let what = match code {
+                close::NORMAL => "closed by the server",
+                close::GOING_AWAY => "server shutting down",
+                close::POLICY => "closed by server policy",
+                close::TOO_LARGE => "message too large",
+                close::TRY_AGAIN_LATER => "fell behind the server",
+                _ => "closed",
+            };
+            let reason = crate::sanitize::sanitize_line(frame.reason.as_str());
+            if reason.is_empty() {
+                format!("{what} ({code})")
+            } else {
+                format!("{what} ({code}: {reason})")
+            }
+        }
+    }
+}
+
+/// A line waiting to be sent or acknowledged.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    id: String,
+    text: String,
+    /// Sent on a connection that dropped before its `ack`: the server may
+    /// have stored it.
+    maybe_sent: bool,
+    /// Our own message with this text came back on this connection before
+    /// the `ack` (seq, ts): if the connection drops now, it was stored.
+    echo: Option<(u64, i64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not joined on the current connection (or no connection).
+    Idle,
+    /// `join` sent, waiting for `joined`.
+    Joining,
+    /// `joined` received; the backlog up to `target` is arriving.
+    Backlog { target: u64 },
+    /// Everything up to the seam is delivered; sends may flow.
+    Live,
+}
+
+/// The network task's view of one room the user wants joined.
+#[derive(Debug)]
+struct RoomSync {
+    /// Newest seq delivered to the app; `since` of the next resume.
+    last_seq: Option<u64>,
+    phase: Phase,
+    /// Whether the current join carried `since`.
+    resuming: bool,
+    /// Live messages that arrived before the backlog was complete.
+    held: Vec<MessageRecord>,
+    /// Lines not sent on this connection yet, oldest first.
+    queue: VecDeque<Outgoing>,
+    /// Lines sent on this connection, awaiting `ack`, oldest first.
+    inflight: VecDeque<Outgoing>,
+}
+
+impl RoomSync {
+    fn new() -> Self {
+        RoomSync {
+            last_seq: None,
+            phase: Phase::Idle,
+            resuming: false,
+            held: Vec::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+        }
+    }
+}
+
+/// What a request id on the wire was for.
+#[derive(Debug, Clone)]
+enum Pending {
+    Join { room: String },
+    Page { room: String, before: Option<u64> },
+    Other,
+}
+
+/// Paces sends below the server's rate limit so that a long offline queue
+/// is delivered rather than refused.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    // Below the server's 20/s, burst 40, to leave room for clock skew and
+    // frames bunching up on the way.
+    const RATE: f64 = 15.0;
+    const BURST: f64 = 20.0;
+
+    fn new() -> Self {
+        TokenBucket {
+            tokens: Self::BURST,
+            updated: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says when the next one will be there.
+    fn take(&mut self) -> Result<(), Instant> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * Self::RATE).min(Self::BURST);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(now + Duration::from_secs_f64((1.0 - self.tokens) / Self::RATE))
+        }
+    }
+
+    /// Empties the bucket after the server said we were too fast.
+    fn drain(&mut self) {
+        self.tokens = 0.0;
+        self.updated = Instant::now();
+    }
+}
+
+/// How a connection ended.
+enum End {
+    Lost(String),
+    Shutdown,
+}
+
+type Sent = Result<(), String>;
+
+struct Worker {
+    config: NetConfig,
+    commands: mpsc::UnboundedReceiver<NetCommand>,
+    events: mpsc::UnboundedSender<NetEvent>,
+    session: Session,
+    rooms: BTreeMap<String, RoomSync>,
+    /// Requests on the current connection awaiting an answer, by id.
+    requests: HashMap<String, Pending>,
+    next_id: u64,
+    bucket: TokenBucket,
+    /// When the queue should be looked at again (waiting for a token).
+    next_flush: Option<Instant>,
+}
+
+impl Worker {
+    async fn run(mut self, first: Ws) {
+        let mut connection = Some(first);
+        loop {
+            if let Some(mut ws) = connection.take() {
+                let reason = match self.serve(&mut ws).await {
+                    End::Shutdown => return,
+                    End::Lost(reason) => reason,
+                };
+                self.connection_lost();
+                match self.reconnect(reason).await {
+                    Some(ws) => connection = Some(ws),
+                    None => return,
+                }
+            }
+        }
+    }
+
+    fn emit(&self, event: NetEvent) {
+        let _ = self.events.send(event);
+    }
+
+    fn new_id(&mut self, prefix: char) -> String {
+        self.next_id += 1;
+        format!("{prefix}{}", self.next_id)
+    }
+
+    /// Retries with backoff until logged in again. `None`: shut down.
+    async fn reconnect(&mut self, mut reason: String) -> Option<Ws> {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let delay = backoff(&self.config, attempt);
+            self.emit(NetEvent::Disconnected {
+                reason: reason.clone(),
+                retry_in: Some(delay),
+            });
+            if !self.wait_offline(Some(Instant::now() + delay)).await {
+                return None;
+            }
+            self.emit(NetEvent::Connecting);
+            let config = self.config.clone();
+            let dial = connect_and_login(&config);
+            tokio::pin!(dial);
+            let result = loop {
+                tokio::select! {
+                    result = &mut dial => break result,
+                    command = self.commands.recv() => match command {
+                        None | Some(NetCommand::Shutdown) => return None,
+                        Some(command) => self.offline_command(command),
+                    },
+                }
+            };
+            match result {
+                Ok((ws, session)) => {
+                    self.session = session.clone();
+                    self.emit(NetEvent::Connected(session));
+                    return Some(ws);
+                }
+                Err(ConnectError::AuthFailed) => {
+                    // Retrying a refused password only earns lockouts.
+                    self.emit(NetEvent::Disconnected {
+                        reason: ConnectError::AuthFailed.to_string(),
+                        retry_in: None,
+                    });
+                    if !self.wait_offline(None).await {
+                        return None;
+                    }
+                    attempt = 0;
+                    reason = "reconnecting".into();
+                }
+                Err(err) => reason = err.to_string(),
+            }
+        }
+    }
+
+    /// Handles commands while disconnected, until `until` (or a `Reconnect`
+    /// command). False when the task should end.
+    async fn wait_offline(&mut self, until: Option<Instant>) -> bool {
+        loop {
+            let command = match until {
+                Some(deadline) => tokio::select! {
+                    _ = sleep_until(deadline) => return true,
+                    command = self.commands.recv() => command,
+                },
+                None => self.commands.recv().await,
+            };
+            match command {
+                None | Some(NetCommand::Shutdown) => return false,
+                Some(NetCommand::Reconnect) => return true,
+                Some(command) => self.offline_command(command),
+            }
+        }
+    }
+
+    fn offline_command(&mut self, command: NetCommand) {
+        match command {
+            NetCommand::Join { room } => {
+                self.rooms.entry(room).or_insert_with(RoomSync::new);
+            }
+            NetCommand::Leave { room } => self.forget_room(&room, "left the room"),
+            NetCommand::Send { id, room, text } => self.enqueue(id, room, text),
+            NetCommand::History { room, before, .. } => self.emit(NetEvent::PageFailed {
+                room,
+                before,
+                reason: "not connected".into(),
+            }),
+            NetCommand::Rooms | NetCommand::DeleteRoom { .. } => self.emit(NetEvent::Error {
+                code: None,
+                message: "not connected; try again once reconnected".into(),
+            }),
+            NetCommand::Typing { .. } | NetCommand::Reconnect | NetCommand::Shutdown => {}
+        }
+    }
+
+    /// Validates a line and puts it in its room's queue; the caller flushes.
+    fn enqueue(&mut self, id: String, room: String, text: String) {
+        let fail = |code: ErrorCode, message: String| NetEvent::SendFailed {
+            id: id.clone(),
+            room: room.clone(),
+            code: Some(code),
+            message,
+        };
+        if !is_valid_id(&id) {
+            self.emit(fail(ErrorCode::BadRequest, "id too long".into()));
+            return;
+        }
+        let text = match normalize_text(&text) {
+            Ok(text) => text,
+            Err(err) => {
+                let code = match err {
+                    TextError::TooLarge(_) => ErrorCode::TooLarge,
+                    _ => ErrorCode::BadRequest,
+                };
+                self.emit(fail(code, err.to_string()));
+                return;
+            }
+        };
+        let Some(sync) = self.rooms.get_mut(&room) else {
+            self.emit(fail(ErrorCode::NotJoined, format!("not in room {room}")));
+            return;
+        };
+        sync.queue.push_back(Outgoing {
+            id,
+            text,
+            maybe_sent: false,
+            echo: None,
+        });
+    }
+
+    /// Drops a room and fails whatever was waiting to be sent to it.
+    fn forget_room(&mut self, room: &str, why: &str) {
+        if let Some(sync) = self.rooms.remove(room) {
+            for line in sync.inflight.into_iter().chain(sync.queue) {
+                self.emit(NetEvent::SendFailed {
+                    id: line.id,
+                    room: room.to_owned(),
+                    code: Some(ErrorCode::NotJoined),
+                    message: why.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Puts every room back to `Idle`, unsent lines back in their queues,
+    /// and fails the requests that died with the connection.
+    fn connection_lost(&mut self) {
+        let mut acks = Vec::new();
+        for (name, sync) in &mut self.rooms {
+            sync.phase = Phase::Idle;
+            sync.held.clear();
+            while let Some(mut line) = sync.inflight.pop_back() {
+                match line.echo {
+                    Some((seq, ts)) => acks.push(NetEvent::Ack {
+                        id: line.id,
+                        room: name.clone(),
+                        seq,
+                        ts,
+                    }),
+                    None => {
+                        line.maybe_sent = true;
+                        sync.queue.push_front(line);
+                    }
+                }
+            }
+        }
+        for ack in acks {
+            self.emit(ack);
+        }
+        for (_, pending) in std::mem::take(&mut self.requests) {
+            if let Pending::Page { room, before } = pending {
+                self.emit(NetEvent::PageFailed {
+                    room,
+                    before,
+                    reason: "connection lost".into(),
+                });
+            }
+        }
+        self.next_flush = None;
+    }
+
+    /// One connection's life: joins every room, then serves the socket and
+    /// the app's commands until the connection ends.
+    async fn serve(&mut self, ws: &mut Ws) -> End {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in names {
+            if let Err(reason) = self.send_join(ws, &room).await {
+                return End::Lost(reason);
+            }
+        }
+        let silence = self.config.timeout;
+        let mut last_heard = Instant::now();
+        let mut pinged = false;
+        let mut ticker = tokio::time::interval(silence / 4);
+        loop {
+            let flush_at = self.next_flush;
+            let step: Sent = tokio::select! {
+                frame = ws.next() => {
+                    last_heard = Instant::now();
+                    pinged = false;
+                    match frame {
+                        Some(Ok(Message::Text(text))) => match decode_server(text.as_str()) {
+                            Ok(event) => self.on_server_event(ws, event).await,
+                            // A newer server's events are not our concern.
+                            Err(_) => Ok(()),
+                        },
+                        Some(Ok(Message::Close(frame))) => Err(close_reason(frame)),
+                        Some(Ok(_)) => Ok(()),
+                        Some(Err(err)) => Err(err.to_string()),
+                        None => Err("connection closed".into()),
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    None | Some(NetCommand::Shutdown) => {
+                        let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
+                        return End::Shutdown;
+                    }
+                    Some(command) => self.online_command(ws, command).await,
+                },
+                _ = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                    self.next_flush = None;
+                    self.flush(ws).await
+                }
+                _ = ticker.tick() => {
+                    let quiet = last_heard.elapsed();
+                    if quiet >= silence * 2 {
+                        Err("no answer from the server".into())
+                    } else if quiet >= silence && !pinged {
+                        pinged = true;
+                        let id = self.new_id('p');
+                        send(ws, Request::with_id(ClientEvent::Ping, id)).await
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(reason) = step {
+                return End::Lost(reason);
+            }
+        }
+    }
+
+    async fn send_join(&mut self, ws: &mut Ws, room: &str) -> Sent {
+        let Some(sync) = self.rooms.get_mut(room) else {
+            return Ok(());
+        };
+        sync.phase = Phase::Joining;
+        sync.resuming = sync.last_seq.is_some();
+        let since = sync.last_seq;
+        let id = self.new_id('j');
+        self.requests.insert(
+            id.clone(),
+            Pending::Join {
+                room: room.to_owned(),
+            },
+        );
+        let join = ClientEvent::Join {
+            room: room.to_owned(),
+            since,
+        };
+        send(ws, Request::with_id(join, id)).await
+    }
+
+    async fn online_command(&mut self, ws: &mut Ws, command: NetCommand) -> Sent {
+        match command {
+            NetCommand::Join { room } => {
+                if self.rooms.contains_key(&room) {
+                    return Ok(());
+                }
+                self.rooms.insert(room.clone(), RoomSync::new());
+                self.send_join(ws, &room).await
+            }
+            NetCommand::Leave { room } => {
+                let joined = self.rooms.contains_key(&room);
+                self.forget_room(&room, "left the room");
+                if !joined {
+                    return Ok(());
+                }
+                let id = self.new_id('l');
+                self.requests.insert(id.clone(), Pending::Other);
+                send(ws, Request::with_id(ClientEvent::Leave { room }, id)).await
+            }
+            NetCommand::Send { id, room, text } => {
+                self.enqueue(id, room, text);
+                self.flush(ws).await
+            }
+            NetCommand::History {
+                room,
+                before,
+                limit,
+            } => {
+                let id = self.new_id('h');
+                self.requests.insert(
+                    id.clone(),
+                    Pending::Page {
+                        room: room.clone(),
+                        before,
+                    },
+                );
+                let limit = Some(limit.clamp(1, chat_proto::limits::MAX_PAGE as u64));
+                let page = ClientEvent::History {
+                    room,
+                    before,
+                    limit,
+                };
+                send(ws, Request::with_id(page, id)).await
+            }
+            NetCommand::Rooms => {
+                let id = self.new_id('r');
+                self.requests.insert(id.clone(), Pending::Other);
+                send(ws, Request::with_id(ClientEvent::Rooms, id)).await
+            }
+            NetCommand::Typing { room } => {
+                let live = self
+                    .rooms
+                    .get(&room)
+                    .is_some_and(|sync| sync.phase == Phase::Live);
+                if !live {
+                    return Ok(());
+                }
+                send(ws, Request::new(ClientEvent::Typing { room })).await
+            }
+            NetCommand::DeleteRoom { room } => {
+                let id = self.new_id('d');
+                self.requests.insert(id.clone(), Pending::Other);
+                send(ws, Request::with_id(ClientEvent::DeleteRoom { room }, id)).await
+            }
+            NetCommand::Reconnect | NetCommand::Shutdown => Ok(()),
+        }
+    }
+
+    /// Sends queued lines of live rooms, oldest first, as the rate allows.
+    async fn flush(&mut self, ws: &mut Ws) -> Sent {
+        loop {
+            let next = self
+                .rooms
+                .iter()
+                .find(|(_, sync)| sync.phase == Phase::Live && !sync.queue.is_empty())
+                .map(|(name, _)| name.clone());
+            let Some(room) = next else {
+                return Ok(());
+            };
+            if let Err(at) = self.bucket.take() {
+                self.next_flush = Some(at);
+                return Ok(());
+            }
+            let Some(sync) = self.rooms.get_mut(&room) else {
+                return Ok(());
+            };
+            let Some(mut line) = sync.queue.pop_front() else {
+                continue;
+            };
+            line.echo = None;
+            let request = Request::with_id(
+                ClientEvent::Send {
+                    room: room.clone(),
+                    text: line.text.clone(),
+                },
+                line.id.clone(),
+            );
+            sync.inflight.push_back(line);
+            send(ws, request).await?;
+        }
+    }
+
+    async fn on_server_event(&mut self, ws: &mut Ws, event: ServerEvent) -> Sent {
+        match event {
+            ServerEvent::Joined {
+                room,
+                last_seq,
+                members,
+                re,
+            } => {
+                if let Some(id) = re {
+                    self.requests.remove(&id);
+                }
+                let Some(sync) = self.rooms.get_mut(&room) else {
+                    return Ok(());
+                };
+                sync.phase = Phase::Backlog { target: last_seq };
+                self.emit(NetEvent::Joined {
+                    room,
+                    last_seq,
+                    members,
+                });
+                Ok(())
+            }
+            ServerEvent::History {
+                room,
+                messages,
+                has_more,
+                re: Some(id),
+            } => {
+                match self.requests.remove(&id) {
+                    Some(Pending::Page {
+                        room: asked,
+                        before,
+                    }) if asked == room => {
+                        self.emit(NetEvent::Page {
+                            room,
+                            before,
+                            messages,
+                            has_more,
+                        });
+                    }
+                    Some(Pending::Join { .. }) => {
+                        return self.on_backlog(ws, room, messages, has_more).await
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+            ServerEvent::History {
+                room,
+                messages,
+                has_more,
+                re: None,
+            } => self.on_backlog(ws, room, messages, has_more).await,
+            ServerEvent::Message(message) => {
+                self.on_message(message);
+                Ok(())
+            }
+            ServerEvent::Ack { re, room, seq, ts } => {
+                let Some(id) = re else { return Ok(()) };
+                if let Some(sync) = self.rooms.get_mut(&room) {
+                    if let Some(at) = sync.inflight.iter().position(|line| line.id == id) {
+                        sync.inflight.remove(at);
+                        self.emit(NetEvent::Ack { id, room, seq, ts });
+                    }
+                }
+                Ok(())
+            }
+            ServerEvent::Error { code, message, re } => self.on_error(ws, code, message, re).await,
+            ServerEvent::Left { room, .. } => {
+                self.emit(NetEvent::Left { room });
+                Ok(())
+            }
+            ServerEvent::RoomDeleted { room, re } => {
+                if let Some(id) = re {
+                    self.requests.remove(&id);
+                }
+                self.forget_room(&room, "the room was deleted");
+                self.emit(NetEvent::RoomDeleted { room });
+                Ok(())
+            }
+            ServerEvent::Presence { room, user, state } => {
+                if self.rooms.contains_key(&room) {
+                    self.emit(NetEvent::Presence { room, user, state });
+                }
+                Ok(())
+            }
+            ServerEvent::Typing { room, user } => {
+                if self.rooms.contains_key(&room) {
+                    self.emit(NetEvent::Typing { room, user });
+                }
+                Ok(())
+            }
+            ServerEvent::Rooms { rooms, re } => {
+                if let Some(id) = re {
+                    self.requests.remove(&id);
+                }
+                self.emit(NetEvent::Rooms(rooms));
+                Ok(())
+            }
+            ServerEvent::Pong { re } => {
+                if let Some(id) = re {
+                    self.requests.remove(&id);
+                }
+                Ok(())
+            }
+            ServerEvent::Welcome { .. } => Ok(()),
+        }
+    }
+
+    /// A `history` that follows a `join`.
+    async fn on_backlog(
+        &mut self,
+        ws: &mut Ws,
+        room: String,
+        messages: Vec<MessageRecord>,
+        has_more: bool,
+    ) -> Sent {
+        let me = self.session.user.clone();
+        let Some(sync) = self.rooms.get_mut(&room) else {
+            return Ok(());
+        };
+        let floor = sync.last_seq.unwrap_or(0);
+        let first_join = sync.last_seq.is_none();
+        let mut fresh: Vec<MessageRecord> = messages
+            .into_iter()
+            .filter(|m| first_join || m.seq > floor)
+            .collect();
+        fresh.sort_by_key(|m| m.seq);
+        fresh.dedup_by_key(|m| m.seq);
+        let newest = fresh.last().map_or(floor, |m| m.seq.max(floor));
+        sync.last_seq = Some(newest);
+        // Lines that were on the wire when the connection dropped and are
+        // among the messages after the seam were stored: don't send again.
+        let mut acks = Vec::new();
+        for message in fresh.iter().filter(|m| m.user == me) {
+            if let Some(at) = sync
+                .queue
+                .iter()
+                .position(|line| line.maybe_sent && line.text == message.text)
+            {
+                if let Some(line) = sync.queue.remove(at) {
+                    acks.push(NetEvent::Ack {
+                        id: line.id,
+                        room: room.clone(),
+                        seq: message.seq,
+                        ts: message.ts,
+                    });
+                }
+            }
+        }
+        let complete = match sync.phase {
+            Phase::Backlog { target } => !sync.resuming || fresh.is_empty() || newest >= target,
+            _ => true,
+        };
+        let resumed = sync.resuming;
+        let mut held = Vec::new();
+        if complete {
+            sync.phase = Phase::Live;
+            held = std::mem::take(&mut sync.held);
+            // What is still marked maybe-sent was not stored: send it again.
+            for line in &mut sync.queue {
+                line.maybe_sent = false;
+            }
+        }
+        self.emit(NetEvent::Backlog {
+            room,
+            messages: fresh,
+            has_more,
+            resumed,
+        });
+        for ack in acks {
+            self.emit(ack);
+        }
+        held.sort_by_key(|m| m.seq);
+        for message in held {
+            self.on_message(message);
+        }
+        if complete {
+            self.flush(ws).await
+        } else {
+            Ok(())
+        }
+    }
+
+    fn on_message(&mut self, message: MessageRecord) {
+        let me = &self.session.user;
+        let Some(sync) = self.rooms.get_mut(&message.room) else {
+            return;
+        };
+        match sync.phase {
+            Phase::Joining | Phase::Backlog { .. } if sync.resuming => {
+                sync.held.push(message);
+                return;
+            }
+            _ => {}
+        }
+        if sync.last_seq.is_some_and(|last| message.seq <= last) {
+            return;
+        }
+        sync.last_seq = Some(message.seq);
+        if &message.user == me {
+            if let Some(line) = sync
+                .inflight
+                .iter_mut()
+                .find(|line| line.echo.is_none() && line.text == message.text)
+            {
+                line.echo = Some((message.seq, message.ts));
+            }
+        }
+        self.emit(NetEvent::Message(message));
+    }
+
+    async fn on_error(
+        &mut self,
+        ws: &mut Ws,
+        code: ErrorCode,
+        message: String,
+        re: Option<String>,
+    ) -> Sent {
+        let Some(id) = re else {
+            self.emit(NetEvent::Error {
+                code: Some(code),
+                message,
+            });
+            return Ok(());
+        };
+        // A refused send?
+        for (room, sync) in &mut self.rooms {
+            let Some(at) = sync.inflight.iter().position(|line| line.id == id) else {
+                continue;
+            };
+            let room = room.clone();
+            if code == ErrorCode::RateLimited {
+                // Too fast after all: back in line, and wait for the bucket.
+                if let Some(line) = sync.inflight.remove(at) {
+                    sync.queue.push_front(line);
+                }
+                self.bucket.drain();
+                self.next_flush = Some(Instant::now() + Duration::from_secs(1));
+                return Ok(());
+            }
+            sync.inflight.remove(at);
+            self.emit(NetEvent::SendFailed {
+                id,
+                room,
+                code: Some(code),
+                message,
+            });
+            return Ok(());
+        }
+        match self.requests.remove(&id) {
+            Some(Pending::Join { room }) => {
+                self.forget_room(&room, "could not join the room");
+                self.emit(NetEvent::JoinFailed {
+                    room,
+                    code,
+                    message,
+                });
+            }
+            Some(Pending::Page { room, before }) => self.emit(NetEvent::PageFailed {
+                room,
+                before,
+                reason: format!("{code}: {message}"),
+            }),
+            Some(Pending::Other) | None => self.emit(NetEvent::Error {
+                code: Some(code),
+                message,
+            }),
+        }
+        let _ = ws;
+        Ok(())
+    }
+}
+
+async fn send(ws: &mut Ws, request: Request) -> Sent {
+    ws.send(Message::text(encode(&request)))
+        .await
+        .map_err(|err| err.to_string())
+}
+
+/// The delay before reconnect attempt `attempt` (1-based): `backoff_min`
+/// doubling up to `backoff_max`, then ±20% jitter so that clients dropped
+/// together do not come back together.
+pub fn backoff(config: &NetConfig, attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(16);
+    let base = config
+        .backoff_min
+        .saturating_mul(1 << exp)
+        .min(config.backoff_max);
+    let jitter = 0.8 + 0.4 * random_unit();
+    base.mul_f64(jitter).min(config.backoff_max)
+}
+
+/// A number in [0, 1) that differs between calls; jitter needs no more.
+fn random_unit() -> f64 {
+    let bits = RandomState::new().hash_one(std::time::SystemTime::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let config = NetConfig::new("ws://x", "u", "p");
+        for (attempt, base) in [
+            (1, 1.0),
+            (2, 2.0),
+            (3, 4.0),
+            (5, 16.0),
+            (6, 30.0),
+            (40, 30.0),
+        ] {
+            for _ in 0..20 {
+                let d = backoff(&config, attempt).as_secs_f64();
+                assert!(
+                    d >= base * 0.8 - 1e-9 && d <= (base * 1.2f64).min(30.0) + 1e-9,
+                    "{attempt}: {d}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn connect_errors_read_well() {
+        assert_eq!(
+            ConnectError::AuthFailed.to_string(),
+            "login failed: wrong user name or password"
+        );
+        assert!(ConnectError::Http(404).to_string().contains("/ws"));
+    }
+}

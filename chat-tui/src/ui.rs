@@ -1,0 +1,757 @@
+//! Drawing: [`render`] paints the whole screen from an [`App`] and nothing
+//! else, so what is on screen is a function of the state and can be tested
+//! with ratatui's `TestBackend`.
+//!
+//! ```text
+//!  Rooms          │ #general  3 online: alice, bob, carol
+//!  1 general      │──────────────────────────────────────
+//!  2 random    @2 │── Tuesday 25 November 2025 ──────────
+//!                 │14:02 alice: hi all
+//!                 │14:03 bob: a long line wraps under its
+//!                 │           own text
+//!                 │bob is typing…
+//!                 │› _
+//!  ● connected │ alice @ 192.168.1.23:8765          F1 help
+//! ```
+
+use std::ops::Range;
+
+use chat_proto::RoomSummary;
+use ratatui::layout::{Position, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph};
+use ratatui::Frame;
+
+use crate::app::{filter_rooms, App, Entry, Link, Overlay, Pending, Room, NOTICE_FOR};
+use crate::clock::format_day;
+use crate::timeline;
+use crate::wrap::{self, graphemes};
+
+/// Most lines the input grows to before it scrolls.
+const MAX_INPUT_LINES: usize = 6;
+/// The input prompt.
+const PROMPT: &str = "› ";
+
+/// Where each part of the screen goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Areas {
+    /// The room list (empty on narrow terminals).
+    pub rooms: Rect,
+    pub header: Rect,
+    pub messages: Rect,
+    /// The "bob is typing…" line.
+    pub typing: Rect,
+    pub input: Rect,
+    pub status: Rect,
+}
+
+/// Splits the screen. Used by [`render`] and by the app to know how tall a
+/// page is.
+pub fn layout(area: Rect, app: &App) -> Areas {
+    let status_height = area.height.min(1);
+    let status = Rect::new(
+        area.x,
+        area.bottom() - status_height,
+        area.width,
+        status_height,
+    );
+    let body_height = area.height - status_height;
+    let list_width = if area.width >= 60 {
+        let longest = app
+            .rooms
+            .iter()
+            .map(|r| wrap::width(&r.name))
+            .max()
+            .unwrap_or(8);
+        ((longest + 10) as u16).clamp(18, 28).min(area.width / 3)
+    } else {
+        0
+    };
+    let rooms = Rect::new(area.x, area.y, list_width, body_height);
+    let main = Rect::new(
+        area.x + list_width,
+        area.y,
+        area.width - list_width,
+        body_height,
+    );
+    let text_width = usize::from(main.width.saturating_sub(PROMPT.chars().count() as u16)).max(1);
+    let (rows, _) = input_rows(app.input.text(), app.input.cursor(), text_width);
+    let input_height = (rows.len().clamp(1, MAX_INPUT_LINES) as u16).min(main.height);
+    let header_height = 2.min(main.height.saturating_sub(input_height));
+    let typing_height = 1.min(main.height.saturating_sub(input_height + header_height));
+    let messages_height = main.height - input_height - header_height - typing_height;
+    let header = Rect::new(main.x, main.y, main.width, header_height);
+    let messages = Rect::new(main.x, header.bottom(), main.width, messages_height);
+    let typing = Rect::new(main.x, messages.bottom(), main.width, typing_height);
+    let input = Rect::new(main.x, typing.bottom(), main.width, input_height);
+    Areas {
+        rooms,
+        header,
+        messages,
+        typing,
+        input,
+        status,
+    }
+}
+
+/// Paints the screen.
+pub fn render(app: &App, frame: &mut Frame) {
+    let area = frame.area();
+    let areas = layout(area, app);
+    render_rooms(app, frame, areas.rooms);
+    render_header(app, frame, areas.header);
+    render_messages(app, frame, areas.messages);
+    render_typing(app, frame, areas.typing);
+    render_input(app, frame, areas.input);
+    render_status(app, frame, areas.status);
+    match &app.overlay {
+        None => {}
+        Some(Overlay::Help) => render_help(frame, area),
+        Some(Overlay::Who) => render_who(app, frame, area),
+        Some(Overlay::Rooms {
+            list,
+            selected,
+            filter,
+        }) => render_browser(app, frame, area, list.as_deref(), *selected, filter),
+    }
+}
+
+/// A user's colour: stable across runs and machines (a hash of the name).
+pub fn user_color(user: &str) -> Color {
+    const PALETTE: [Color; 12] = [
+        Color::Red,
+        Color::Green,
+        Color::Yellow,
+        Color::Blue,
+        Color::Magenta,
+        Color::Cyan,
+        Color::LightRed,
+        Color::LightGreen,
+        Color::LightYellow,
+        Color::LightBlue,
+        Color::LightMagenta,
+        Color::LightCyan,
+    ];
+    // FNV-1a: fixed, unlike the std hasher's random keys.
+    let hash = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    PALETTE[(hash % PALETTE.len() as u64) as usize]
+}
+
+fn dim() -> Style {
+    Style::default().fg(Color::DarkGray)
+}
+
+/// Cuts `text` to at most `width` columns, ending in `…` when cut.
+fn fit(text: &str, width: usize) -> String {
+    if wrap::width(text) <= width {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for (_, g, w) in graphemes(text) {
+        if used + w + 1 > width {
+            break;
+        }
+        out.push_str(g);
+        used += w;
+    }
+    if width > 0 {
+        out.push('…');
+    }
+    out
+}
+
+fn render_rooms(app: &App, frame: &mut Frame, area: Rect) {
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    let block = Block::default().borders(Borders::RIGHT).border_style(dim());
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let width = usize::from(inner.width);
+    let mut lines = vec![Line::from(Span::styled(
+        " Rooms",
+        Style::default().add_modifier(Modifier::BOLD),
+    ))];
+    for (i, room) in app.rooms.iter().enumerate() {
+        let number = if i < 9 {
+            format!(" {} ", i + 1)
+        } else {
+            "   ".to_owned()
+        };
+        let mut badge = String::new();
+        if room.mentioned {
+            badge.push('@');
+        }
+        if room.unread > 0 {
+            badge.push_str(&room.unread.to_string());
+        }
+        if !badge.is_empty() {
+            badge = format!(" {badge} ");
+        }
+        let name_room = width.saturating_sub(number.len() + badge.len());
+        let name = fit(&room.name, name_room);
+        let pad = name_room.saturating_sub(wrap::width(&name));
+        let mut style = Style::default();
+        if room.unread > 0 {
+            style = style.add_modifier(Modifier::BOLD);
+        }
+        if i == app.current {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
+        let badge_style = if room.mentioned {
+            style.fg(Color::Yellow).add_modifier(Modifier::BOLD)
+        } else {
+            style.fg(Color::Cyan)
+        };
+        lines.push(Line::from(vec![
+            Span::styled(number, style.fg(Color::DarkGray)),
+            Span::styled(format!("{name}{}", " ".repeat(pad)), style),
+            Span::styled(badge, badge_style),
+        ]));
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+fn render_header(app: &App, frame: &mut Frame, area: Rect) {
+    if area.height == 0 {
+        return;
+    }
+    let width = usize::from(area.width);
+    let line = match app.current_room() {
+        None => Line::from(Span::styled(" no room", dim())),
+        Some(room) => {
+            let title = format!(" #{}", room.name);
+            let rest = if !room.joined {
+                match app.link {
+                    Link::Connected => "  joining…".to_owned(),
+                    _ => "  offline".to_owned(),
+                }
+            } else {
+                let names: Vec<&str> = room.members.iter().map(String::as_str).collect();
+                format!("  {} online: {}", names.len(), names.join(", "))
+            };
+            let rest = fit(&rest, width.saturating_sub(wrap::width(&title)));
+            Line::from(vec![
+                Span::styled(title, Style::default().add_modifier(Modifier::BOLD)),
+                Span::styled(rest, dim()),
+            ])
+        }
+    };
+    let mut lines = vec![line];
+    if area.height > 1 {
+        lines.push(Line::from(Span::styled("─".repeat(width), dim())));
+    }
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// The screen lines of one message: its header lines (day separator, new
+/// messages marker), then its wrapped text. Must agree with
+/// [`timeline::header_height`] and [`timeline::text_height`].
+fn message_lines(
+    room: &Room,
+    entry: &Entry,
+    prev: Option<&Entry>,
+    width: usize,
+) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    if timeline::starts_day(entry, prev) {
+        let label = format!("── {} ", format_day(entry.time.day));
+        let fill = width.saturating_sub(wrap::width(&label));
+        lines.push(Line::from(Span::styled(
+            format!("{label}{}", "─".repeat(fill)),
+            dim(),
+        )));
+    }
+    if room.marker == Some(entry.seq) {
+        let label = "── new messages ";
+        let fill = width.saturating_sub(wrap::width(label));
+        lines.push(Line::from(Span::styled(
+            format!("{label}{}", "─".repeat(fill)),
+            Style::default().fg(Color::Red),
+        )));
+    }
+    let mut name_style = Style::default()
+        .fg(user_color(&entry.user))
+        .add_modifier(Modifier::BOLD);
+    if entry.own {
+        name_style = name_style.add_modifier(Modifier::REVERSED);
+    }
+    let mut time_style = dim();
+    let mut text_style = Style::default();
+    if entry.mention {
+        time_style = Style::default()
+            .fg(Color::Yellow)
+            .add_modifier(Modifier::BOLD);
+        text_style = text_style.add_modifier(Modifier::BOLD);
+    }
+    let prefix = vec![
+        Span::styled(format!("{} ", entry.time.hhmm()), time_style),
+        Span::styled(entry.user.clone(), name_style),
+        Span::raw(": "),
+    ];
+    let ranges = timeline::wrap_message(&entry.user, &entry.text, width);
+    push_text_lines(
+        &mut lines,
+        prefix,
+        &entry.user,
+        &entry.text,
+        &ranges,
+        width,
+        text_style,
+    );
+    lines
+}
+
+fn push_text_lines(
+    lines: &mut Vec<Line<'static>>,
+    prefix: Vec<Span<'static>>,
+    user: &str,
+    text: &str,
+    ranges: &[Range<usize>],
+    width: usize,
+    text_style: Style,
+) {
+    let indent = " ".repeat(timeline::indent(user, width));
+    for (i, range) in ranges.iter().enumerate() {
+        let body = Span::styled(text[range.clone()].to_owned(), text_style);
+        if i == 0 {
+            let mut spans = prefix.clone();
+            // With no room after the prefix, the text starts on the next line.
+            if !range.is_empty() {
+                spans.push(body);
+            }
+            lines.push(Line::from(spans));
+        } else {
+            lines.push(Line::from(vec![Span::raw(indent.clone()), body]));
+        }
+    }
+}
+
+fn pending_lines(app: &App, pending: &Pending, width: usize) -> Vec<Line<'static>> {
+    let (mark, style) = match pending.failed {
+        Some(_) => ("  ✗   ", Style::default().fg(Color::Red)),
+        None => ("  ⋯   ", dim()),
+    };
+    let prefix = vec![
+        Span::styled(mark.to_owned(), style),
+        Span::styled(app.user.clone(), style.add_modifier(Modifier::BOLD)),
+        Span::styled(": ".to_owned(), style),
+    ];
+    let ranges = timeline::wrap_message(&app.user, &pending.text, width);
+    let mut lines = Vec::new();
+    push_text_lines(
+        &mut lines,
+        prefix,
+        &app.user,
+        &pending.text,
+        &ranges,
+        width,
+        style,
+    );
+    lines
+}
+
+fn render_messages(app: &App, frame: &mut Frame, area: Rect) {
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    let Some(room) = app.current_room() else {
+        let hint = vec![
+            Line::raw(""),
+            Line::raw("  You are not in any room."),
+            Line::raw("  /join ROOM joins (or creates) one; /rooms lists them all."),
+            Line::raw("  F1 shows every key and command."),
+        ];
+        frame.render_widget(Paragraph::new(hint).style(dim()), area);
+        return;
+    };
+    let width = usize::from(area.width);
+    let height = usize::from(area.height);
+    let mut out: Vec<Line<'static>> = Vec::with_capacity(height);
+    if let Some(top) = timeline::view_top(room, &app.user, area.width, area.height) {
+        let mut prev = room.log.range(..top.seq).next_back().map(|(_, e)| e);
+        let mut skip = None;
+        for (_, entry) in room.log.range(top.seq..) {
+            let lines = message_lines(room, entry, prev, width);
+            let header = timeline::header_height(room, entry, prev);
+            let skip_now = skip.take().unwrap_or((top.offset + header).max(0) as usize);
+            out.extend(lines.into_iter().skip(skip_now).take(height - out.len()));
+            skip = Some(0);
+            prev = Some(entry);
+            if out.len() >= height {
+                break;
+            }
+        }
+    } else if room.pending.is_empty() {
+        let text = if room.joined {
+            format!("  No messages in #{} yet. Say hello!", room.name)
+        } else {
+            "  Joining…".to_owned()
+        };
+        out.push(Line::raw(""));
+        out.push(Line::from(Span::styled(text, dim())));
+    }
+    for pending in &room.pending {
+        if out.len() >= height {
+            break;
+        }
+        let lines = pending_lines(app, pending, width);
+        out.extend(lines.into_iter().take(height - out.len()));
+    }
+    frame.render_widget(Paragraph::new(out), area);
+}
+
+fn render_typing(app: &App, frame: &mut Frame, area: Rect) {
+    if area.height == 0 {
+        return;
+    }
+    let Some(room) = app.current_room() else {
+        return;
+    };
+    let typing = room.typing_now(&app.user, app.now);
+    let left = match typing.as_slice() {
+        [] => String::new(),
+        [one] => format!("{one} is typing…"),
+        [a, b] => format!("{a} and {b} are typing…"),
+        [a, b, c] => format!("{a}, {b} and {c} are typing…"),
+        more => format!("{} people are typing…", more.len()),
+    };
+    let right = if room.loading_older {
+        "loading older messages… ".to_owned()
+    } else if room.unseen_below > 0 {
+        format!("↓ {} new · End ", room.unseen_below)
+    } else if room.anchor.is_some() {
+        "↑ scrolled back · End ".to_owned()
+    } else {
+        String::new()
+    };
+    let width = usize::from(area.width);
+    let right_width = wrap::width(&right);
+    let left = fit(&left, width.saturating_sub(right_width + 1));
+    let pad = width.saturating_sub(wrap::width(&left) + right_width);
+    let line = Line::from(vec![
+        Span::styled(left, dim().add_modifier(Modifier::ITALIC)),
+        Span::raw(" ".repeat(pad)),
+        Span::styled(right, Style::default().fg(Color::Yellow)),
+    ]);
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+/// Rows of the input at `width` columns (hard wrap, `\n` breaks) and the
+/// cursor's (row, column).
+pub fn input_rows(text: &str, cursor: usize, width: usize) -> (Vec<Range<usize>>, (usize, usize)) {
+    let width = width.max(1);
+    let mut rows = Vec::new();
+    let mut cursor_at = None;
+    let mut row_start = 0;
+    let mut col = 0;
+    let mut para_start = 0;
+    for para in text.split('\n') {
+        for (offset, _, w) in graphemes(para) {
+            let at = para_start + offset;
+            if col + w > width && col > 0 {
+                rows.push(row_start..at);
+                row_start = at;
+                col = 0;
+            }
+            if at == cursor {
+                cursor_at = Some((rows.len(), col));
+            }
+            col += w;
+        }
+        let end = para_start + para.len();
+        if cursor_at.is_none() && cursor == end {
+            if col >= width {
+                rows.push(row_start..end);
+                row_start = end;
+                col = 0;
+            }
+            cursor_at = Some((rows.len(), col));
+        }
+        rows.push(row_start..end);
+        para_start = end + 1;
+        row_start = para_start;
+        col = 0;
+    }
+    (rows, cursor_at.unwrap_or((0, 0)))
+}
+
+fn render_input(app: &App, frame: &mut Frame, area: Rect) {
+    if area.height == 0 || area.width == 0 {
+        return;
+    }
+    let prompt_width = PROMPT.chars().count() as u16;
+    let text_width = usize::from(area.width.saturating_sub(prompt_width)).max(1);
+    let text = app.input.text();
+    if text.is_empty() && app.overlay.is_none() {
+        let hint = match app.current_room() {
+            Some(room) => format!(
+                "Message #{}  (Enter sends, Alt+Enter new line, F1 help)",
+                room.name
+            ),
+            None => "/join ROOM to start  (F1 help)".to_owned(),
+        };
+        let line = Line::from(vec![
+            Span::styled(PROMPT, Style::default().fg(Color::Cyan)),
+            Span::styled(fit(&hint, text_width), dim()),
+        ]);
+        frame.render_widget(Paragraph::new(line), area);
+        frame.set_cursor_position(Position::new(area.x + prompt_width, area.y));
+        return;
+    }
+    let (rows, (cursor_row, cursor_col)) = input_rows(text, app.input.cursor(), text_width);
+    let visible = usize::from(area.height);
+    let first = (cursor_row + 1).saturating_sub(visible);
+    let lines: Vec<Line> = rows
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(visible)
+        .map(|(i, range)| {
+            let lead = if i == 0 { PROMPT } else { "  " };
+            Line::from(vec![
+                Span::styled(lead, Style::default().fg(Color::Cyan)),
+                Span::raw(&text[range.clone()]),
+            ])
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), area);
+    if app.overlay.is_none() {
+        let x = area.x + prompt_width + cursor_col.min(text_width) as u16;
+        let y = area.y + (cursor_row - first) as u16;
+        frame.set_cursor_position(Position::new(x.min(area.right().saturating_sub(1)), y));
+    }
+}
+
+/// The server's address without the `ws://` and `/ws` everyone knows.
+fn short_server(url: &str) -> &str {
+    let s = url.strip_prefix("ws://").unwrap_or(url);
+    s.strip_suffix("/ws").unwrap_or(s)
+}
+
+fn render_status(app: &App, frame: &mut Frame, area: Rect) {
+    if area.height == 0 {
+        return;
+    }
+    let bar = Style::default().bg(Color::DarkGray).fg(Color::White);
+    let (state, state_style) = match &app.link {
+        Link::Connected => ("● connected".to_owned(), bar.fg(Color::LightGreen)),
+        Link::Connecting => ("◌ connecting…".to_owned(), bar.fg(Color::LightYellow)),
+        Link::Reconnecting { at, .. } => {
+            let left = at.saturating_duration_since(app.now);
+            let secs = left.as_millis().div_ceil(1000);
+            (
+                format!("↻ reconnecting in {secs} s"),
+                bar.fg(Color::LightYellow),
+            )
+        }
+        Link::Offline { reason } => (format!("✗ offline: {reason}"), bar.fg(Color::LightRed)),
+    };
+    let mut spans = vec![
+        Span::styled(
+            format!(" {state}"),
+            state_style.add_modifier(Modifier::BOLD),
+        ),
+        Span::styled(
+            format!(" │ {} @ {}", app.user, short_server(&app.server)),
+            bar,
+        ),
+    ];
+    if app.link != Link::Connected {
+        let queued: usize = app
+            .rooms
+            .iter()
+            .map(|r| r.pending.iter().filter(|p| p.failed.is_none()).count())
+            .sum();
+        if queued > 0 {
+            spans.push(Span::styled(format!(" │ {queued} queued"), bar));
+        }
+    }
+    if let Some(notice) = &app.notice {
+        if app.now.saturating_duration_since(notice.at) < NOTICE_FOR {
+            let style = if notice.error {
+                bar.fg(Color::LightRed).add_modifier(Modifier::BOLD)
+            } else {
+                bar.fg(Color::LightCyan)
+            };
+            spans.push(Span::styled(" │ ", bar));
+            spans.push(Span::styled(notice.text.clone(), style));
+        }
+    }
+    let help = " F1 help ";
+    let used: usize = spans.iter().map(|s| s.width()).sum();
+    let width = usize::from(area.width);
+    if used + help.len() <= width {
+        spans.push(Span::styled(" ".repeat(width - used - help.len()), bar));
+        spans.push(Span::styled(help, bar.fg(Color::Gray)));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)).style(bar), area);
+}
+
+/// A box of `width` x `height` centered in `area`, clipped to it.
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let width = width.min(area.width);
+    let height = height.min(area.height);
+    Rect::new(
+        area.x + (area.width - width) / 2,
+        area.y + (area.height - height) / 2,
+        width,
+        height,
+    )
+}
+
+/// The key table of the help overlay (also in `docs/tui.md`).
+pub const HELP: &[(&str, &str)] = &[
+    ("Enter", "send the line"),
+    ("Alt+Enter", "new line in the message"),
+    ("Alt+Up/Down, Ctrl+P/N", "previous / next room"),
+    ("Alt+1..9", "jump to room 1..9"),
+    (
+        "PageUp/PageDown, wheel",
+        "scroll (older pages load at the top)",
+    ),
+    ("End (at end of line), Esc", "jump to the newest message"),
+    ("Left/Right, Home/End", "move in the line (Ctrl: by word)"),
+    ("Backspace/Delete", "delete a character"),
+    ("Ctrl+W, Ctrl+U, Ctrl+K", "delete word / to start / to end"),
+    ("Up/Down", "recall sent lines"),
+    ("Tab", "complete a user name"),
+    ("F1", "this help"),
+    ("Ctrl+C", "quit"),
+    ("", ""),
+    ("/join ROOM", "join or create a room"),
+    ("/leave", "leave the current room"),
+    ("/rooms", "browse every room (Enter joins)"),
+    ("/who", "who is in this room"),
+    ("/delete ROOM", "delete a room and its history (admins)"),
+    ("/reconnect", "reconnect now"),
+    ("/help, /quit", "this help, quit"),
+    ("//text", "send a line starting with /"),
+];
+
+fn render_help(frame: &mut Frame, area: Rect) {
+    let key_width = HELP.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let lines: Vec<Line> = HELP
+        .iter()
+        .map(|(key, what)| {
+            Line::from(vec![
+                Span::styled(
+                    format!(" {key:<key_width$}  "),
+                    Style::default()
+                        .fg(Color::Cyan)
+                        .add_modifier(Modifier::BOLD),
+                ),
+                Span::raw(*what),
+            ])
+        })
+        .collect();
+    let width = (key_width + 44) as u16;
+    let rect = centered(area, width, lines.len() as u16 + 2);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" Keys and commands · Esc closes "),
+        ),
+        rect,
+    );
+}
+
+fn render_who(app: &App, frame: &mut Frame, area: Rect) {
+    let Some(room) = app.current_room() else {
+        return;
+    };
+    let mut lines: Vec<Line> = room
+        .members
+        .iter()
+        .map(|m| {
+            let you = if *m == app.user { "  (you)" } else { "" };
+            Line::from(vec![
+                Span::styled(format!(" {m}"), Style::default().fg(user_color(m))),
+                Span::styled(you, dim()),
+            ])
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push(Line::from(Span::styled(" nobody online", dim())));
+    }
+    let title = format!(" #{} · {} online · Esc ", room.name, room.members.len());
+    let width = (wrap::width(&title) + 4).max(30) as u16;
+    let rect = centered(
+        area,
+        width,
+        (lines.len() as u16 + 2).min(area.height.saturating_sub(2)),
+    );
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
+        rect,
+    );
+}
+
+fn render_browser(
+    app: &App,
+    frame: &mut Frame,
+    area: Rect,
+    list: Option<&[RoomSummary]>,
+    selected: usize,
+    filter: &str,
+) {
+    let rect = centered(area, 60, area.height.saturating_sub(4).max(8));
+    frame.render_widget(Clear, rect);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(" Rooms on the server · Enter joins · Esc closes ");
+    let inner = block.inner(rect);
+    frame.render_widget(block, rect);
+    let mut lines = vec![
+        Line::from(vec![
+            Span::styled(" filter: ", dim()),
+            Span::raw(filter.to_owned()),
+            Span::styled("▏", Style::default().fg(Color::Cyan)),
+        ]),
+        Line::from(Span::styled(
+            format!(" {:<34} {:>8} {:>10}", "room", "online", "messages"),
+            Style::default().add_modifier(Modifier::BOLD),
+        )),
+    ];
+    match list {
+        None => lines.push(Line::from(Span::styled(" loading…", dim()))),
+        Some(list) => {
+            let rooms = filter_rooms(list, filter);
+            if rooms.is_empty() {
+                lines.push(Line::from(Span::styled(" no room matches", dim())));
+            }
+            let rows = usize::from(inner.height).saturating_sub(2).max(1);
+            let first = (selected + 1).saturating_sub(rows);
+            for (i, room) in rooms.iter().enumerate().skip(first).take(rows) {
+                let joined = if app.rooms.iter().any(|r| r.name == room.name) {
+                    "✓"
+                } else {
+                    " "
+                };
+                let text = format!(
+                    "{joined}{:<34} {:>8} {:>10}",
+                    fit(&crate::sanitize::sanitize_line(&room.name), 34),
+                    room.members,
+                    room.last_seq
+                );
+                let style = if i == selected {
+                    Style::default().add_modifier(Modifier::REVERSED)
+                } else {
+                    Style::default()
+                };
+                lines.push(Line::from(Span::styled(text, style)));
+            }
+        }
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+#[cfg(test)]
+mod tests;
