@@ -421,10 +421,7 @@ impl App {
         let room = self.rooms.get_mut(self.current)?;
         if let Some(top) = timeline::view_top(room, &user, width, height) {
             let (top, _) = timeline::scroll_up(room, top, lines, width);
-            room.anchor = Some(top);
-            if !timeline::fills_pane(room, &user, top, width, height) {
-                room.anchor = None;
-            }
+            room.anchor = Some(top).filter(|top| above_bottom(room, &user, *top, width, height));
         }
         self.maybe_fetch_older()
     }
@@ -437,7 +434,7 @@ impl App {
         };
         let Some(anchor) = room.anchor else { return };
         room.anchor = timeline::scroll_down(room, anchor, lines, width)
-            .filter(|top| timeline::fills_pane(room, &user, *top, width, height));
+            .filter(|top| above_bottom(room, &user, *top, width, height));
         if room.anchor.is_none() {
             room.unseen_below = 0;
         }
@@ -480,6 +477,12 @@ impl App {
             limit: PAGE_SIZE,
         }))
     }
+}
+
+/// True when a view starting at `top` does not reach the newest line: more
+/// lines follow it than the pane holds. At the bottom the view follows.
+fn above_bottom(room: &Room, user: &str, top: Pos, width: u16, height: u16) -> bool {
+    timeline::fills_pane(room, user, top, width, height.saturating_add(1))
 }
 
 /// True when `text` mentions `user` as a word (`alice`, `@alice`, `Alice:`),
@@ -591,9 +594,7 @@ fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
 }
 
 fn on_overlay_key(app: &mut App, key: KeyEvent) -> Option<Action> {
-    let Some(overlay) = app.overlay.as_mut() else {
-        return None;
-    };
+    let overlay = app.overlay.as_mut()?;
     match overlay {
         Overlay::Help | Overlay::Who => {
             if matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {

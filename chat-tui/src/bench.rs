@@ -124,3 +124,21 @@ pub fn measure(messages: usize, width: u16, height: u16, frames: u32) -> RenderT
         frames,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The render-time figure: `cargo test -p chat-tui --release --lib --
+    /// --ignored --nocapture render_benchmark`.
+    #[test]
+    #[ignore = "benchmark; run in release with --ignored --nocapture"]
+    fn render_benchmark() {
+        let timing = super::measure(100_000, 200, 60, 500);
+        println!("{timing}");
+    }
+
+    #[test]
+    fn measure_runs() {
+        let timing = super::measure(500, 80, 24, 3);
+        assert_eq!(timing.messages, 500);
+    }
+}

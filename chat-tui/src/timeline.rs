@@ -124,10 +124,27 @@ pub fn bottom_top(room: &Room, user: &str, width: u16, height: u16) -> Option<Po
     first
 }
 
+/// `pos` moved onto an existing line: header lines come and go (a day
+/// separator disappears when an older page of the same day is loaded above,
+/// the marker when the user looks away), and a position on a header line
+/// that is gone moves to the message's first remaining line.
+pub fn clamp(room: &Room, pos: Pos) -> Pos {
+    match room.log.get(&pos.seq) {
+        Some(entry) => {
+            let header = header_height(room, entry, prev_entry(room, pos.seq));
+            Pos {
+                seq: pos.seq,
+                offset: pos.offset.max(-header),
+            }
+        }
+        None => pos,
+    }
+}
+
 /// The top line of the view as it will be drawn: the anchor when the room
 /// is scrolled and enough lines follow it to fill the pane, else the bottom.
 pub fn view_top(room: &Room, user: &str, width: u16, height: u16) -> Option<Pos> {
-    match room.anchor {
+    match room.anchor.map(|anchor| clamp(room, anchor)) {
         Some(anchor) if fills_pane(room, user, anchor, width, height) => Some(anchor),
         _ => bottom_top(room, user, width, height),
     }
@@ -135,6 +152,7 @@ pub fn view_top(room: &Room, user: &str, width: u16, height: u16) -> Option<Pos>
 
 /// True when at least `height` lines start at `top`.
 pub fn fills_pane(room: &Room, user: &str, top: Pos, width: u16, height: u16) -> bool {
+    let top = clamp(room, top);
     let Some(entry) = room.log.get(&top.seq) else {
         return false;
     };
@@ -156,6 +174,7 @@ pub fn fills_pane(room: &Room, user: &str, top: Pos, width: u16, height: u16) ->
 /// Moves `top` up by `lines`. Returns the new top and whether it reached
 /// the first loaded line.
 pub fn scroll_up(room: &Room, top: Pos, lines: i32, width: u16) -> (Pos, bool) {
+    let top = clamp(room, top);
     let Some(mut entry) = room.log.get(&top.seq) else {
         return (top, true);
     };
@@ -192,6 +211,7 @@ pub fn scroll_up(room: &Room, top: Pos, lines: i32, width: u16) -> (Pos, bool) {
 
 /// Moves `top` down by `lines`; `None` when that passes the newest line.
 pub fn scroll_down(room: &Room, top: Pos, lines: i32, width: u16) -> Option<Pos> {
+    let top = clamp(room, top);
     let mut entry = room.log.get(&top.seq)?;
     let mut offset = top.offset + lines;
     loop {
@@ -211,6 +231,7 @@ pub fn scroll_down(room: &Room, top: Pos, lines: i32, width: u16) -> Option<Pos>
 /// Lines between the top of the loaded history and `top`, counted up to
 /// `limit`: how close the view is to needing an older page.
 pub fn lines_above(room: &Room, top: Pos, width: u16, limit: i32) -> i32 {
+    let top = clamp(room, top);
     let Some(entry) = room.log.get(&top.seq) else {
         return 0;
     };

@@ -1,1 +1,861 @@
+//! The state machine, driven by events without a terminal or a socket.
+
 use super::*;
+use crate::clock;
+use crate::net::Session;
+use crossterm::event::{KeyEventState, MouseButton};
+
+const BASE_TS: i64 = 1_764_000_000_000;
+
+fn app() -> App {
+    let mut app = App::new("alice", "ws://127.0.0.1:8765/ws", clock::utc);
+    app.size = (80, 24);
+    app
+}
+
+fn msg(room: &str, seq: u64, user: &str, text: &str) -> MessageRecord {
+    MessageRecord {
+        room: room.into(),
+        seq,
+        user: user.into(),
+        text: text.into(),
+        ts: BASE_TS + seq as i64 * 60_000,
+    }
+}
+
+fn key(code: KeyCode) -> Event {
+    Event::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn ctrl(c: char) -> Event {
+    Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL))
+}
+
+fn alt(code: KeyCode) -> Event {
+    Event::Key(KeyEvent::new(code, KeyModifiers::ALT))
+}
+
+fn net(app: &mut App, event: NetEvent) -> Option<Action> {
+    update(app, Event::Net(event))
+}
+
+fn type_str(app: &mut App, text: &str) {
+    for c in text.chars() {
+        update(app, key(KeyCode::Char(c)));
+    }
+}
+
+fn enter(app: &mut App, line: &str) -> Option<Action> {
+    type_str(app, line);
+    update(app, key(KeyCode::Enter))
+}
+
+/// Joins `room` and delivers its first backlog (`count` messages from bob,
+/// seqs 1..=count, newest page only when `has_more`).
+fn join_with(app: &mut App, room: &str, count: u64, has_more: bool) {
+    let action = app.join(room);
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::Join { room: room.into() }))
+    );
+    net(
+        app,
+        NetEvent::Joined {
+            room: room.into(),
+            last_seq: count,
+            members: vec!["alice".into(), "bob".into()],
+        },
+    );
+    let first = if has_more {
+        count.saturating_sub(49).max(1)
+    } else {
+        1
+    };
+    let messages = (first..=count)
+        .map(|seq| msg(room, seq, "bob", &format!("message {seq}")))
+        .collect();
+    net(
+        app,
+        NetEvent::Backlog {
+            room: room.into(),
+            messages,
+            has_more,
+            resumed: false,
+        },
+    );
+}
+
+#[test]
+fn join_command_opens_the_room_and_joins() {
+    let mut app = app();
+    let action = enter(&mut app, "/join general");
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::Join {
+            room: "general".into()
+        }))
+    );
+    assert_eq!(app.rooms.len(), 1);
+    assert!(!app.rooms[0].joined);
+    net(
+        &mut app,
+        NetEvent::Joined {
+            room: "general".into(),
+            last_seq: 2,
+            members: vec!["alice".into(), "bob".into()],
+        },
+    );
+    net(
+        &mut app,
+        NetEvent::Backlog {
+            room: "general".into(),
+            messages: vec![
+                msg("general", 1, "bob", "hi"),
+                msg("general", 2, "bob", "yo"),
+            ],
+            has_more: false,
+            resumed: false,
+        },
+    );
+    let room = &app.rooms[0];
+    assert!(room.joined);
+    assert_eq!(room.log.len(), 2);
+    assert_eq!(room.unread, 0, "history is not unread");
+    assert_eq!(room.members.len(), 2);
+    // Joining again only switches to it.
+    assert_eq!(enter(&mut app, "/join #general"), None);
+    assert_eq!(app.rooms.len(), 1);
+}
+
+#[test]
+fn bad_room_names_are_refused_locally() {
+    let mut app = app();
+    assert_eq!(enter(&mut app, "/join no/slash"), None);
+    assert!(app.rooms.is_empty());
+    assert!(app.notice.as_ref().is_some_and(|n| n.error));
+}
+
+#[test]
+fn sending_shows_pending_until_ack() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    let action = enter(&mut app, "hello there  ");
+    let Some(Action::Net(NetCommand::Send { id, room, text })) = action else {
+        panic!("expected a send, got {action:?}");
+    };
+    assert_eq!(room, "general");
+    assert_eq!(text, "hello there", "trailing whitespace trimmed");
+    assert_eq!(app.rooms[0].pending.len(), 1);
+    assert!(app.input.is_empty());
+    net(
+        &mut app,
+        NetEvent::Ack {
+            id,
+            room: "general".into(),
+            seq: 1,
+            ts: BASE_TS,
+        },
+    );
+    assert!(app.rooms[0].pending.is_empty());
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 1, "alice", "hello there")),
+    );
+    let entry = &app.rooms[0].log[&1];
+    assert!(entry.own);
+    assert_eq!(app.rooms[0].unread, 0);
+}
+
+#[test]
+fn own_message_before_ack_clears_pending_once() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    let Some(Action::Net(NetCommand::Send { id, .. })) = enter(&mut app, "same") else {
+        panic!("no send");
+    };
+    enter(&mut app, "same");
+    assert_eq!(app.rooms[0].pending.len(), 2);
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 1, "alice", "same")),
+    );
+    assert_eq!(app.rooms[0].pending.len(), 1, "one echo clears one line");
+    // The ack of the first arrives after its echo: nothing more to clear.
+    net(
+        &mut app,
+        NetEvent::Ack {
+            id,
+            room: "general".into(),
+            seq: 1,
+            ts: BASE_TS,
+        },
+    );
+    assert_eq!(app.rooms[0].pending.len(), 1);
+}
+
+#[test]
+fn send_without_room_is_a_hint_and_keeps_the_text() {
+    let mut app = app();
+    assert_eq!(enter(&mut app, "hello"), None);
+    assert_eq!(app.input.text(), "hello");
+    assert!(app.notice.is_some());
+}
+
+#[test]
+fn too_long_text_is_not_sent() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    let long = "x".repeat(chat_proto::limits::MAX_TEXT_BYTES + 1);
+    update(&mut app, Event::Paste(long.clone()));
+    assert_eq!(update(&mut app, key(KeyCode::Enter)), None);
+    assert_eq!(app.input.text(), long, "kept for editing");
+    assert!(app.rooms[0].pending.is_empty());
+}
+
+#[test]
+fn unread_counts_mentions_and_the_new_messages_line() {
+    let mut app = app();
+    join_with(&mut app, "general", 3, false);
+    join_with(&mut app, "random", 0, false);
+    assert_eq!(app.current, 1);
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 4, "bob", "anyone?")),
+    );
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 5, "carol", "hey @Alice, look")),
+    );
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 6, "alice", "from my phone")),
+    );
+    let general = &app.rooms[0];
+    assert_eq!(general.unread, 2, "own messages are not unread");
+    assert!(general.mentioned);
+    // Back to general: counts reset, the marker sits above the first unread.
+    update(&mut app, alt(KeyCode::Char('1')));
+    assert_eq!(app.current, 0);
+    let general = &app.rooms[0];
+    assert_eq!(general.unread, 0);
+    assert!(!general.mentioned);
+    assert_eq!(general.marker, Some(4));
+    // Leaving and coming back with nothing new: no marker.
+    update(&mut app, ctrl('n'));
+    update(&mut app, ctrl('p'));
+    assert_eq!(app.rooms[0].marker, None);
+}
+
+#[test]
+fn mention_matching() {
+    assert!(mentions("hi alice", "alice"));
+    assert!(mentions("@ALICE: look", "alice"));
+    assert!(mentions("thanks alice.", "alice"));
+    assert!(!mentions("malice aforethought", "alice"));
+    assert!(!mentions("alice_b is here", "alice"));
+    assert!(!mentions("", "alice"));
+}
+
+#[test]
+fn duplicates_and_unknown_rooms_are_ignored() {
+    let mut app = app();
+    join_with(&mut app, "general", 2, false);
+    join_with(&mut app, "random", 0, false);
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 2, "bob", "again")),
+    );
+    assert_eq!(app.rooms[0].log[&2].text, "message 2");
+    assert_eq!(app.rooms[0].unread, 0);
+    // Events for rooms not joined, acks for unknown ids: no panic, no change.
+    net(&mut app, NetEvent::Message(msg("elsewhere", 1, "bob", "x")));
+    net(
+        &mut app,
+        NetEvent::Ack {
+            id: "nope".into(),
+            room: "nowhere".into(),
+            seq: 1,
+            ts: 0,
+        },
+    );
+    net(
+        &mut app,
+        NetEvent::Typing {
+            room: "nowhere".into(),
+            user: "bob".into(),
+        },
+    );
+    net(
+        &mut app,
+        NetEvent::Left {
+            room: "nowhere".into(),
+        },
+    );
+    assert_eq!(app.rooms.len(), 2);
+}
+
+#[test]
+fn text_from_others_is_sanitized_on_arrival() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    net(
+        &mut app,
+        NetEvent::Message(msg(
+            "general",
+            1,
+            "bob\u{1b}[31m",
+            "\u{1b}[2J\u{1b}]0;pwned\u{7}hi",
+        )),
+    );
+    let entry = &app.rooms[0].log[&1];
+    assert_eq!(entry.text, "␛[2J␛]0;pwned␇hi");
+    assert_eq!(entry.user, "bob␛[31m");
+}
+
+#[test]
+fn unknown_command_is_a_hint_not_a_message() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    assert_eq!(enter(&mut app, "/frobnicate now"), None);
+    assert!(app.rooms[0].pending.is_empty());
+    assert_eq!(app.input.text(), "/frobnicate now");
+    let notice = app.notice.clone().unwrap();
+    assert!(notice.error && notice.text.contains("/help"), "{notice:?}");
+    // A doubled slash sends a line that starts with one.
+    app.input.submit();
+    let action = enter(&mut app, "//shrug");
+    assert!(matches!(action, Some(Action::Net(NetCommand::Send { text, .. })) if text == "/shrug"));
+}
+
+#[test]
+fn leave_and_delete() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    join_with(&mut app, "random", 0, false);
+    assert_eq!(
+        enter(&mut app, "/leave"),
+        Some(Action::Net(NetCommand::Leave {
+            room: "random".into()
+        }))
+    );
+    assert_eq!(app.rooms.len(), 1);
+    assert_eq!(app.current, 0);
+    // Not an admin: refused without asking the server.
+    assert_eq!(enter(&mut app, "/delete general"), None);
+    assert!(app.notice.as_ref().unwrap().text.contains("admin"));
+    app.admin = true;
+    assert_eq!(
+        enter(&mut app, "/delete general"),
+        Some(Action::Net(NetCommand::DeleteRoom {
+            room: "general".into()
+        }))
+    );
+    net(
+        &mut app,
+        NetEvent::RoomDeleted {
+            room: "general".into(),
+        },
+    );
+    assert!(app.rooms.is_empty());
+    assert_eq!(enter(&mut app, "/leave"), None);
+}
+
+#[test]
+fn room_browser_lists_and_joins() {
+    let mut app = app();
+    assert_eq!(
+        enter(&mut app, "/rooms"),
+        Some(Action::Net(NetCommand::Rooms))
+    );
+    assert!(matches!(
+        app.overlay,
+        Some(Overlay::Rooms { list: None, .. })
+    ));
+    let summary = |name: &str, members, last_seq| RoomSummary {
+        name: name.into(),
+        members,
+        last_seq,
+    };
+    net(
+        &mut app,
+        NetEvent::Rooms(vec![
+            summary("quiet", 0, 3),
+            summary("busy", 5, 900),
+            summary("bustling", 5, 1200),
+        ]),
+    );
+    let Some(Overlay::Rooms {
+        list: Some(list), ..
+    }) = &app.overlay
+    else {
+        panic!("no list");
+    };
+    let order: Vec<&str> = filter_rooms(list, "")
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(order, ["bustling", "busy", "quiet"]);
+    update(&mut app, key(KeyCode::Down));
+    let action = update(&mut app, key(KeyCode::Enter));
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::Join {
+            room: "busy".into()
+        }))
+    );
+    assert!(app.overlay.is_none());
+    // Typing filters.
+    enter(&mut app, "/rooms");
+    net(
+        &mut app,
+        NetEvent::Rooms(vec![summary("quiet", 0, 3), summary("busy", 5, 9)]),
+    );
+    type_str(&mut app, "qu");
+    let action = update(&mut app, key(KeyCode::Enter));
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::Join {
+            room: "quiet".into()
+        }))
+    );
+}
+
+#[test]
+fn help_overlay_opens_and_closes() {
+    let mut app = app();
+    update(&mut app, key(KeyCode::F(1)));
+    assert_eq!(app.overlay, Some(Overlay::Help));
+    // Typing does not reach the input under the overlay.
+    update(&mut app, key(KeyCode::Char('x')));
+    assert!(app.input.is_empty());
+    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(app.overlay, None);
+    enter(&mut app, "/help");
+    assert_eq!(app.overlay, Some(Overlay::Help));
+}
+
+#[test]
+fn quitting() {
+    let mut app = app();
+    assert_eq!(update(&mut app, ctrl('c')), Some(Action::Quit));
+    assert_eq!(enter(&mut app, "/quit"), Some(Action::Quit));
+    // Ctrl+C works under an overlay too.
+    update(&mut app, key(KeyCode::F(1)));
+    assert_eq!(update(&mut app, ctrl('c')), Some(Action::Quit));
+}
+
+#[test]
+fn only_key_presses_count() {
+    let mut app = app();
+    let mut release = KeyEvent::new(KeyCode::Char('x'), KeyModifiers::NONE);
+    release.kind = KeyEventKind::Release;
+    release.state = KeyEventState::NONE;
+    update(&mut app, Event::Key(release));
+    assert!(app.input.is_empty());
+}
+
+#[test]
+fn line_editing_keys() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    type_str(&mut app, "first");
+    update(&mut app, alt(KeyCode::Enter));
+    type_str(&mut app, "second word");
+    assert_eq!(app.input.text(), "first\nsecond word");
+    update(&mut app, ctrl('w'));
+    assert_eq!(app.input.text(), "first\nsecond ");
+    update(&mut app, ctrl('u'));
+    assert_eq!(app.input.text(), "first\n");
+    update(&mut app, key(KeyCode::Backspace));
+    update(&mut app, key(KeyCode::Home));
+    update(&mut app, key(KeyCode::Delete));
+    update(&mut app, key(KeyCode::Right));
+    update(&mut app, key(KeyCode::Char('X')));
+    assert_eq!(app.input.text(), "iXrst");
+    update(&mut app, key(KeyCode::Enter));
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!(app.input.text(), "iXrst");
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(app.input.text(), "");
+}
+
+#[test]
+fn switching_rooms() {
+    let mut app = app();
+    for room in ["a", "b", "c"] {
+        join_with(&mut app, room, 0, false);
+    }
+    assert_eq!(app.current, 2);
+    update(&mut app, ctrl('n'));
+    assert_eq!(app.current, 0, "wraps around");
+    update(&mut app, alt(KeyCode::Up));
+    assert_eq!(app.current, 2);
+    update(&mut app, alt(KeyCode::Down));
+    assert_eq!(app.current, 0);
+    update(&mut app, alt(KeyCode::Char('2')));
+    assert_eq!(app.current, 1);
+    update(&mut app, alt(KeyCode::Char('9')));
+    assert_eq!(app.current, 1, "no room 9");
+    // A click on the room list (wide enough to show it) switches too.
+    app.size = (100, 30);
+    update(
+        &mut app,
+        Event::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: 3,
+            row: 3,
+            modifiers: KeyModifiers::NONE,
+        }),
+    );
+    assert_eq!(app.current, 2);
+}
+
+#[test]
+fn offline_lines_stay_pending() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    net(
+        &mut app,
+        NetEvent::Disconnected {
+            reason: "connection closed".into(),
+            retry_in: Some(Duration::from_secs(4)),
+        },
+    );
+    assert!(matches!(app.link, Link::Reconnecting { .. }));
+    assert!(!app.rooms[0].joined);
+    let action = enter(&mut app, "typed offline");
+    let Some(Action::Net(NetCommand::Send { id, .. })) = action else {
+        panic!("the line goes to the network task's queue");
+    };
+    assert_eq!(app.rooms[0].pending.len(), 1);
+    net(&mut app, NetEvent::Connecting);
+    assert_eq!(app.link, Link::Connecting);
+    net(
+        &mut app,
+        NetEvent::Connected(Session {
+            user: "alice".into(),
+            admin: false,
+            server: "chat-server".into(),
+        }),
+    );
+    assert_eq!(app.link, Link::Connected);
+    net(
+        &mut app,
+        NetEvent::Ack {
+            id,
+            room: "general".into(),
+            seq: 1,
+            ts: BASE_TS,
+        },
+    );
+    assert!(app.rooms[0].pending.is_empty());
+    // Refused login on a reconnect: offline until asked.
+    net(
+        &mut app,
+        NetEvent::Disconnected {
+            reason: "login failed".into(),
+            retry_in: None,
+        },
+    );
+    assert!(matches!(app.link, Link::Offline { .. }));
+    assert_eq!(
+        enter(&mut app, "/reconnect"),
+        Some(Action::Net(NetCommand::Reconnect))
+    );
+}
+
+#[test]
+fn resumed_backlog_counts_as_new() {
+    let mut app = app();
+    join_with(&mut app, "general", 3, false);
+    join_with(&mut app, "random", 0, false);
+    net(
+        &mut app,
+        NetEvent::Backlog {
+            room: "general".into(),
+            messages: vec![
+                msg("general", 4, "bob", "missed"),
+                msg("general", 5, "bob", "me too"),
+            ],
+            has_more: true,
+            resumed: true,
+        },
+    );
+    let general = &app.rooms[0];
+    assert_eq!(general.unread, 2);
+    assert!(!general.has_more, "a resume says nothing about older pages");
+}
+
+#[test]
+fn failed_sends_are_marked() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    let Some(Action::Net(NetCommand::Send { id, .. })) = enter(&mut app, "hi") else {
+        panic!("no send");
+    };
+    net(
+        &mut app,
+        NetEvent::SendFailed {
+            id,
+            room: "general".into(),
+            code: Some(ErrorCode::RateLimited),
+            message: "slow down".into(),
+        },
+    );
+    assert_eq!(
+        app.rooms[0].pending[0].failed.as_deref(),
+        Some("too fast, slow down")
+    );
+    // The next line sent clears the failed ones away.
+    enter(&mut app, "again");
+    assert_eq!(app.rooms[0].pending.len(), 1);
+    assert!(app.rooms[0].pending[0].failed.is_none());
+}
+
+#[test]
+fn server_errors_become_notices() {
+    let mut app = app();
+    net(
+        &mut app,
+        NetEvent::Error {
+            code: Some(ErrorCode::Forbidden),
+            message: "admins only".into(),
+        },
+    );
+    let notice = app.notice.clone().unwrap();
+    assert_eq!(notice.text, "forbidden: admins only");
+    net(
+        &mut app,
+        NetEvent::JoinFailed {
+            room: "x".into(),
+            code: ErrorCode::InvalidName,
+            message: "bad".into(),
+        },
+    );
+    assert!(app.notice.unwrap().text.contains("cannot join"));
+}
+
+#[test]
+fn presence_and_typing() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    net(
+        &mut app,
+        NetEvent::Presence {
+            room: "general".into(),
+            user: "carol".into(),
+            state: PresenceState::Joined,
+        },
+    );
+    assert!(app.rooms[0].members.contains("carol"));
+    net(
+        &mut app,
+        NetEvent::Typing {
+            room: "general".into(),
+            user: "carol".into(),
+        },
+    );
+    let now = app.now;
+    assert_eq!(app.rooms[0].typing_now("alice", now), ["carol"]);
+    assert!(
+        app.rooms[0]
+            .typing_now("alice", now + TYPING_FADE)
+            .is_empty(),
+        "fades"
+    );
+    // A message from carol ends her typing at once.
+    net(
+        &mut app,
+        NetEvent::Typing {
+            room: "general".into(),
+            user: "carol".into(),
+        },
+    );
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 1, "carol", "done")),
+    );
+    assert!(app.rooms[0].typing_now("alice", now).is_empty());
+    net(
+        &mut app,
+        NetEvent::Presence {
+            room: "general".into(),
+            user: "carol".into(),
+            state: PresenceState::Left,
+        },
+    );
+    assert!(!app.rooms[0].members.contains("carol"));
+}
+
+#[test]
+fn typing_notices_are_throttled() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    let typing = Some(Action::Net(NetCommand::Typing {
+        room: "general".into(),
+    }));
+    assert_eq!(update(&mut app, key(KeyCode::Char('h'))), typing);
+    assert_eq!(update(&mut app, key(KeyCode::Char('i'))), None);
+    app.now += TYPING_EVERY;
+    assert_eq!(update(&mut app, key(KeyCode::Char('!'))), typing);
+    // Commands are not typing.
+    app.input.submit();
+    app.now += TYPING_EVERY;
+    assert_eq!(update(&mut app, key(KeyCode::Char('/'))), None);
+}
+
+#[test]
+fn tab_completes_names() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    type_str(&mut app, "bo");
+    update(&mut app, key(KeyCode::Tab));
+    assert_eq!(app.input.text(), "bob: ");
+    type_str(&mut app, "hi @b");
+    update(&mut app, key(KeyCode::Tab));
+    assert_eq!(app.input.text(), "bob: hi @bob ");
+}
+
+#[test]
+fn scrolling_back_fetches_older_pages_and_keeps_the_view() {
+    let mut app = app();
+    // Messages 51..=100 loaded, older ones on the server.
+    join_with(&mut app, "general", 100, true);
+    assert_eq!(app.rooms[0].oldest_seq(), Some(51));
+    let (width, height) = app.message_pane();
+    let user = app.user.clone();
+    let mut fetch = None;
+    for _ in 0..10 {
+        if let Some(action) = update(&mut app, key(KeyCode::PageUp)) {
+            fetch = Some(action);
+            break;
+        }
+    }
+    assert_eq!(
+        fetch,
+        Some(Action::Net(NetCommand::History {
+            room: "general".into(),
+            before: Some(51),
+            limit: PAGE_SIZE,
+        }))
+    );
+    assert!(app.rooms[0].loading_older);
+    // No second request while the first is out.
+    assert_eq!(update(&mut app, key(KeyCode::PageUp)), None);
+    let top = timeline::view_top(&app.rooms[0], &user, width, height).unwrap();
+    assert!(app.rooms[0].anchor.is_some());
+    let page = (1..=50)
+        .map(|seq| msg("general", seq, "bob", &format!("message {seq}")))
+        .collect();
+    let action = net(
+        &mut app,
+        NetEvent::Page {
+            room: "general".into(),
+            before: Some(51),
+            messages: page,
+            has_more: false,
+        },
+    );
+    assert_eq!(action, None, "nothing older to fetch");
+    let room = &app.rooms[0];
+    assert_eq!(room.oldest_seq(), Some(1));
+    assert!(!room.has_more);
+    assert!(!room.loading_older);
+    // The same message stays on top; only the day separator that was above
+    // it moved up to the older messages of the same day.
+    assert_eq!(top.offset, -1);
+    let top = Pos {
+        seq: top.seq,
+        offset: 0,
+    };
+    assert_eq!(
+        timeline::view_top(room, &user, width, height),
+        Some(top),
+        "the same line stays at the top"
+    );
+    // New messages while scrolled back are counted below, not jumped to.
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 101, "bob", "new")),
+    );
+    assert_eq!(app.rooms[0].unseen_below, 1);
+    assert_eq!(
+        timeline::view_top(&app.rooms[0], &user, width, height),
+        Some(top)
+    );
+    // End (with the cursor at the end of an empty input) follows again.
+    update(&mut app, key(KeyCode::End));
+    assert_eq!(app.rooms[0].anchor, None);
+    assert_eq!(app.rooms[0].unseen_below, 0);
+}
+
+#[test]
+fn scrolling_down_returns_to_following() {
+    let mut app = app();
+    join_with(&mut app, "general", 200, false);
+    update(&mut app, key(KeyCode::PageUp));
+    update(&mut app, key(KeyCode::PageUp));
+    assert!(app.rooms[0].anchor.is_some());
+    update(&mut app, key(KeyCode::PageDown));
+    update(&mut app, key(KeyCode::PageDown));
+    assert_eq!(app.rooms[0].anchor, None);
+    // The wheel scrolls three lines.
+    let wheel = |kind| {
+        Event::Mouse(MouseEvent {
+            kind,
+            column: 40,
+            row: 10,
+            modifiers: KeyModifiers::NONE,
+        })
+    };
+    update(&mut app, wheel(MouseEventKind::ScrollUp));
+    let anchor = app.rooms[0].anchor.expect("scrolled");
+    update(&mut app, wheel(MouseEventKind::ScrollUp));
+    let (width, _) = app.message_pane();
+    let moved = timeline::scroll_down(
+        &app.rooms[0],
+        app.rooms[0].anchor.unwrap(),
+        WHEEL_LINES,
+        width,
+    );
+    assert_eq!(moved, Some(anchor));
+    update(&mut app, wheel(MouseEventKind::ScrollDown));
+    update(&mut app, wheel(MouseEventKind::ScrollDown));
+    assert_eq!(app.rooms[0].anchor, None);
+}
+
+#[test]
+fn end_moves_the_cursor_before_it_jumps() {
+    let mut app = app();
+    join_with(&mut app, "general", 200, false);
+    update(&mut app, key(KeyCode::PageUp));
+    type_str(&mut app, "abc");
+    update(&mut app, key(KeyCode::Home));
+    update(&mut app, key(KeyCode::End));
+    assert!(app.input.at_end());
+    assert!(app.rooms[0].anchor.is_some(), "first End moves the cursor");
+    update(&mut app, key(KeyCode::End));
+    assert!(app.rooms[0].anchor.is_none());
+}
+
+#[test]
+fn memory_per_room_is_capped() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    let messages: Vec<MessageRecord> = (1..=MAX_LOADED as u64 + 10)
+        .map(|seq| msg("general", seq, "bob", "x"))
+        .collect();
+    net(
+        &mut app,
+        NetEvent::Backlog {
+            room: "general".into(),
+            messages,
+            has_more: false,
+            resumed: true,
+        },
+    );
+    let room = &app.rooms[0];
+    assert_eq!(room.log.len(), MAX_LOADED);
+    assert_eq!(room.oldest_seq(), Some(11));
+    assert!(room.has_more, "dropped messages can be fetched again");
+}

@@ -1,1 +1,483 @@
+//! Rendering, checked line by line on ratatui's `TestBackend`.
+
 use super::*;
+use std::time::Duration;
+
+use crate::app::{update, Event, Room};
+use crate::clock;
+use crate::net::NetEvent;
+use chat_proto::MessageRecord;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+const BASE_TS: i64 = 1_764_080_000_000; // Tuesday 25 November 2025 14:13:20 UTC
+
+fn msg(room: &str, seq: u64, user: &str, text: &str) -> MessageRecord {
+    MessageRecord {
+        room: room.into(),
+        seq,
+        user: user.into(),
+        text: text.into(),
+        ts: BASE_TS + seq as i64 * 60_000,
+    }
+}
+
+fn app(width: u16, height: u16) -> App {
+    let mut app = App::new("alice", "ws://192.168.1.23:8765/ws", clock::utc);
+    app.size = (width, height);
+    app
+}
+
+fn join(app: &mut App, room: &str, messages: Vec<MessageRecord>) {
+    app.rooms.push(Room::new(room));
+    let index = app.rooms.len() - 1;
+    app.switch_to(index);
+    update(
+        app,
+        Event::Net(NetEvent::Joined {
+            room: room.into(),
+            last_seq: 0,
+            members: vec!["alice".into(), "bob".into()],
+        }),
+    );
+    update(
+        app,
+        Event::Net(NetEvent::Backlog {
+            room: room.into(),
+            messages,
+            has_more: false,
+            resumed: false,
+        }),
+    );
+}
+
+fn terminal(app: &App) -> Terminal<TestBackend> {
+    let mut terminal = Terminal::new(TestBackend::new(app.size.0, app.size.1)).unwrap();
+    terminal.draw(|frame| render(app, frame)).unwrap();
+    terminal
+}
+
+/// The screen as text, one string per row, trailing spaces cut.
+fn screen(app: &App) -> Vec<String> {
+    let terminal = terminal(app);
+    let buffer = terminal.backend().buffer();
+    (0..buffer.area.height)
+        .map(|y| {
+            let mut row = String::new();
+            let mut hidden = 0;
+            for x in 0..buffer.area.width {
+                // The cells covered by a wide character hold a blank.
+                if hidden > 0 {
+                    hidden -= 1;
+                    continue;
+                }
+                let symbol = buffer[(x, y)].symbol();
+                hidden = wrap::width(symbol).saturating_sub(1);
+                row.push_str(symbol);
+            }
+            row.trim_end().to_owned()
+        })
+        .collect()
+}
+
+fn key(code: KeyCode) -> Event {
+    Event::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn net(app: &mut App, event: NetEvent) {
+    update(app, Event::Net(event));
+}
+
+#[test]
+fn whole_screen() {
+    let mut app = app(64, 12);
+    join(
+        &mut app,
+        "general",
+        vec![
+            msg("general", 1, "bob", "hello"),
+            msg(
+                "general",
+                2,
+                "alice",
+                "hi bob, a longer line that wraps in the pane",
+            ),
+        ],
+    );
+    net(
+        &mut app,
+        NetEvent::Typing {
+            room: "general".into(),
+            user: "bob".into(),
+        },
+    );
+    assert_eq!(
+        screen(&app),
+        [
+            " Rooms           │ #general  2 online: alice, bob",
+            " 1 general       │──────────────────────────────────────────────",
+            "                 │── Tuesday 25 November 2025 ──────────────────",
+            "                 │14:14 bob: hello",
+            "                 │14:15 alice: hi bob, a longer line that wraps",
+            "                 │             in the pane",
+            "                 │",
+            "                 │",
+            "                 │",
+            "                 │bob is typing…",
+            "                 │› Message #general  (Enter sends, Alt+Enter n…",
+            " ● connected │ alice @ 192.168.1.23:8765                F1 help",
+        ]
+    );
+}
+
+#[test]
+fn room_list_shows_unread_counts_and_mentions() {
+    let mut app = app(80, 10);
+    join(&mut app, "general", vec![]);
+    join(&mut app, "random", vec![]);
+    join(&mut app, "a-very-long-room-name-indeed", vec![]);
+    app.switch_to(0);
+    net(&mut app, NetEvent::Message(msg("random", 1, "bob", "one")));
+    net(&mut app, NetEvent::Message(msg("random", 2, "bob", "two")));
+    net(
+        &mut app,
+        NetEvent::Message(msg("a-very-long-room-name-indeed", 1, "bob", "hey @alice")),
+    );
+    let rows = screen(&app);
+    let list: Vec<String> = rows[..5]
+        .iter()
+        .map(|r| r.split('│').next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        list,
+        [
+            " Rooms                   ",
+            " 1 general               ",
+            " 2 random              2 ",
+            " 3 a-very-long-room-… @1 ",
+            "                         ",
+        ]
+    );
+    // The current room is highlighted, the mention badge stands out.
+    let buffer = terminal(&app).backend().buffer().clone();
+    assert!(buffer[(4, 1)].modifier.contains(Modifier::REVERSED));
+    assert!(!buffer[(4, 2)].modifier.contains(Modifier::REVERSED));
+    assert!(
+        buffer[(4, 2)].modifier.contains(Modifier::BOLD),
+        "unread rooms are bold"
+    );
+    assert_eq!(buffer[(22, 3)].symbol(), "@");
+    assert_eq!(buffer[(22, 3)].fg, Color::Yellow);
+}
+
+#[test]
+fn long_and_wide_text_wraps_to_the_pane() {
+    let mut app = app(50, 14);
+    join(
+        &mut app,
+        "general",
+        vec![
+            msg(
+                "general",
+                1,
+                "bob",
+                "supercalifragilisticexpialidocious-and-then-some-more",
+            ),
+            msg(
+                "general",
+                2,
+                "carol",
+                "日本語のテキストは正しく折り返されますか",
+            ),
+            msg(
+                "general",
+                3,
+                "dave",
+                "crabs 🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀 everywhere",
+            ),
+        ],
+    );
+    // 50 columns without the room list: the pane is the whole width.
+    let rows = screen(&app);
+    assert_eq!(
+        &rows[3..10],
+        [
+            "14:14 bob: supercalifragilisticexpialidocious-and-",
+            "           then-some-more",
+            "14:15 carol: 日本語のテキストは正しく折り返されま",
+            "             すか",
+            "14:16 dave: crabs 🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀",
+            "            everywhere",
+            "",
+        ]
+    );
+    // Every row fits in the width, wide characters counted twice.
+    for row in rows {
+        assert!(wrap::width(&row) <= 50, "{row}");
+    }
+}
+
+#[test]
+fn scrolled_view_with_older_pages_loaded() {
+    let mut app = app(40, 12);
+    app.rooms.push(Room::new("general"));
+    net(
+        &mut app,
+        NetEvent::Joined {
+            room: "general".into(),
+            last_seq: 100,
+            members: vec!["alice".into()],
+        },
+    );
+    let page = |from: u64, to: u64| -> Vec<MessageRecord> {
+        (from..=to)
+            .map(|seq| msg("general", seq, "bob", &format!("message {seq}")))
+            .collect()
+    };
+    net(
+        &mut app,
+        NetEvent::Backlog {
+            room: "general".into(),
+            messages: page(91, 100),
+            has_more: true,
+            resumed: false,
+        },
+    );
+    // Page up until the client asks for what is before 91.
+    let mut asked = None;
+    for _ in 0..5 {
+        if let Some(action) = update(&mut app, key(KeyCode::PageUp)) {
+            asked = Some(action);
+            break;
+        }
+    }
+    assert!(matches!(
+        asked,
+        Some(crate::app::Action::Net(crate::net::NetCommand::History {
+            before: Some(91),
+            ..
+        }))
+    ));
+    let before = screen(&app);
+    assert_eq!(before[2], "── Tuesday 25 November 2025 ────────────");
+    assert_eq!(before[3], "15:44 bob: message 91");
+    assert!(
+        before[9].contains("loading older messages"),
+        "{:?}",
+        before[9]
+    );
+    net(
+        &mut app,
+        NetEvent::Page {
+            room: "general".into(),
+            before: Some(91),
+            messages: page(61, 90),
+            has_more: true,
+        },
+    );
+    let after = screen(&app);
+    // Same line on top; the day separator moved up to the older messages.
+    assert_eq!(after[2], "15:44 bob: message 91");
+    assert_eq!(after[3], "15:45 bob: message 92");
+    update(&mut app, key(KeyCode::PageUp));
+    let older = screen(&app);
+    assert_eq!(older[2], "15:38 bob: message 85");
+    assert_eq!(older[8], "15:44 bob: message 91");
+    assert!(older[9].contains("scrolled back"), "{:?}", older[9]);
+}
+
+#[test]
+fn help_overlay_lists_keys_and_commands() {
+    let mut app = app(80, 30);
+    join(&mut app, "general", vec![]);
+    update(&mut app, key(KeyCode::F(1)));
+    let rows = screen(&app).join("\n");
+    for needle in [
+        "Keys and commands",
+        "Alt+Enter",
+        "new line in the message",
+        "Alt+1..9",
+        "PageUp/PageDown",
+        "Ctrl+W, Ctrl+U",
+        "/join ROOM",
+        "/rooms",
+        "/delete ROOM",
+        "/quit",
+    ] {
+        assert!(rows.contains(needle), "help lacks {needle}");
+    }
+}
+
+#[test]
+fn status_bar_while_reconnecting() {
+    let mut app = app(80, 8);
+    join(&mut app, "general", vec![]);
+    net(
+        &mut app,
+        NetEvent::Disconnected {
+            reason: "connection reset".into(),
+            retry_in: Some(Duration::from_millis(3500)),
+        },
+    );
+    update(&mut app, Event::Paste("queued line".into()));
+    update(&mut app, key(KeyCode::Enter));
+    let rows = screen(&app);
+    assert_eq!(
+        rows[7],
+        " ↻ reconnecting in 4 s │ alice @ 192.168.1.23:8765 │ 1 queued           F1 help"
+    );
+    assert!(rows[0].contains("#general  offline"), "{}", rows[0]);
+    assert!(rows[2].contains("⋯   alice: queued line"), "{rows:#?}");
+    app.now += Duration::from_secs(2);
+    assert!(screen(&app)[7].starts_with(" ↻ reconnecting in 2 s"));
+    net(
+        &mut app,
+        NetEvent::Disconnected {
+            reason: "login failed: wrong user name or password".into(),
+            retry_in: None,
+        },
+    );
+    assert!(screen(&app)[7].starts_with(" ✗ offline: login failed"));
+    net(&mut app, NetEvent::Connecting);
+    assert!(screen(&app)[7].starts_with(" ◌ connecting…"));
+}
+
+#[test]
+fn escape_sequences_are_shown_not_obeyed() {
+    let mut app = app(56, 8);
+    join(
+        &mut app,
+        "general",
+        vec![msg(
+            "general",
+            1,
+            "mallory",
+            "\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31mgotcha\u{202e}txt",
+        )],
+    );
+    let rows = screen(&app);
+    assert_eq!(rows[3], "14:14 mallory: ␛[2J␛]0;owned␇�31mgotchatxt");
+    let buffer = terminal(&app).backend().buffer().clone();
+    for cell in buffer.content() {
+        assert!(
+            !cell.symbol().chars().any(char::is_control),
+            "control in {:?}",
+            cell.symbol()
+        );
+    }
+}
+
+#[test]
+fn own_messages_and_mentions_stand_out() {
+    let mut app = app(50, 8);
+    join(
+        &mut app,
+        "general",
+        vec![
+            msg("general", 1, "alice", "mine"),
+            msg("general", 2, "bob", "hi alice"),
+        ],
+    );
+    let buffer = terminal(&app).backend().buffer().clone();
+    // "14:14 alice: mine" starts at column 0 (no room list under 60 columns).
+    assert_eq!(buffer[(6, 3)].symbol(), "a");
+    assert!(buffer[(6, 3)].modifier.contains(Modifier::REVERSED));
+    assert_eq!(buffer[(6, 4)].symbol(), "b");
+    assert!(!buffer[(6, 4)].modifier.contains(Modifier::REVERSED));
+    assert_eq!(buffer[(6, 4)].fg, user_color("bob"));
+    assert_eq!(
+        buffer[(0, 4)].fg,
+        Color::Yellow,
+        "mention: the time is highlighted"
+    );
+}
+
+#[test]
+fn user_colours_are_stable() {
+    assert_eq!(user_color("bob"), user_color("bob"));
+    let distinct: std::collections::BTreeSet<String> =
+        ["alice", "bob", "carol", "dave", "erin", "frank"]
+            .iter()
+            .map(|u| format!("{:?}", user_color(u)))
+            .collect();
+    assert!(distinct.len() >= 4);
+}
+
+#[test]
+fn multi_line_input_grows_and_places_the_cursor() {
+    let mut app = app(40, 10);
+    join(&mut app, "general", vec![]);
+    update(&mut app, Event::Paste("first line\nsecond".into()));
+    let mut terminal = terminal(&app);
+    let rows = screen(&app);
+    assert_eq!(rows[7], "› first line");
+    assert_eq!(rows[8], "  second");
+    terminal.backend_mut().assert_cursor_position((8, 8));
+}
+
+#[test]
+fn input_rows_wrap_and_track_the_cursor() {
+    let (rows, cursor) = input_rows("abcdef", 6, 4);
+    assert_eq!(rows, [0..4, 4..6]);
+    assert_eq!(cursor, (1, 2));
+    let (rows, cursor) = input_rows("abcd", 4, 4);
+    assert_eq!(rows, [0..4, 4..4]);
+    assert_eq!(cursor, (1, 0));
+    let (_, cursor) = input_rows("a日本", 1, 4);
+    assert_eq!(cursor, (0, 1));
+    let (rows, cursor) = input_rows("", 0, 4);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].is_empty());
+    assert_eq!(cursor, (0, 0));
+}
+
+#[test]
+fn room_browser_and_who() {
+    let mut app = app(80, 16);
+    join(&mut app, "general", vec![]);
+    app.overlay = Some(Overlay::Rooms {
+        list: None,
+        selected: 0,
+        filter: String::new(),
+    });
+    assert!(screen(&app).join("\n").contains("loading…"));
+    net(
+        &mut app,
+        NetEvent::Rooms(vec![
+            chat_proto::RoomSummary {
+                name: "general".into(),
+                members: 2,
+                last_seq: 40,
+            },
+            chat_proto::RoomSummary {
+                name: "random".into(),
+                members: 0,
+                last_seq: 7,
+            },
+        ]),
+    );
+    let rows = screen(&app).join("\n");
+    assert!(rows.contains("✓general"), "{rows}");
+    assert!(rows.contains(" random"), "{rows}");
+    app.overlay = Some(Overlay::Who);
+    let rows = screen(&app).join("\n");
+    assert!(rows.contains("#general · 2 online"), "{rows}");
+    assert!(rows.contains("alice  (you)"), "{rows}");
+}
+
+#[test]
+fn tiny_terminals_do_not_panic() {
+    for (w, h) in [(0, 0), (1, 1), (5, 3), (10, 2), (20, 5), (200, 1)] {
+        let mut app = app(w, h);
+        join(
+            &mut app,
+            "general",
+            vec![msg("general", 1, "bob", "hello 日本 🦀 world")],
+        );
+        update(&mut app, Event::Paste("some input".into()));
+        let _ = screen(&app);
+        app.overlay = Some(Overlay::Help);
+        let _ = screen(&app);
+    }
+}
