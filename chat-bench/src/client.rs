@@ -165,12 +165,17 @@ pub async fn join(ws: &mut Ws, room: &str) -> Result<u64> {
     .await?;
     let last_seq = until(ws, |event| match event {
         ServerEvent::Joined { last_seq, .. } => Some(Ok(last_seq)),
-        ServerEvent::Error { code, message, .. } => Some(Err(anyhow!("join {room}: {code}: {message}"))),
+        ServerEvent::Error { code, message, .. } => {
+            Some(Err(anyhow!("join {room}: {code}: {message}")))
+        }
         _ => None,
     })
     .await??;
     // The history that follows `joined` is not live traffic: skip it.
-    until(ws, |event| matches!(event, ServerEvent::History { .. }).then_some(())).await?;
+    until(ws, |event| {
+        matches!(event, ServerEvent::History { .. }).then_some(())
+    })
+    .await?;
     Ok(last_seq)
 }
 
@@ -188,10 +193,18 @@ pub fn send_frame(room: &str, text: &str, id: u64) -> Message {
 pub enum Incoming<'a> {
     /// A `message`: its `seq`, and the send time the benchmark put at the
     /// start of its text (microseconds on the benchmark's clock).
-    Message { seq: u64, sent_us: Option<u64> },
+    Message {
+        seq: u64,
+        sent_us: Option<u64>,
+    },
     /// An `ack`: its `re` (the send time, as the benchmark chose the ids).
-    Ack { re: Option<u64> },
-    Error { code: &'a str, re: Option<u64> },
+    Ack {
+        re: Option<u64>,
+    },
+    Error {
+        code: &'a str,
+        re: Option<u64>,
+    },
     Other,
 }
 

@@ -139,7 +139,10 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
     report.set("source_addresses", args.sources);
     report.set("nofile_limit", nofile);
     report.set("connect_secs", connect_secs);
-    report.set("connects_per_sec", connected as f64 / connect_secs.max(1e-9));
+    report.set(
+        "connects_per_sec",
+        connected as f64 / connect_secs.max(1e-9),
+    );
     if let (Some(before), Some(after)) = (before, after) {
         let per = after.saturating_sub(before) as f64 / connected.max(1) as f64;
         report.set("server_rss_before_mib", before as f64 / 1048576.0);

@@ -64,7 +64,13 @@ fn seed(db: &Path, room: &str, count: u64) -> Result<()> {
         for seq in 1..=count {
             let user = format!("user{}", seq % 97);
             let text = format!("message number {seq} of the history benchmark, some words");
-            insert.execute(rusqlite::params![room_id, seq, user, text, ts0 + seq as i64])?;
+            insert.execute(rusqlite::params![
+                room_id,
+                seq,
+                user,
+                text,
+                ts0 + seq as i64
+            ])?;
         }
     }
     tx.commit()?;
@@ -74,7 +80,9 @@ fn seed(db: &Path, room: &str, count: u64) -> Result<()> {
 
 pub async fn history(args: HistoryArgs) -> Result<()> {
     let smoke = args.common.smoke;
-    let count = args.messages.unwrap_or(if smoke { 5000 } else { 1_000_000 });
+    let count = args
+        .messages
+        .unwrap_or(if smoke { 5000 } else { 1_000_000 });
     let requests = args.requests.unwrap_or(if smoke { 200 } else { 20_000 });
     let limit = args.limit.clamp(1, 200);
     if count <= limit {

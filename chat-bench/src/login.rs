@@ -123,7 +123,10 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     };
     if let Some(quiet) = result.phases.first() {
         report.latency("quiet_latency", &quiet.latency);
-        report.set("quiet_server_cores", quiet.server_cores.first().copied().unwrap_or(0.0));
+        report.set(
+            "quiet_server_cores",
+            quiet.server_cores.first().copied().unwrap_or(0.0),
+        );
     }
     if let Some(flooded) = result.phases.get(1) {
         report.latency("flood_latency", &flooded.latency);

@@ -241,7 +241,8 @@ impl Traffic {
             let mut connecting = JoinSet::new();
             for index in wave {
                 let (room, member) = (index / spec.members, index % spec.members);
-                let target = targets[placement(room, member, member < spec.senders) % targets.len()].clone();
+                let target =
+                    targets[placement(room, member, member < spec.senders) % targets.len()].clone();
                 let user = member_name(prefix, index % accounts);
                 let room_name = rooms[room].name.clone();
                 let permits = permits.clone();
@@ -333,7 +334,11 @@ impl Traffic {
                 .flat_map(|r| r.members.iter())
                 .map(|m| m.received.load(Ordering::Relaxed))
                 .sum(),
-            acked: self.rooms.iter().map(|r| r.acked.load(Ordering::Relaxed)).sum(),
+            acked: self
+                .rooms
+                .iter()
+                .map(|r| r.acked.load(Ordering::Relaxed))
+                .sum(),
             client: ProcSample::me().unwrap_or_default(),
             servers,
         }
@@ -434,10 +439,8 @@ impl Traffic {
                 result.lost += acked.saturating_sub(got);
             }
         }
-        for ((start, end), (latency, ack_latency)) in self
-            .marks
-            .iter()
-            .zip(latency.into_iter().zip(ack_latency))
+        for ((start, end), (latency, ack_latency)) in
+            self.marks.iter().zip(latency.into_iter().zip(ack_latency))
         {
             let Some(end) = end else { continue };
             let secs = (end.at_us.saturating_sub(start.at_us)) as f64 / 1e6;
