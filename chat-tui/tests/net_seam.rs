@@ -1,0 +1,298 @@
+//! The network task at the reconnect seam, against a scripted in-process
+//! server: the cases a real server cannot be made to produce on demand,
+//! such as a connection that drops after a message was stored but before
+//! its `ack`. A line must then be acknowledged from what the server holds,
+//! never sent twice, and a line the server never got must be sent again.
+
+use std::time::Duration;
+
+use chat_proto::{decode_client, encode, ClientEvent, MessageRecord, Request, ServerEvent};
+use chat_tui::net::{NetClient, NetCommand, NetConfig, NetEvent};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn accept(listener: &TcpListener) -> Ws {
+    let (stream, _) = timeout(LIMIT, listener.accept())
+        .await
+        .expect("no connection in time")
+        .expect("accept");
+    tokio_tungstenite::accept_async(stream)
+        .await
+        .expect("handshake")
+}
+
+async fn recv(ws: &mut Ws) -> Request {
+    loop {
+        let message = timeout(LIMIT, ws.next())
+            .await
+            .expect("no request in time")
+            .expect("client closed")
+            .expect("socket error");
+        if let Message::Text(text) = message {
+            return decode_client(text.as_str()).expect("valid request");
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, event: ServerEvent) {
+    ws.send(Message::text(encode(&event))).await.expect("send");
+}
+
+fn record(seq: u64, user: &str, text: &str) -> MessageRecord {
+    MessageRecord {
+        room: "general".into(),
+        seq,
+        user: user.into(),
+        text: text.into(),
+        ts: 1_764_000_000_000 + seq as i64,
+    }
+}
+
+/// Answers the login, and the join with `joined` + one `history`; returns
+/// the join's `since`.
+async fn login_and_join(ws: &mut Ws, last_seq: u64, backlog: Vec<MessageRecord>) -> Option<u64> {
+    let login = recv(ws).await;
+    assert!(
+        matches!(login.event, ClientEvent::Login { .. }),
+        "{login:?}"
+    );
+    send(
+        ws,
+        ServerEvent::Welcome {
+            user: "alice".into(),
+            admin: false,
+            protocol: 1,
+            server: "fake".into(),
+            re: login.id,
+        },
+    )
+    .await;
+    let join = recv(ws).await;
+    let ClientEvent::Join { room, since } = join.event else {
+        panic!("expected join, got {join:?}");
+    };
+    assert_eq!(room, "general");
+    send(
+        ws,
+        ServerEvent::Joined {
+            room: room.clone(),
+            last_seq,
+            members: vec!["alice".into()],
+            re: join.id,
+        },
+    )
+    .await;
+    send(
+        ws,
+        ServerEvent::History {
+            room,
+            messages: backlog,
+            has_more: false,
+            re: None,
+        },
+    )
+    .await;
+    since
+}
+
+/// The next `send` request: (id, text).
+async fn recv_send(ws: &mut Ws) -> (String, String) {
+    loop {
+        let request = recv(ws).await;
+        if let ClientEvent::Send { text, .. } = request.event {
+            return (request.id.expect("sends carry an id"), text);
+        }
+    }
+}
+
+async fn start() -> (TcpListener, NetConfig) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut config = NetConfig::new(format!("ws://127.0.0.1:{port}/ws"), "alice", "password");
+    config.backoff_min = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(100);
+    (listener, config)
+}
+
+async fn acks(client: &mut NetClient, count: usize) -> Vec<(String, u64)> {
+    let mut acks = Vec::new();
+    while acks.len() < count {
+        let event = timeout(LIMIT, client.recv())
+            .await
+            .expect("no event in time")
+            .expect("task ended");
+        match event {
+            NetEvent::Ack { id, seq, .. } => acks.push((id, seq)),
+            NetEvent::SendFailed { id, message, .. } => panic!("{id} failed: {message}"),
+            _ => {}
+        }
+    }
+    acks
+}
+
+fn send_command(id: &str, text: &str) -> NetCommand {
+    NetCommand::Send {
+        id: id.into(),
+        room: "general".into(),
+        text: text.into(),
+    }
+}
+
+#[tokio::test]
+async fn echoed_line_is_acknowledged_and_unechoed_line_is_resent() {
+    let (listener, config) = start().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        assert_eq!(login_and_join(&mut ws, 0, vec![]).await, None);
+        let (id, text) = recv_send(&mut ws).await;
+        assert_eq!((id.as_str(), text.as_str()), ("s1", "stored"));
+        // Stored and broadcast, but the connection dies before the ack.
+        send(&mut ws, ServerEvent::Message(record(1, "alice", "stored"))).await;
+        let (id, _) = recv_send(&mut ws).await;
+        assert_eq!(id, "s2");
+        drop(ws);
+
+        let mut ws = accept(&listener).await;
+        assert_eq!(login_and_join(&mut ws, 1, vec![]).await, Some(1));
+        let (id, text) = recv_send(&mut ws).await;
+        assert_eq!(
+            (id.as_str(), text.as_str()),
+            ("s2", "lost"),
+            "only the lost line again"
+        );
+        send(
+            &mut ws,
+            ServerEvent::Ack {
+                re: Some(id),
+                room: "general".into(),
+                seq: 2,
+                ts: 0,
+            },
+        )
+        .await;
+        ws
+    });
+    let mut client = NetClient::connect(config).await.expect("connect");
+    client.send(NetCommand::Join {
+        room: "general".into(),
+    });
+    client.send(send_command("s1", "stored"));
+    client.send(send_command("s2", "lost"));
+    assert_eq!(
+        acks(&mut client, 2).await,
+        [("s1".into(), 1), ("s2".into(), 2)]
+    );
+    let _ws = timeout(LIMIT, server)
+        .await
+        .expect("server done")
+        .expect("server ok");
+}
+
+#[tokio::test]
+async fn line_stored_before_the_drop_is_found_in_the_resume() {
+    let (listener, config) = start().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        login_and_join(&mut ws, 3, vec![record(3, "bob", "old")]).await;
+        let (id, _) = recv_send(&mut ws).await;
+        assert_eq!(id, "s1");
+        // Stored as seq 4, then the connection dies: no echo, no ack.
+        drop(ws);
+
+        let mut ws = accept(&listener).await;
+        let since = login_and_join(
+            &mut ws,
+            5,
+            vec![record(4, "alice", "maybe"), record(5, "bob", "reply")],
+        )
+        .await;
+        assert_eq!(since, Some(3));
+        // The next send must be the new line, not "maybe" again.
+        let (id, text) = recv_send(&mut ws).await;
+        assert_eq!((id.as_str(), text.as_str()), ("s2", "next"));
+        send(
+            &mut ws,
+            ServerEvent::Ack {
+                re: Some(id),
+                room: "general".into(),
+                seq: 6,
+                ts: 0,
+            },
+        )
+        .await;
+        ws
+    });
+    let mut client = NetClient::connect(config).await.expect("connect");
+    client.send(NetCommand::Join {
+        room: "general".into(),
+    });
+    client.send(send_command("s1", "maybe"));
+    assert_eq!(acks(&mut client, 1).await, [("s1".into(), 4)]);
+    client.send(send_command("s2", "next"));
+    assert_eq!(acks(&mut client, 1).await, [("s2".into(), 6)]);
+    let _ws = timeout(LIMIT, server)
+        .await
+        .expect("server done")
+        .expect("server ok");
+}
+
+#[tokio::test]
+async fn backlog_overlapping_live_messages_is_not_delivered_twice() {
+    let (listener, config) = start().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        login_and_join(
+            &mut ws,
+            2,
+            vec![record(1, "bob", "a"), record(2, "bob", "b")],
+        )
+        .await;
+        send(&mut ws, ServerEvent::Message(record(3, "bob", "c"))).await;
+        // A message repeated (as after a fan-out retry) is dropped too.
+        send(&mut ws, ServerEvent::Message(record(3, "bob", "c"))).await;
+        drop(ws);
+        let mut ws = accept(&listener).await;
+        // A careless server resending what the client holds.
+        let since = login_and_join(
+            &mut ws,
+            4,
+            vec![
+                record(2, "bob", "b"),
+                record(3, "bob", "c"),
+                record(4, "bob", "d"),
+            ],
+        )
+        .await;
+        assert_eq!(since, Some(3));
+        send(&mut ws, ServerEvent::Message(record(5, "bob", "e"))).await;
+        ws
+    });
+    let mut client = NetClient::connect(config).await.expect("connect");
+    client.send(NetCommand::Join {
+        room: "general".into(),
+    });
+    let mut seqs = Vec::new();
+    while !seqs.contains(&5) {
+        let event = timeout(LIMIT, client.recv())
+            .await
+            .expect("no event in time")
+            .expect("task ended");
+        match event {
+            NetEvent::Backlog { messages, .. } => seqs.extend(messages.iter().map(|m| m.seq)),
+            NetEvent::Message(m) => seqs.push(m.seq),
+            _ => {}
+        }
+    }
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let _ws = timeout(LIMIT, server)
+        .await
+        .expect("server done")
+        .expect("server ok");
+}
