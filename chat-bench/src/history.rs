@@ -126,7 +126,7 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
     let user = format!("{}reader", prefix());
     let mut readers = Vec::new();
     for i in 0..args.concurrency.max(1) {
-        let mut ws = client::connect(&target, None, 64 * 1024).await?;
+        let mut ws = client::connect(&target, None, 16 * 1024).await?;
         client::login(&mut ws, &user, i == 0).await?;
         readers.push(ws);
     }

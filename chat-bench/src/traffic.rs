@@ -251,7 +251,9 @@ impl Traffic {
                     let _permit = permits.acquire_owned().await;
                     let result = async {
                         let source = client::source_addr(index, sources);
-                        let mut ws = client::connect(&target, Some(source), 64 * 1024).await?;
+                        // tungstenite zero-fills its whole read buffer before
+                        // every read: a large one costs more than it saves.
+                        let mut ws = client::connect(&target, Some(source), 8 * 1024).await?;
                         client::login(&mut ws, &user, register).await?;
                         let last_seq = client::join(&mut ws, &room_name).await?;
                         anyhow::Ok((ws, last_seq))
@@ -603,10 +605,12 @@ impl Conn {
                     self.me.inflight.store(inflight, Ordering::Relaxed);
                 }
             }
+            // The socket first: the other branches (each a waiter to register
+            // and drop) are polled only when it has nothing to read.
             let frame = tokio::select! {
                 biased;
-                _ = exit.changed() => return Ok(()),
                 frame = self.ws.next() => frame,
+                _ = exit.changed() => return Ok(()),
                 _ = self.room.credit.notified(), if sending && wait_credit => continue,
                 _ = tokio::time::sleep_until(next_due.unwrap_or(far)), if sending && next_due.is_some() => continue,
                 _ = stop.changed(), if sending => continue,
