@@ -23,7 +23,7 @@ use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
 };
 use crossterm::{cursor, execute};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
@@ -238,7 +238,17 @@ async fn event_loop(terminal: &mut Term, app: &mut App, mut net: NetClient) -> R
         let mut batch = Vec::new();
         tokio::select! {
             event = input.next() => match event {
-                Some(Ok(event)) => batch.extend(terminal_event(event)),
+                Some(Ok(event)) => {
+                    batch.extend(terminal_event(event));
+                    // Keys already typed (or a paste without bracketed
+                    // paste) are applied together, then drawn once.
+                    while batch.len() < 1024 {
+                        match input.next().now_or_never() {
+                            Some(Some(Ok(event))) => batch.extend(terminal_event(event)),
+                            _ => break,
+                        }
+                    }
+                }
                 Some(Err(err)) => return Err(err).context("cannot read the terminal"),
                 None => break,
             },

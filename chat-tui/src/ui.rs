@@ -610,14 +610,11 @@ pub const HELP: &[(&str, &str)] = &[
     ("Alt+Enter", "new line in the message"),
     ("Alt+Up/Down, Ctrl+P/N", "previous / next room"),
     ("Alt+1..9", "jump to room 1..9"),
-    (
-        "PageUp/PageDown, wheel",
-        "scroll (older pages load at the top)",
-    ),
-    ("End (at end of line), Esc", "jump to the newest message"),
-    ("Left/Right, Home/End", "move in the line (Ctrl: by word)"),
+    ("PageUp/PageDown, wheel", "scroll; older pages load"),
+    ("End, Esc", "jump to the newest message"),
+    ("Left/Right, Home/End", "move (Ctrl: by word)"),
     ("Backspace/Delete", "delete a character"),
-    ("Ctrl+W, Ctrl+U, Ctrl+K", "delete word / to start / to end"),
+    ("Ctrl+W, Ctrl+U, Ctrl+K", "delete word/to start/to end"),
     ("Up/Down", "recall sent lines"),
     ("Tab", "complete a user name"),
     ("F1", "this help"),
@@ -625,32 +622,76 @@ pub const HELP: &[(&str, &str)] = &[
     ("", ""),
     ("/join ROOM", "join or create a room"),
     ("/leave", "leave the current room"),
-    ("/rooms", "browse every room (Enter joins)"),
+    ("/rooms", "browse rooms, Enter joins"),
     ("/who", "who is in this room"),
-    ("/delete ROOM", "delete a room and its history (admins)"),
+    ("/delete ROOM", "delete a room (admins only)"),
     ("/reconnect", "reconnect now"),
     ("/help, /quit", "this help, quit"),
     ("//text", "send a line starting with /"),
 ];
 
-fn render_help(frame: &mut Frame, area: Rect) {
-    let key_width = HELP.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let lines: Vec<Line> = HELP
+/// Widths of the key and text columns of help entries.
+fn help_widths(entries: &[(&str, &str)]) -> (usize, usize) {
+    let key = entries
         .iter()
-        .map(|(key, what)| {
-            Line::from(vec![
-                Span::styled(
-                    format!(" {key:<key_width$}  "),
-                    Style::default()
-                        .fg(Color::Cyan)
-                        .add_modifier(Modifier::BOLD),
-                ),
-                Span::raw(*what),
-            ])
-        })
-        .collect();
-    let width = (key_width + 44) as u16;
-    let rect = centered(area, width, lines.len() as u16 + 2);
+        .map(|(k, _)| wrap::width(k))
+        .max()
+        .unwrap_or(0);
+    let text = entries
+        .iter()
+        .map(|(_, t)| wrap::width(t))
+        .max()
+        .unwrap_or(0);
+    (key, text)
+}
+
+fn help_entry(
+    entry: Option<&(&str, &str)>,
+    (key_width, text_width): (usize, usize),
+) -> Vec<Span<'static>> {
+    let (key, what) = entry.copied().unwrap_or(("", ""));
+    vec![
+        Span::styled(
+            format!(" {key:<key_width$}  "),
+            Style::default()
+                .fg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
+        ),
+        Span::raw(format!("{what:<text_width$} ")),
+    ]
+}
+
+fn render_help(frame: &mut Frame, area: Rect) {
+    // Keys, then commands; side by side when the screen is too short for
+    // one column but wide enough for two.
+    let split = HELP
+        .iter()
+        .position(|(k, _)| k.is_empty())
+        .unwrap_or(HELP.len());
+    let (keys, commands) = (&HELP[..split], &HELP[(split + 1).min(HELP.len())..]);
+    let (left, right) = (help_widths(keys), help_widths(commands));
+    let two_width = left.0 + left.1 + right.0 + right.1 + 11;
+    let two_columns =
+        usize::from(area.height) < HELP.len() + 2 && usize::from(area.width) >= two_width;
+    let (lines, width): (Vec<Line>, usize) = if two_columns {
+        let lines = (0..keys.len().max(commands.len()))
+            .map(|i| {
+                let mut spans = help_entry(keys.get(i), left);
+                spans.push(Span::styled("│", dim()));
+                spans.extend(help_entry(commands.get(i), right));
+                Line::from(spans)
+            })
+            .collect();
+        (lines, two_width)
+    } else {
+        let widths = help_widths(HELP);
+        let lines = HELP
+            .iter()
+            .map(|e| Line::from(help_entry(Some(e), widths)))
+            .collect();
+        (lines, widths.0 + widths.1 + 6)
+    };
+    let rect = centered(area, width as u16, lines.len() as u16 + 2);
     frame.render_widget(Clear, rect);
     frame.render_widget(
         Paragraph::new(lines).block(

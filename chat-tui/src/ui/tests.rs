@@ -481,3 +481,12 @@ fn tiny_terminals_do_not_panic() {
         let _ = screen(&app);
     }
 }
+
+#[test]
+fn help_fits_short_terminals_in_two_columns() {
+    let mut app = app(120, 20);
+    app.overlay = Some(Overlay::Help);
+    let rows = screen(&app).join("\n");
+    assert!(rows.contains("Ctrl+C"), "{rows}");
+    assert!(rows.contains("//text"), "{rows}");
+}
