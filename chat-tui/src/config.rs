@@ -99,8 +99,8 @@ pub fn server_url(input: &str) -> Result<String, UrlError> {
             "ws" | "http" => rest,
             "wss" | "https" => {
                 return Err(UrlError(format!(
-                    "{input}: TLS (wss://) is not offered by chat-server yet; \
-                     connect with ws:// on a trusted network"
+                    "{input}: wss:// (TLS) is not supported yet, chat-server does not offer \
+                     TLS; use ws:// on a trusted network"
                 )))
             }
             _ => {
