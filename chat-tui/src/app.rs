@@ -458,7 +458,7 @@ impl App {
         let (width, height) = self.message_pane();
         let user = self.user.clone();
         let room = self.rooms.get_mut(self.current)?;
-        if !room.has_more || room.loading_older || !room.joined && room.log.is_empty() {
+        if !room.has_more || room.loading_older || (!room.joined && room.log.is_empty()) {
             return None;
         }
         let near_top = match timeline::view_top(room, &user, width, height) {
@@ -995,7 +995,9 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
                 true,
             );
         }
-        NetEvent::Left { room } => app.remove_room(&room),
+        // The room left the list when the user typed /leave; by now it may
+        // have been joined again.
+        NetEvent::Left { .. } => {}
         NetEvent::RoomDeleted { room } => {
             app.remove_room(&room);
             app.notify(format!("room #{} was deleted", sanitize_line(&room)), false);

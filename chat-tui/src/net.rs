@@ -549,18 +549,16 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, first: Ws) {
-        let mut connection = Some(first);
+        let mut ws = first;
         loop {
-            if let Some(mut ws) = connection.take() {
-                let reason = match self.serve(&mut ws).await {
-                    End::Shutdown => return,
-                    End::Lost(reason) => reason,
-                };
-                self.connection_lost();
-                match self.reconnect(reason).await {
-                    Some(ws) => connection = Some(ws),
-                    None => return,
-                }
+            let reason = match self.serve(&mut ws).await {
+                End::Shutdown => return,
+                End::Lost(reason) => reason,
+            };
+            self.connection_lost();
+            match self.reconnect(reason).await {
+                Some(next) => ws = next,
+                None => return,
             }
         }
     }
@@ -999,7 +997,10 @@ impl Worker {
                 }
                 Ok(())
             }
-            ServerEvent::Error { code, message, re } => self.on_error(ws, code, message, re).await,
+            ServerEvent::Error { code, message, re } => {
+                self.on_error(code, message, re);
+                Ok(())
+            }
             ServerEvent::Left { room, .. } => {
                 self.emit(NetEvent::Left { room });
                 Ok(())
@@ -1144,19 +1145,13 @@ impl Worker {
         self.emit(NetEvent::Message(message));
     }
 
-    async fn on_error(
-        &mut self,
-        ws: &mut Ws,
-        code: ErrorCode,
-        message: String,
-        re: Option<String>,
-    ) -> Sent {
+    fn on_error(&mut self, code: ErrorCode, message: String, re: Option<String>) {
         let Some(id) = re else {
             self.emit(NetEvent::Error {
                 code: Some(code),
                 message,
             });
-            return Ok(());
+            return;
         };
         // A refused send?
         for (room, sync) in &mut self.rooms {
@@ -1171,7 +1166,7 @@ impl Worker {
                 }
                 self.bucket.drain();
                 self.next_flush = Some(Instant::now() + Duration::from_secs(1));
-                return Ok(());
+                return;
             }
             sync.inflight.remove(at);
             self.emit(NetEvent::SendFailed {
@@ -1180,7 +1175,7 @@ impl Worker {
                 code: Some(code),
                 message,
             });
-            return Ok(());
+            return;
         }
         match self.requests.remove(&id) {
             Some(Pending::Join { room }) => {
@@ -1201,8 +1196,6 @@ impl Worker {
                 message,
             }),
         }
-        let _ = ws;
-        Ok(())
     }
 }
 

@@ -361,6 +361,21 @@ fn leave_and_delete() {
 }
 
 #[test]
+fn leaving_and_joining_again_survives_the_late_left() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    enter(&mut app, "/leave");
+    assert!(enter(&mut app, "/join general").is_some());
+    net(
+        &mut app,
+        NetEvent::Left {
+            room: "general".into(),
+        },
+    );
+    assert_eq!(app.rooms.len(), 1);
+}
+
+#[test]
 fn room_browser_lists_and_joins() {
     let mut app = app();
     assert_eq!(
