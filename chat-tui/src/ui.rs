@@ -30,6 +30,8 @@ use crate::wrap::{self, graphemes};
 
 /// Most lines the input grows to before it scrolls.
 const MAX_INPUT_LINES: usize = 6;
+/// Narrower terminals get no room list.
+const ROOM_LIST_MIN_WIDTH: u16 = 60;
 /// The input prompt.
 const PROMPT: &str = "› ";
 
@@ -57,7 +59,7 @@ pub fn layout(area: Rect, app: &App) -> Areas {
         status_height,
     );
     let body_height = area.height - status_height;
-    let list_width = if area.width >= 60 {
+    let list_width = if area.width >= ROOM_LIST_MIN_WIDTH {
         let longest = app
             .rooms
             .iter()
@@ -233,6 +235,16 @@ fn render_header(app: &App, frame: &mut Frame, area: Rect) {
             } else {
                 let names: Vec<&str> = room.members.iter().map(String::as_str).collect();
                 format!("  {} online: {}", names.len(), names.join(", "))
+            };
+            // Without the room list, say where unread messages wait.
+            let hidden = app.size.0 < ROOM_LIST_MIN_WIDTH;
+            let unread: usize = app.rooms.iter().map(|r| r.unread).sum();
+            let mention = app.rooms.iter().any(|r| r.mentioned);
+            let rest = if hidden && unread > 0 {
+                let at = if mention { "@" } else { "" };
+                format!("  ({at}{unread} unread elsewhere){rest}")
+            } else {
+                rest
             };
             let rest = fit(&rest, width.saturating_sub(wrap::width(&title)));
             Line::from(vec![
@@ -571,16 +583,21 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
             spans.push(Span::styled(format!(" │ {queued} queued"), bar));
         }
     }
-    if let Some(notice) = &app.notice {
-        if app.now.saturating_duration_since(notice.at) < NOTICE_FOR {
-            let style = if notice.error {
-                bar.fg(Color::LightRed).add_modifier(Modifier::BOLD)
-            } else {
-                bar.fg(Color::LightCyan)
-            };
-            spans.push(Span::styled(" │ ", bar));
-            spans.push(Span::styled(notice.text.clone(), style));
-        }
+    let notice = app
+        .notice
+        .as_ref()
+        .filter(|n| app.now.saturating_duration_since(n.at) < NOTICE_FOR);
+    if let (None, Link::Reconnecting { reason, .. }) = (notice, &app.link) {
+        spans.push(Span::styled(format!(" │ {reason}"), bar.fg(Color::Gray)));
+    }
+    if let Some(notice) = notice {
+        let style = if notice.error {
+            bar.fg(Color::LightRed).add_modifier(Modifier::BOLD)
+        } else {
+            bar.fg(Color::LightCyan)
+        };
+        spans.push(Span::styled(" │ ", bar));
+        spans.push(Span::styled(notice.text.clone(), style));
     }
     let help = " F1 help ";
     let used: usize = spans.iter().map(|s| s.width()).sum();

@@ -325,7 +325,7 @@ fn status_bar_while_reconnecting() {
     let rows = screen(&app);
     assert_eq!(
         rows[7],
-        " ↻ reconnecting in 4 s │ alice @ 192.168.1.23:8765 │ 1 queued           F1 help"
+        " ↻ reconnecting in 4 s │ alice @ 192.168.1.23:8765 │ 1 queued │ connection reset"
     );
     assert!(rows[0].contains("#general  offline"), "{}", rows[0]);
     assert!(rows[2].contains("⋯   alice: queued line"), "{rows:#?}");
@@ -489,4 +489,20 @@ fn help_fits_short_terminals_in_two_columns() {
     let rows = screen(&app).join("\n");
     assert!(rows.contains("Ctrl+C"), "{rows}");
     assert!(rows.contains("//text"), "{rows}");
+}
+
+#[test]
+fn narrow_screens_tell_of_unread_rooms_in_the_header() {
+    let mut app = app(50, 8);
+    join(&mut app, "general", vec![]);
+    join(&mut app, "random", vec![]);
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 1, "bob", "psst alice")),
+    );
+    let rows = screen(&app);
+    assert_eq!(
+        rows[0],
+        " #random  (@1 unread elsewhere)  2 online: alice,…"
+    );
 }
