@@ -93,6 +93,10 @@ pub struct RoomSummary {
     pub members: u64,
     /// Newest `seq` of the room, 0 when empty.
     pub last_seq: u64,
+    /// `ts` of the newest message; absent when the room is empty. (An
+    /// optional addition to protocol version 1.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ts: Option<i64>,
 }
 
 /// Whether a `presence` event announces an arrival or a departure.

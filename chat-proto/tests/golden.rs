@@ -117,10 +117,23 @@ fn server_events_encode_to_the_documented_json() {
                     name: "general".into(),
                     members: 3,
                     last_seq: 120,
+                    last_ts: None,
                 }],
                 re: None,
             },
             json!({"type":"rooms","rooms":[{"name":"general","members":3,"last_seq":120}]}),
+        ),
+        (
+            ServerEvent::Rooms {
+                rooms: vec![RoomSummary {
+                    name: "general".into(),
+                    members: 0,
+                    last_seq: 120,
+                    last_ts: Some(1764000000000),
+                }],
+                re: Some("r".into()),
+            },
+            json!({"type":"rooms","rooms":[{"name":"general","members":0,"last_seq":120,"last_ts":1764000000000u64}],"re":"r"}),
         ),
         (
             ServerEvent::Joined {

@@ -494,6 +494,7 @@ impl Session {
                 members: counts.get(&r.name).copied().unwrap_or(0),
                 name: r.name,
                 last_seq: r.last_seq,
+                last_ts: (r.last_seq > 0).then_some(r.last_activity),
             })
             .collect();
         self.reply(&ServerEvent::Rooms { rooms, re: id }).await

@@ -93,6 +93,13 @@ pub fn format_day(day: i32) -> String {
     format!("{weekday} {d} {month} {y}")
 }
 
+/// A short moment for lists: `24 Nov 16:00`.
+pub fn format_short(ts_ms: i64, zone: ZoneFn) -> String {
+    let time = LocalTime::at(ts_ms, zone);
+    let (_, m, d) = civil_from_days(i64::from(time.day));
+    format!("{d} {} {}", &MONTHS[(m - 1) as usize][..3], time.hhmm())
+}
+
 /// Proleptic Gregorian (year, month 1-12, day 1-31) of a day number
 /// (H. Hinnant's `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

@@ -774,7 +774,10 @@ fn render_browser(
             Span::styled("▏", Style::default().fg(Color::Cyan)),
         ]),
         Line::from(Span::styled(
-            format!(" {:<34} {:>8} {:>10}", "room", "online", "messages"),
+            format!(
+                " {:<24} {:>6} {:>8}  {}",
+                "room", "online", "messages", "last message"
+            ),
             Style::default().add_modifier(Modifier::BOLD),
         )),
     ];
@@ -793,9 +796,13 @@ fn render_browser(
                 } else {
                     " "
                 };
+                let last = room.last_ts.map_or_else(
+                    || "—".to_owned(),
+                    |ts| crate::clock::format_short(ts, app.zone),
+                );
                 let text = format!(
-                    "{joined}{:<34} {:>8} {:>10}",
-                    fit(&crate::sanitize::sanitize_line(&room.name), 34),
+                    "{joined}{:<24} {:>6} {:>8}  {last}",
+                    fit(&crate::sanitize::sanitize_line(&room.name), 24),
                     room.members,
                     room.last_seq
                 );

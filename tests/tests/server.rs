@@ -166,7 +166,7 @@ async fn rooms_messages_presence_and_typing() {
         rooms["rooms"],
         json!([
             {"name":"empty-room","members":1,"last_seq":0},
-            {"name":"general","members":2,"last_seq":1}
+            {"name":"general","members":2,"last_seq":1,"last_ts":own["ts"]}
         ])
     );
 

@@ -390,6 +390,7 @@ fn room_browser_lists_and_joins() {
         name: name.into(),
         members,
         last_seq,
+        last_ts: None,
     };
     net(
         &mut app,

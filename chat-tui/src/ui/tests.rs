@@ -449,17 +449,21 @@ fn room_browser_and_who() {
                 name: "general".into(),
                 members: 2,
                 last_seq: 40,
+                last_ts: Some(1_764_000_000_000),
             },
             chat_proto::RoomSummary {
                 name: "random".into(),
                 members: 0,
                 last_seq: 7,
+                last_ts: None,
             },
         ]),
     );
     let rows = screen(&app).join("\n");
     assert!(rows.contains("✓general"), "{rows}");
     assert!(rows.contains(" random"), "{rows}");
+    assert!(rows.contains("40  24 Nov 16:00"), "newest activity: {rows}");
+    assert!(rows.contains("7  —"), "{rows}");
     app.overlay = Some(Overlay::Who);
     let rows = screen(&app).join("\n");
     assert!(rows.contains("#general · 2 online"), "{rows}");
