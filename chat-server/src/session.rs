@@ -21,7 +21,7 @@ use chat_proto::{
     PROTOCOL_VERSION,
 };
 use futures_util::stream::FuturesOrdered;
-use futures_util::{Future, SinkExt, StreamExt};
+use futures_util::{Future, FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -191,19 +191,31 @@ impl Session {
         tokio::pin!(login_deadline);
         let mut keepalive = tokio::time::interval(PING_EVERY);
         keepalive.reset();
+        // Created once, not per turn of the loop: every session waits on the
+        // same watch, and registering with it on each wake-up cost a lock
+        // shared by all of them on the fan-out path.
+        let shutdown = shutdown.changed();
+        tokio::pin!(shutdown);
         let ending = loop {
-            let kicked = async {
-                match &self.account {
-                    Some(account) => account.handle.kicked.notified().await,
-                    None => std::future::pending().await,
-                }
-            };
+            // A full outbox sets this flag, and a full outbox also makes the
+            // next turn's `inbox.recv()` ready, so a flag read here closes the
+            // session as promptly as awaiting `kicked` did, without
+            // registering a waiter on every wake-up.
+            if self
+                .account
+                .as_ref()
+                .is_some_and(|account| account.handle.overflowed())
+            {
+                break Ending::Close(
+                    close::TRY_AGAIN_LATER,
+                    "too far behind: reconnect and join with since",
+                );
+            }
             let reading = self.pending_acks.len() < MAX_PENDING_SENDS;
             let step = tokio::select! {
-                _ = shutdown.changed() => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
-                _ = kicked => Err(Ending::Close(close::TRY_AGAIN_LATER, "too far behind: reconnect and join with since")),
-                Some(frame) = self.inbox.recv() => self.write_outbox(frame).await,
-                Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => self.reply(&ack).await,
+                _ = &mut shutdown => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+                Some(frame) = self.inbox.recv() => self.write_outbox(Some(frame), None).await,
+                Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => self.write_outbox(None, Some(ack)).await,
                 incoming = self.socket.next(), if reading => self.on_incoming(incoming).await,
                 _ = &mut login_deadline, if self.account.is_none() => Err(Ending::Close(close::POLICY, "login timeout")),
                 _ = keepalive.tick() => self.keepalive().await,
@@ -267,15 +279,39 @@ impl Session {
         self.reply(&ServerEvent::error(code, message, re)).await
     }
 
-    /// Writes a frame from the outbox and whatever else is queued behind it,
-    /// with one flush.
-    async fn write_outbox(&mut self, first: Frame) -> Result<(), Ending> {
+    /// Writes a frame from the outbox or the answer to one of this session's
+    /// sends, and whatever else of both is ready behind it, with one flush.
+    /// Acks used to be flushed one by one: under pipelined sends a commit
+    /// answers dozens at once, and one write for all of them (and for the
+    /// session's own copies of the messages) saves a syscall each.
+    async fn write_outbox(
+        &mut self,
+        frame: Option<Frame>,
+        ack: Option<ServerEvent>,
+    ) -> Result<(), Ending> {
         let batch = async {
-            self.socket.feed(Message::Text(first)).await?;
+            if let Some(frame) = frame {
+                self.socket.feed(Message::Text(frame)).await?;
+            }
+            if let Some(ack) = ack {
+                let text = chat_proto::encode(&ack);
+                self.socket.feed(Message::Text(text.into())).await?;
+            }
             for _ in 1..WRITE_BATCH {
-                match self.inbox.try_recv() {
-                    Ok(frame) => self.socket.feed(Message::Text(frame)).await?,
-                    Err(_) => break,
+                let mut fed = false;
+                if let Ok(frame) = self.inbox.try_recv() {
+                    self.socket.feed(Message::Text(frame)).await?;
+                    fed = true;
+                }
+                // Polled without a waker: the main loop polls `pending_acks`
+                // again with its own before it sleeps. Acks stay in order.
+                if let Some(Some(ack)) = self.pending_acks.next().now_or_never() {
+                    let text = chat_proto::encode(&ack);
+                    self.socket.feed(Message::Text(text.into())).await?;
+                    fed = true;
+                }
+                if !fed {
+                    break;
                 }
             }
             self.socket.flush().await
