@@ -20,17 +20,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::client::{self, classify, Incoming, Target, Ws};
 use crate::procs::ProcSample;
 
 /// Phases a run can measure separately (e.g. quiet, then under a flood).
 pub const MAX_PHASES: usize = 4;
+/// Frames handled per wake-up before the connection task yields.
+const DRAIN_BATCH: usize = 64;
 /// How long the end of a run waits for the last messages to arrive.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -285,6 +287,8 @@ impl Traffic {
                 me: rooms[room].members[member].clone(),
                 sender: member < spec.senders,
                 next_seq: last_seq + 1,
+                received: 0,
+                inflight: 0,
             };
             let (go_rx, stop_rx, exit_rx) = (go_rx.clone(), stop_rx.clone(), exit_rx.clone());
             tasks.spawn(conn.run(go_rx, stop_rx, exit_rx));
@@ -507,6 +511,9 @@ struct Conn {
     me: Arc<Member>,
     sender: bool,
     next_seq: u64,
+    /// Messages received, and own sends not acked yet.
+    received: u64,
+    inflight: u64,
 }
 
 impl Conn {
@@ -552,9 +559,6 @@ impl Conn {
         // The current rate schedule: it began at `base_at` with `base_sent`.
         let mut epoch = u64::MAX;
         let (mut base_at, mut base_sent) = (Instant::now(), 0u64);
-        let mut inflight: u64 = 0;
-        let mut received: u64 = 0;
-        let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
         loop {
             if sending && *stop.borrow() {
                 sending = false;
@@ -562,7 +566,7 @@ impl Conn {
             let mut wait_credit = false;
             let mut next_due = None;
             if sending {
-                let mut budget = self.shared.window.saturating_sub(inflight);
+                let mut budget = self.shared.window.saturating_sub(self.inflight);
                 let now_epoch = self.shared.rate_epoch.load(Ordering::Relaxed);
                 if now_epoch != epoch {
                     (epoch, base_at, base_sent) = (now_epoch, Instant::now(), sent);
@@ -600,9 +604,9 @@ impl Conn {
                         .flush()
                         .await
                         .map_err(|e| format!("send failed: {e}"))?;
-                    inflight += budget;
+                    self.inflight += budget;
                     sent += budget;
-                    self.me.inflight.store(inflight, Ordering::Relaxed);
+                    self.me.inflight.store(self.inflight, Ordering::Relaxed);
                 }
             }
             // The socket first: the other branches (each a waiter to register
@@ -612,62 +616,87 @@ impl Conn {
                 frame = self.ws.next() => frame,
                 _ = exit.changed() => return Ok(()),
                 _ = self.room.credit.notified(), if sending && wait_credit => continue,
-                _ = tokio::time::sleep_until(next_due.unwrap_or(far)), if sending && next_due.is_some() => continue,
+                // Lazy: a Sleep is only built when there is a schedule.
+                _ = async {
+                    match next_due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                }, if sending && next_due.is_some() => continue,
                 _ = stop.changed(), if sending => continue,
             };
-            let text = match frame {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Close(close))) => {
-                    return Err(format!("server closed the connection: {close:?}"))
+            self.on_frame(frame, stats)?;
+            // Whatever else is already buffered is handled without another
+            // trip through `select!`; the socket's waker is registered again
+            // by the next `select!`.
+            for _ in 0..DRAIN_BATCH {
+                match self.ws.next().now_or_never() {
+                    Some(frame) => self.on_frame(frame, stats)?,
+                    None => break,
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(err)) => return Err(format!("connection failed: {err}")),
-                None => return Err("connection closed".into()),
-            };
-            match classify(&text) {
-                Incoming::Message { seq, sent_us } => {
-                    if seq < self.next_seq {
-                        stats.duplicates += 1;
-                        continue;
-                    }
-                    if seq > self.next_seq {
-                        stats.gaps += seq - self.next_seq;
-                    }
-                    self.next_seq = seq + 1;
-                    received += 1;
-                    self.me.received.store(received, Ordering::Relaxed);
-                    if let Some(sent_us) = sent_us {
-                        if let Some(phase) = self.shared.phase_of(sent_us) {
-                            let took = self.shared.now_us().saturating_sub(sent_us);
-                            stats.latency[phase].saturating_record(took.max(1));
-                        }
-                    }
-                }
-                Incoming::Ack { re } => {
-                    inflight = inflight.saturating_sub(1);
-                    self.me.inflight.store(inflight, Ordering::Relaxed);
-                    self.room.acked.fetch_add(1, Ordering::Relaxed);
-                    if let Some(sent_us) = re {
-                        if let Some(phase) = self.shared.phase_of(sent_us) {
-                            let took = self.shared.now_us().saturating_sub(sent_us);
-                            stats.ack_latency[phase].saturating_record(took.max(1));
-                        }
-                    }
-                }
-                Incoming::Error { code, re } => {
-                    stats.error_events += 1;
-                    if stats.first_error.is_none() {
-                        stats.first_error = Some(format!("error event: {code}"));
-                    }
-                    if re.is_some() && self.sender {
-                        // A refused send: not stored, so no one will get it.
-                        inflight = inflight.saturating_sub(1);
-                        self.me.inflight.store(inflight, Ordering::Relaxed);
-                        self.room.sent.fetch_sub(1, Ordering::Relaxed);
-                    }
-                }
-                Incoming::Other => {}
             }
         }
+    }
+
+    /// Counts one event from the server.
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, WsError>>,
+        stats: &mut ConnStats,
+    ) -> Result<(), String> {
+        let text = match frame {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(close))) => {
+                return Err(format!("server closed the connection: {close:?}"))
+            }
+            Some(Ok(_)) => return Ok(()),
+            Some(Err(err)) => return Err(format!("connection failed: {err}")),
+            None => return Err("connection closed".into()),
+        };
+        match classify(&text) {
+            Incoming::Message { seq, sent_us } => {
+                if seq < self.next_seq {
+                    stats.duplicates += 1;
+                    return Ok(());
+                }
+                if seq > self.next_seq {
+                    stats.gaps += seq - self.next_seq;
+                }
+                self.next_seq = seq + 1;
+                self.received += 1;
+                self.me.received.store(self.received, Ordering::Relaxed);
+                if let Some(sent_us) = sent_us {
+                    if let Some(phase) = self.shared.phase_of(sent_us) {
+                        let took = self.shared.now_us().saturating_sub(sent_us);
+                        stats.latency[phase].saturating_record(took.max(1));
+                    }
+                }
+            }
+            Incoming::Ack { re } => {
+                self.inflight = self.inflight.saturating_sub(1);
+                self.me.inflight.store(self.inflight, Ordering::Relaxed);
+                self.room.acked.fetch_add(1, Ordering::Relaxed);
+                if let Some(sent_us) = re {
+                    if let Some(phase) = self.shared.phase_of(sent_us) {
+                        let took = self.shared.now_us().saturating_sub(sent_us);
+                        stats.ack_latency[phase].saturating_record(took.max(1));
+                    }
+                }
+            }
+            Incoming::Error { code, re } => {
+                stats.error_events += 1;
+                if stats.first_error.is_none() {
+                    stats.first_error = Some(format!("error event: {code}"));
+                }
+                if re.is_some() && self.sender {
+                    // A refused send: not stored, so no one will get it.
+                    self.inflight = self.inflight.saturating_sub(1);
+                    self.me.inflight.store(self.inflight, Ordering::Relaxed);
+                    self.room.sent.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Incoming::Other => {}
+        }
+        Ok(())
     }
 }
