@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chat_proto::{MessageRecord, PresenceState, ServerEvent};
+use chat_proto::{PresenceState, ServerEvent};
 
 use crate::cluster::Cluster;
 use crate::rooms::{frame, Rooms};
-use crate::store::CommitListener;
+use crate::store::{CommitListener, Stored};
 
 /// Routes room events to local members and, in cluster mode, to other nodes.
 pub struct Broker {
@@ -109,28 +109,30 @@ impl Broker {
         }
     }
 
-    /// Tells every member that the room is gone and forgets it;
-    /// `except_session` (the admin who asked) is answered separately.
-    pub async fn room_deleted(&self, room: &str, except_session: u64) {
-        let event = ServerEvent::RoomDeleted {
-            room: room.to_owned(),
-            re: None,
-        };
-        self.rooms
-            .remove(room, &frame(&event), Some(except_session));
+    /// Cluster bookkeeping after an admin deleted a room (its members here
+    /// were told when the deletion committed).
+    pub async fn room_deleted(&self, room: &str) {
         if let Some(cluster) = &self.cluster {
-            cluster.room_deleted(room, &event).await;
+            cluster.forget_room(room).await;
         }
     }
 }
 
 impl CommitListener for Broker {
-    fn messages_stored(&self, messages: &[MessageRecord]) {
-        for message in messages {
-            self.rooms.deliver(message);
+    fn messages_stored(&self, messages: &[Stored]) {
+        for stored in messages {
+            self.rooms.deliver(stored);
         }
         if let Some(cluster) = &self.cluster {
             cluster.publish_messages(messages);
+        }
+    }
+
+    fn room_deleted(&self, room: &str, room_id: i64, requested_by: u64) {
+        // The admin who asked is answered directly, with `re`.
+        self.rooms.remove(room, room_id, Some(requested_by));
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_deleted(room, room_id);
         }
     }
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::rooms::{frame, Rooms};
-use crate::store::Store;
+use crate::store::{Store, Stored};
 
 /// Bound on every Redis round trip: an outage must not stall a session.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,9 +53,10 @@ pub enum ClusterError {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Envelope {
-    /// A message stored by `origin`.
+    /// A message stored by `origin` in the room with id `room_id`.
     Message {
         origin: String,
+        room_id: i64,
         message: MessageRecord,
     },
     /// An event for the room's members (presence, typing). `local_done`: the
@@ -66,8 +67,12 @@ enum Envelope {
         except_user: Option<String>,
         event: ServerEvent,
     },
-    /// The room was deleted by an admin on `origin`.
-    Deleted { origin: String, room: String },
+    /// The room `room_id` was deleted by an admin on `origin`.
+    Deleted {
+        origin: String,
+        room: String,
+        room_id: i64,
+    },
 }
 
 enum Subscription {
@@ -252,16 +257,28 @@ return absent",
 
     /// Queues stored messages for publishing (called from the store writer;
     /// never blocks).
-    pub fn publish_messages(&self, messages: &[MessageRecord]) {
-        for message in messages {
+    pub fn publish_messages(&self, messages: &[Stored]) {
+        for stored in messages {
             let envelope = Envelope::Message {
                 origin: self.node.clone(),
-                message: message.clone(),
+                room_id: stored.room_id,
+                message: stored.message.clone(),
             };
-            let _ = self
-                .publish
-                .send((room_channel(&message.room), Self::envelope_text(&envelope)));
+            let channel = room_channel(&stored.message.room);
+            let _ = self.publish.send((channel, Self::envelope_text(&envelope)));
         }
+    }
+
+    /// Queues the news of a room's deletion, behind its last messages.
+    pub fn publish_deleted(&self, room: &str, room_id: i64) {
+        let envelope = Envelope::Deleted {
+            origin: self.node.clone(),
+            room: room.to_owned(),
+            room_id,
+        };
+        let _ = self
+            .publish
+            .send((room_channel(room), Self::envelope_text(&envelope)));
     }
 
     async fn publisher(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<(String, String)>) {
@@ -441,14 +458,8 @@ return absent",
             .collect()
     }
 
-    /// Tells the other nodes that the room was deleted, and clears its
-    /// presence.
-    pub async fn room_deleted(&self, room: &str, _event: &ServerEvent) {
-        let envelope = Envelope::Deleted {
-            origin: self.node.clone(),
-            room: room.to_owned(),
-        };
-        self.publish_envelope(room, &envelope).await;
+    /// Clears a deleted room's presence and subscription.
+    pub async fn forget_room(&self, room: &str) {
         let mut conn = self.conn.clone();
         self.call("presence", conn.del::<_, ()>(presence_key(room)))
             .await;
@@ -466,9 +477,13 @@ return absent",
             }
         };
         match envelope {
-            Envelope::Message { origin, message } => {
+            Envelope::Message {
+                origin,
+                room_id,
+                message,
+            } => {
                 if origin != self.node {
-                    self.rooms.deliver(&message);
+                    self.rooms.deliver(&Stored { room_id, message });
                 }
             }
             Envelope::Event {
@@ -489,13 +504,13 @@ return absent",
                 self.rooms
                     .broadcast(&room, &frame(&event), except_user.as_deref());
             }
-            Envelope::Deleted { origin, room } => {
+            Envelope::Deleted {
+                origin,
+                room,
+                room_id,
+            } => {
                 if origin != self.node {
-                    let event = ServerEvent::RoomDeleted {
-                        room: room.clone(),
-                        re: None,
-                    };
-                    self.rooms.remove(&room, &frame(&event), None);
+                    self.rooms.remove(&room, room_id, None);
                 }
             }
         }
@@ -524,7 +539,7 @@ return absent",
             let (mut sink, mut stream) = pubsub.split();
             let mut subscribed = HashSet::new();
             let mut healthy = true;
-            for room in self.rooms.occupied() {
+            for (room, _) in self.rooms.occupied() {
                 if sink.subscribe(room_channel(&room)).await.is_err() {
                     healthy = false;
                     break;
@@ -538,8 +553,8 @@ return absent",
             self.came_back();
             // Whatever was stored while we were not listening: from the store.
             for room in &subscribed {
-                if let Ok(Some(last_seq)) = store.last_seq(room).await {
-                    self.rooms.catch_up(room, last_seq);
+                if let Ok(Some((room_id, last_seq))) = store.room(room).await {
+                    self.rooms.catch_up(room, room_id, last_seq);
                 }
             }
             loop {
@@ -600,6 +615,11 @@ return absent",
     /// restarted Redis has forgotten) and reaps nodes that died.
     async fn heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        // Redis keeps nothing on disk: `chat:epoch` changes when it restarted
+        // empty, and only then does this node write its presence again.
+        // (Re-writing it on every beat could resurrect an entry that a leave
+        // removed a moment before.)
+        let mut epoch: Option<String> = None;
         loop {
             tick.tick().await;
             let mut conn = self.conn.clone();
@@ -611,24 +631,41 @@ return absent",
                 .arg(NODE_TTL_MS)
                 .ignore()
                 .sadd("chat:nodes", &self.node)
-                .ignore();
-            for (room, users) in self.rooms.local_members() {
-                for user in users {
-                    pipe.hset(presence_key(&room), format!("{}|{}", self.node, user), 1)
-                        .ignore();
-                }
-                pipe.sadd(node_rooms_key(&self.node), room).ignore();
-            }
-            if self
-                .call("heartbeat", pipe.query_async::<()>(&mut conn))
+                .ignore()
+                .cmd("SET")
+                .arg("chat:epoch")
+                .arg(format!("{:016x}", rand::random::<u64>()))
+                .arg("NX")
+                .ignore()
+                .get("chat:epoch");
+            let Some((current,)) = self
+                .call("heartbeat", pipe.query_async::<(String,)>(&mut conn))
                 .await
-                .is_none()
-            {
+            else {
                 continue;
-            }
+            };
             self.came_back();
+            if epoch.as_ref().is_some_and(|seen| *seen != current) {
+                tracing::info!("Redis restarted empty: writing this node's presence again");
+                self.reassert_presence().await;
+            }
+            epoch = Some(current);
             self.reap_dead_nodes().await;
         }
+    }
+
+    async fn reassert_presence(&self) {
+        let mut pipe = redis::pipe();
+        for (room, users) in self.rooms.local_members() {
+            for user in users {
+                pipe.hset(presence_key(&room), format!("{}|{}", self.node, user), 1)
+                    .ignore();
+            }
+            pipe.sadd(node_rooms_key(&self.node), room).ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.call("presence", pipe.query_async::<()>(&mut conn))
+            .await;
     }
 
     async fn reap_dead_nodes(&self) {

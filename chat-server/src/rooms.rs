@@ -6,13 +6,18 @@
 //! bytes (a reference-counted buffer) go to every member. A member whose
 //! outbox is full is told to close with 1013 instead of slowing the room.
 //!
-//! Messages are delivered strictly in `seq` order. Each room remembers the
-//! next `seq` it will deliver; a message from further ahead (possible only in
-//! cluster mode, where messages also arrive through Redis) is held back while
-//! the missing ones are read from the store, and one already delivered is
-//! dropped. Because a member is registered at the room's current delivery
-//! point, `joined.last_seq` splits a room cleanly: older messages come from
-//! the store as `history`, newer ones live, none twice.
+//! Messages are delivered strictly in `seq` order. A room with members
+//! remembers the next `seq` it will deliver; a message from further ahead
+//! (possible in cluster mode, where messages also arrive through Redis, or
+//! after a join raced a commit) is held back while the missing ones are read
+//! from the store, and one already delivered is dropped. A member is
+//! registered at the room's current delivery point, so `joined.last_seq`
+//! splits a room cleanly: older messages come from the store as `history`,
+//! newer ones live.
+//!
+//! A room is known here only while it has members, and by its store id as
+//! well as its name: ids are never reused, so events of a deleted room can
+//! never be mistaken for those of a new room with the same name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +27,8 @@ use chat_proto::{encode, MessageRecord, ServerEvent};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::store::Stored;
+
 /// A frame ready to write: JSON text shared by every recipient.
 pub type Frame = Utf8Bytes;
 
@@ -30,22 +37,38 @@ pub fn frame(event: &ServerEvent) -> Frame {
     Utf8Bytes::from(encode(event))
 }
 
+/// What rooms put in a session's outbox.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A `message` event, tagged so that the session can skip what it has
+    /// already sent as `history` (after a join on a connection that was
+    /// already a member) and what belongs to a room it has left.
+    Message {
+        room: Arc<str>,
+        seq: u64,
+        frame: Frame,
+    },
+    /// Any other event.
+    Event(Frame),
+}
+
 /// The part of a session that rooms talk to.
 pub struct SessionHandle {
     /// Unique per connection in this process.
     pub id: u64,
     /// The logged-in user.
     pub user: Arc<str>,
-    outbox: mpsc::Sender<Frame>,
+    outbox: mpsc::Sender<Outbound>,
     /// Set once when the outbox overflows; the session then closes with 1013.
     overflowed: AtomicBool,
-    /// Wakes the session when it must close.
+    /// Wakes the session, even in the middle of a stalled write, when it
+    /// must close.
     pub kicked: Notify,
 }
 
 impl SessionHandle {
     /// A handle whose frames go to `outbox`.
-    pub fn new(id: u64, user: Arc<str>, outbox: mpsc::Sender<Frame>) -> SessionHandle {
+    pub fn new(id: u64, user: Arc<str>, outbox: mpsc::Sender<Outbound>) -> SessionHandle {
         SessionHandle {
             id,
             user,
@@ -57,8 +80,8 @@ impl SessionHandle {
 
     /// Queues a frame without waiting. A full outbox means the client fell
     /// too far behind: the session is told to close.
-    pub fn push(&self, frame: Frame) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(frame) {
+    pub fn push(&self, item: Outbound) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(item) {
             if !self.overflowed.swap(true, Ordering::Relaxed) {
                 self.kicked.notify_one();
             }
@@ -76,12 +99,16 @@ impl SessionHandle {
 #[derive(Debug)]
 pub struct GapFill {
     pub room: String,
+    pub room_id: i64,
     pub after: u64,
     pub upto: u64,
 }
 
-#[derive(Default)]
 struct RoomState {
+    /// The room's id in the store.
+    room_id: i64,
+    /// The name, shared by every `Outbound::Message` of the room.
+    name: Arc<str>,
     members: Vec<Arc<SessionHandle>>,
     /// Every message below this has been delivered.
     next_seq: u64,
@@ -89,13 +116,15 @@ struct RoomState {
     ahead: BTreeMap<u64, MessageRecord>,
     /// A gap fill for this room is under way.
     filling: bool,
+    /// Everything up to here is known to be stored and must be delivered.
+    fill_upto: u64,
 }
 
 impl RoomState {
     fn fan_out(&self, frame: &Frame, except_user: Option<&str>) {
         for member in &self.members {
             if except_user != Some(&*member.user) {
-                member.push(frame.clone());
+                member.push(Outbound::Event(frame.clone()));
             }
         }
     }
@@ -110,6 +139,24 @@ impl RoomState {
         users.dedup();
         users
     }
+
+    fn deliver_in_order(&mut self, message: &MessageRecord) {
+        let item = Outbound::Message {
+            room: self.name.clone(),
+            seq: message.seq,
+            frame: frame(&ServerEvent::Message(message.clone())),
+        };
+        for member in &self.members {
+            member.push(item.clone());
+        }
+        self.next_seq = message.seq + 1;
+    }
+
+    fn flush_ahead(&mut self) {
+        while let Some(next) = self.ahead.remove(&self.next_seq) {
+            self.deliver_in_order(&next);
+        }
+    }
 }
 
 /// What [`Rooms::join`] tells the session.
@@ -120,7 +167,7 @@ pub struct JoinPoint {
     pub first_local: bool,
 }
 
-/// All rooms with state on this process.
+/// All rooms with members on this process.
 pub struct Rooms {
     rooms: Mutex<HashMap<String, RoomState>>,
     gaps: mpsc::UnboundedSender<GapFill>,
@@ -146,27 +193,43 @@ impl Rooms {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a session to a room. `stored_last_seq` is the room's newest
-    /// stored `seq`, read before this call.
+    /// Adds a session to the room `room_id` named `room`, whose newest stored
+    /// `seq` was `stored_last_seq` when read just before. `None` when the room
+    /// was meanwhile replaced by a newer one of the same name: read again.
     pub fn join(
         &self,
         room: &str,
+        room_id: i64,
         session: &Arc<SessionHandle>,
         stored_last_seq: u64,
-    ) -> JoinPoint {
+    ) -> Option<JoinPoint> {
         let mut rooms = self.lock();
+        if let Some(state) = rooms.get(room) {
+            if state.room_id > room_id {
+                return None;
+            }
+            if state.room_id < room_id {
+                // Its deletion has not reached us yet; it is gone all the same.
+                Self::drop_room(&mut rooms, room);
+            }
+        }
         let state = rooms.entry(room.to_owned()).or_insert_with(|| RoomState {
+            room_id,
+            name: room.into(),
+            members: Vec::new(),
             next_seq: stored_last_seq + 1,
-            ..RoomState::default()
+            ahead: BTreeMap::new(),
+            filling: false,
+            fill_upto: 0,
         });
         let first_local = !state.has_user(&session.user);
         if !state.members.iter().any(|m| m.id == session.id) {
             state.members.push(session.clone());
         }
-        JoinPoint {
+        Some(JoinPoint {
             last_seq: state.next_seq - 1,
             first_local,
-        }
+        })
     }
 
     /// Removes a session from a room. `None` when it was not a member;
@@ -176,7 +239,13 @@ impl Rooms {
         let state = rooms.get_mut(room)?;
         let at = state.members.iter().position(|m| m.id == session_id)?;
         let gone = state.members.swap_remove(at);
-        Some(!state.has_user(&gone.user))
+        let last_of_user = !state.has_user(&gone.user);
+        if state.members.is_empty() {
+            // Nobody left to deliver to: a later join starts afresh from the
+            // store instead of from a delivery point that stopped moving.
+            rooms.remove(room);
+        }
+        Some(last_of_user)
     }
 
     /// True when the session is a member of the room.
@@ -198,82 +267,92 @@ impl Rooms {
     pub fn local_members(&self) -> HashMap<String, Vec<String>> {
         self.lock()
             .iter()
-            .filter(|(_, s)| !s.members.is_empty())
             .map(|(name, s)| (name.clone(), s.distinct_users()))
             .collect()
     }
 
-    /// Names of the rooms that have members on this process.
-    pub fn occupied(&self) -> Vec<String> {
+    /// Names and ids of the rooms that have members on this process.
+    pub fn occupied(&self) -> Vec<(String, i64)> {
         self.lock()
             .iter()
-            .filter(|(_, s)| !s.members.is_empty())
-            .map(|(name, _)| name.clone())
+            .map(|(name, s)| (name.clone(), s.room_id))
             .collect()
     }
 
-    /// Sends a frame to every member of the room, except the connections of
-    /// `except_user`.
+    /// Sends an event to every member of the room, except the connections
+    /// of `except_user`.
     pub fn broadcast(&self, room: &str, frame: &Frame, except_user: Option<&str>) {
         if let Some(state) = self.lock().get(room) {
             state.fan_out(frame, except_user);
         }
     }
 
-    /// Forgets a deleted room; its members (but `except_session`) receive
-    /// `frame`. Returns whether anyone was a member.
-    pub fn remove(&self, room: &str, frame: &Frame, except_session: Option<u64>) {
-        if let Some(state) = self.lock().remove(room) {
-            for member in &state.members {
-                if Some(member.id) != except_session {
-                    member.push(frame.clone());
+    fn drop_room(rooms: &mut HashMap<String, RoomState>, room: &str) {
+        if let Some(state) = rooms.remove(room) {
+            let event = frame(&ServerEvent::RoomDeleted {
+                room: room.to_owned(),
+                re: None,
+            });
+            state.fan_out(&event, None);
+        }
+    }
+
+    /// Forgets the deleted room `room_id`; its members (but `except_session`)
+    /// receive `room_deleted`.
+    pub fn remove(&self, room: &str, room_id: i64, except_session: Option<u64>) {
+        let mut rooms = self.lock();
+        if rooms.get(room).is_some_and(|s| s.room_id <= room_id) {
+            if let Some(state) = rooms.remove(room) {
+                let event = frame(&ServerEvent::RoomDeleted {
+                    room: room.to_owned(),
+                    re: None,
+                });
+                for member in &state.members {
+                    if Some(member.id) != except_session {
+                        member.push(Outbound::Event(event.clone()));
+                    }
                 }
             }
         }
     }
 
     /// Delivers a stored message to the room's members, in `seq` order.
-    pub fn deliver(&self, message: &MessageRecord) {
+    pub fn deliver(&self, stored: &Stored) {
+        let message = &stored.message;
         let mut rooms = self.lock();
-        let state = rooms
-            .entry(message.room.clone())
-            .or_insert_with(|| RoomState {
-                next_seq: message.seq,
-                ..RoomState::default()
-            });
+        let Some(state) = rooms.get_mut(&message.room) else {
+            return; // nobody here to tell
+        };
+        if state.room_id != stored.room_id {
+            if state.room_id < stored.room_id {
+                // A newer room of that name exists: ours was deleted.
+                Self::drop_room(&mut rooms, &message.room);
+            }
+            return;
+        }
         if message.seq < state.next_seq {
             return; // already delivered
         }
         if message.seq > state.next_seq {
             state.ahead.insert(message.seq, message.clone());
-            self.request_fill(&message.room, state, message.seq - 1);
+            self.request_fill(state, message.seq - 1);
             return;
         }
-        Self::deliver_in_order(state, message);
-        while let Some(next) = state.ahead.remove(&state.next_seq) {
-            Self::deliver_in_order(state, &next);
-        }
+        state.deliver_in_order(message);
+        state.flush_ahead();
     }
 
-    fn deliver_in_order(state: &mut RoomState, message: &MessageRecord) {
-        if !state.members.is_empty() {
-            state.fan_out(&frame(&ServerEvent::Message(message.clone())), None);
-        }
-        state.next_seq = message.seq + 1;
-    }
-
-    /// Called when a gap fill up to `upto` finished (its messages already
-    /// passed to [`Rooms::deliver`]). If the store did not have them (the
-    /// room was deleted meanwhile), delivery skips past them rather than
-    /// stall; if messages further ahead still wait behind a gap, another fill
-    /// is requested.
-    pub fn gap_filled(&self, room: &str, upto: u64) {
+    /// Called when a gap fill up to `upto` finished, its messages already
+    /// passed to [`Rooms::deliver`]. `complete`: the store answered; what it
+    /// did not have (the room was deleted meanwhile) is skipped rather than
+    /// waited for. After a store error the fill is requested again.
+    pub fn gap_filled(&self, room: &str, room_id: i64, upto: u64, complete: bool) {
         let mut rooms = self.lock();
-        let Some(state) = rooms.get_mut(room) else {
+        let Some(state) = rooms.get_mut(room).filter(|s| s.room_id == room_id) else {
             return;
         };
         state.filling = false;
-        if state.next_seq <= upto {
+        if complete && state.next_seq <= upto {
             tracing::warn!(
                 room,
                 from = state.next_seq,
@@ -281,41 +360,43 @@ impl Rooms {
                 "messages missing from the store; skipping"
             );
             state.next_seq = upto + 1;
+            let next = state.next_seq;
+            state.ahead.retain(|&seq, _| seq >= next);
+            state.flush_ahead();
         }
-        state.ahead.retain(|&seq, _| seq >= state.next_seq);
-        while let Some(next) = state.ahead.remove(&state.next_seq) {
-            Self::deliver_in_order(state, &next);
-        }
-        if let Some(&first_ahead) = state.ahead.keys().next() {
-            self.request_fill(room, state, first_ahead - 1);
+        let wanted = state
+            .ahead
+            .keys()
+            .next()
+            .map_or(state.fill_upto, |&first| first - 1)
+            .max(state.fill_upto);
+        if wanted >= state.next_seq {
+            self.request_fill(state, wanted);
         }
     }
 
     /// Makes sure everything up to `upto` (known to be stored) gets
     /// delivered, reading from the store what has not arrived.
-    pub fn catch_up(&self, room: &str, upto: u64) {
+    pub fn catch_up(&self, room: &str, room_id: i64, upto: u64) {
         let mut rooms = self.lock();
-        if let Some(state) = rooms.get_mut(room) {
+        if let Some(state) = rooms.get_mut(room).filter(|s| s.room_id == room_id) {
             if state.next_seq <= upto {
-                self.request_fill(room, state, upto);
+                self.request_fill(state, upto);
             }
         }
     }
 
-    fn request_fill(&self, room: &str, state: &mut RoomState, upto: u64) {
+    fn request_fill(&self, state: &mut RoomState, upto: u64) {
+        state.fill_upto = state.fill_upto.max(upto);
         if !state.filling {
             state.filling = true;
             let _ = self.gaps.send(GapFill {
-                room: room.to_owned(),
+                room: state.name.to_string(),
+                room_id: state.room_id,
                 after: state.next_seq - 1,
-                upto,
+                upto: state.fill_upto,
             });
         }
-    }
-
-    /// Next `seq` the room will deliver (for catch-up after a Redis outage).
-    pub fn next_seq(&self, room: &str) -> Option<u64> {
-        self.lock().get(room).map(|s| s.next_seq)
     }
 }
 
@@ -323,26 +404,43 @@ impl Rooms {
 mod tests {
     use super::*;
 
-    fn member(id: u64, user: &str) -> (Arc<SessionHandle>, mpsc::Receiver<Frame>) {
+    fn member(id: u64, user: &str) -> (Arc<SessionHandle>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(4);
         (Arc::new(SessionHandle::new(id, user.into(), tx)), rx)
     }
 
-    fn msg(seq: u64) -> MessageRecord {
-        MessageRecord {
-            room: "r".into(),
-            seq,
-            user: "u".into(),
-            text: format!("m{seq}"),
-            ts: 0,
+    fn msg(room_id: i64, seq: u64) -> Stored {
+        Stored {
+            room_id,
+            message: MessageRecord {
+                room: "r".into(),
+                seq,
+                user: "u".into(),
+                text: format!("m{seq}"),
+                ts: 0,
+            },
         }
     }
 
-    fn seqs(rx: &mut mpsc::Receiver<Frame>) -> Vec<u64> {
+    fn seqs(rx: &mut mpsc::Receiver<Outbound>) -> Vec<u64> {
         let mut out = Vec::new();
-        while let Ok(frame) = rx.try_recv() {
-            if let Ok(ServerEvent::Message(m)) = chat_proto::decode_server(&frame) {
-                out.push(m.seq);
+        while let Ok(item) = rx.try_recv() {
+            if let Outbound::Message { seq, frame, .. } = item {
+                assert!(matches!(
+                    chat_proto::decode_server(&frame),
+                    Ok(ServerEvent::Message(m)) if m.seq == seq
+                ));
+                out.push(seq);
+            }
+        }
+        out
+    }
+
+    fn events(rx: &mut mpsc::Receiver<Outbound>) -> Vec<ServerEvent> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            if let Outbound::Event(frame) = item {
+                out.push(chat_proto::decode_server(&frame).unwrap());
             }
         }
         out
@@ -352,17 +450,62 @@ mod tests {
     fn delivers_in_order_and_drops_duplicates() {
         let (rooms, mut gaps) = Rooms::new();
         let (alice, mut rx) = member(1, "alice");
-        assert_eq!(rooms.join("r", &alice, 2).last_seq, 2);
-        rooms.deliver(&msg(2)); // older than the join point
-        rooms.deliver(&msg(3));
-        rooms.deliver(&msg(3));
-        rooms.deliver(&msg(5)); // ahead of a gap: held
+        assert_eq!(rooms.join("r", 1, &alice, 2).unwrap().last_seq, 2);
+        rooms.deliver(&msg(1, 2)); // older than the join point
+        rooms.deliver(&msg(1, 3));
+        rooms.deliver(&msg(1, 3));
+        rooms.deliver(&msg(1, 5)); // ahead of a gap: held
+        rooms.deliver(&msg(1, 7));
         assert_eq!(seqs(&mut rx), vec![3]);
         let gap = gaps.try_recv().unwrap();
         assert_eq!((gap.after, gap.upto), (3, 4));
-        rooms.deliver(&msg(4));
-        rooms.gap_filled("r", 4);
+        assert!(gaps.try_recv().is_err(), "one fill at a time");
+        rooms.deliver(&msg(1, 4));
+        rooms.gap_filled("r", 1, 4, true);
         assert_eq!(seqs(&mut rx), vec![4, 5]);
+        // 6 is still missing: another fill is asked for.
+        let gap = gaps.try_recv().unwrap();
+        assert_eq!((gap.after, gap.upto), (5, 6));
+        // The store has lost 6 (room deleted): skip rather than stall.
+        rooms.gap_filled("r", 1, 6, true);
+        assert_eq!(seqs(&mut rx), vec![7]);
+    }
+
+    #[test]
+    fn a_failed_fill_is_asked_for_again() {
+        let (rooms, mut gaps) = Rooms::new();
+        let (alice, mut rx) = member(1, "alice");
+        rooms.join("r", 1, &alice, 0);
+        rooms.catch_up("r", 1, 3);
+        assert_eq!(gaps.try_recv().unwrap().upto, 3);
+        rooms.catch_up("r", 1, 4); // while the first is under way
+        rooms.gap_filled("r", 1, 3, false);
+        let again = gaps.try_recv().unwrap();
+        assert_eq!((again.after, again.upto), (0, 4));
+        for seq in 1..=4 {
+            rooms.deliver(&msg(1, seq));
+        }
+        rooms.gap_filled("r", 1, 4, true);
+        assert_eq!(seqs(&mut rx), vec![1, 2, 3, 4]);
+        assert!(gaps.try_recv().is_err());
+    }
+
+    #[test]
+    fn rooms_are_told_apart_by_id() {
+        let (rooms, _gaps) = Rooms::new();
+        let (alice, mut rx) = member(1, "alice");
+        rooms.join("r", 2, &alice, 10);
+        rooms.deliver(&msg(1, 11)); // from the deleted room 1
+        assert!(seqs(&mut rx).is_empty());
+        assert!(rooms.join("r", 1, &alice, 10).is_none(), "stale read");
+        rooms.remove("r", 1, None); // late deletion of room 1
+        assert!(rooms.is_member("r", 1));
+        rooms.deliver(&msg(3, 1)); // room 2 was deleted, 3 replaced it
+        assert!(matches!(
+            events(&mut rx).as_slice(),
+            [ServerEvent::RoomDeleted { .. }]
+        ));
+        assert!(!rooms.is_member("r", 1));
     }
 
     #[test]
@@ -370,29 +513,32 @@ mod tests {
         let (rooms, _gaps) = Rooms::new();
         let (slow, _slow_rx) = member(1, "slow");
         let (fast, mut fast_rx) = member(2, "fast");
-        rooms.join("r", &slow, 0);
-        rooms.join("r", &fast, 0);
+        rooms.join("r", 1, &slow, 0);
+        rooms.join("r", 1, &fast, 0);
         for seq in 1..=4 {
-            rooms.deliver(&msg(seq));
+            rooms.deliver(&msg(1, seq));
             seqs(&mut fast_rx);
         }
         assert!(!slow.overflowed());
-        rooms.deliver(&msg(5));
+        rooms.deliver(&msg(1, 5));
         assert!(slow.overflowed());
         assert!(!fast.overflowed());
     }
 
     #[test]
-    fn presence_counts_connections_per_user() {
+    fn presence_counts_connections_per_user_and_empty_rooms_are_forgotten() {
         let (rooms, _gaps) = Rooms::new();
         let (a1, _r1) = member(1, "alice");
         let (a2, _r2) = member(2, "alice");
-        assert!(rooms.join("r", &a1, 0).first_local);
-        assert!(!rooms.join("r", &a2, 0).first_local);
-        assert!(!rooms.join("r", &a2, 0).first_local);
+        assert!(rooms.join("r", 1, &a1, 0).unwrap().first_local);
+        assert!(!rooms.join("r", 1, &a2, 0).unwrap().first_local);
+        assert!(!rooms.join("r", 1, &a2, 0).unwrap().first_local);
         assert_eq!(rooms.local_users("r"), vec!["alice"]);
         assert_eq!(rooms.leave("r", 1), Some(false));
         assert_eq!(rooms.leave("r", 1), None);
         assert_eq!(rooms.leave("r", 2), Some(true));
+        assert!(rooms.occupied().is_empty());
+        // A later join starts from the store's view, not a stale one.
+        assert_eq!(rooms.join("r", 1, &a1, 40).unwrap().last_seq, 40);
     }
 }

@@ -22,7 +22,7 @@ use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::cluster::{Cluster, ClusterError};
 use crate::rooms::{GapFill, Rooms};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Stored};
 
 /// How the server runs, from the command line.
 #[derive(Debug, Clone)]
@@ -166,14 +166,15 @@ async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
         stream.write_all(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 32\r\nConnection: close\r\n\r\nserver full: too many connections",
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 33\r\nConnection: close\r\n\r\nserver full: too many connections",
         ),
     )
     .await;
 }
 
 /// Serves gap-fill requests from the rooms: reads the missing messages from
-/// the store and delivers them in order.
+/// the store and delivers them in order. After a store error the request
+/// comes back (through [`Rooms::gap_filled`]) after a pause.
 async fn fill_gaps(
     mut requests: tokio::sync::mpsc::UnboundedReceiver<GapFill>,
     store: Store,
@@ -181,22 +182,31 @@ async fn fill_gaps(
 ) {
     while let Some(gap) = requests.recv().await {
         let mut after = gap.after;
+        let mut complete = true;
         while after < gap.upto {
-            match store.range(&gap.room, after, gap.upto, 1000).await {
+            match store
+                .range(gap.room_id, &gap.room, after, gap.upto, 1000)
+                .await
+            {
                 Ok(messages) if !messages.is_empty() => {
-                    for message in &messages {
-                        rooms.deliver(message);
-                    }
                     after = messages.last().map_or(gap.upto, |m| m.seq);
+                    for message in messages {
+                        rooms.deliver(&Stored {
+                            room_id: gap.room_id,
+                            message,
+                        });
+                    }
                 }
                 Ok(_) => break,
                 Err(err) => {
-                    tracing::error!(room = %gap.room, error = %err, "reading missing messages failed");
+                    tracing::error!(room = %gap.room, error = %err, "reading missing messages failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    complete = false;
                     break;
                 }
             }
         }
-        rooms.gap_filled(&gap.room, gap.upto);
+        rooms.gap_filled(&gap.room, gap.room_id, gap.upto, complete);
     }
 }
 

@@ -7,7 +7,7 @@
 //! are pipelined: the next request is read while a send waits for its commit,
 //! and acks go out in send order.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::rooms::{Frame, SessionHandle};
+use crate::rooms::{Outbound, SessionHandle};
 use crate::server::ServerState;
 use crate::store::StoreError;
 
@@ -159,7 +159,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
         inbox,
         failures: 0,
         rate: RateLimit::new(state.config.send_rate, state.config.send_burst),
-        joined: HashSet::new(),
+        joined: HashMap::new(),
         pending_acks: FuturesOrdered::new(),
         last_heard: Instant::now(),
     };
@@ -173,13 +173,15 @@ struct Session {
     state: Arc<ServerState>,
     account: Option<Account>,
     /// Kept to build the handle at login; rooms push into it.
-    outbox: mpsc::Sender<Frame>,
-    inbox: mpsc::Receiver<Frame>,
+    outbox: mpsc::Sender<Outbound>,
+    inbox: mpsc::Receiver<Outbound>,
     failures: u32,
     rate: RateLimit,
-    /// Rooms this session joined: a hint for cleanup; [`crate::rooms::Rooms`]
-    /// is the truth (a room can be deleted under us).
-    joined: HashSet<String>,
+    /// Rooms this session joined, each with the newest `seq` written to the
+    /// client: messages at or below it (already sent as history) are
+    /// skipped, and so are messages of rooms left. [`crate::rooms::Rooms`]
+    /// is the truth about membership (a room can be deleted under us).
+    joined: HashMap<String, u64>,
     pending_acks: FuturesOrdered<PendingAck>,
     last_heard: Instant,
 }
@@ -199,13 +201,10 @@ impl Session {
         let ending = loop {
             // A full outbox sets this flag, and a full outbox also makes the
             // next turn's `inbox.recv()` ready, so a flag read here closes the
-            // session as promptly as awaiting `kicked` did, without
-            // registering a waiter on every wake-up.
-            if self
-                .account
-                .as_ref()
-                .is_some_and(|account| account.handle.overflowed())
-            {
+            // session as promptly as awaiting `kicked` would, without
+            // registering a waiter on every wake-up. (A write stalled on a
+            // client that stopped reading watches `kicked` itself.)
+            if self.overflowed() {
                 break Ending::Close(
                     close::TRY_AGAIN_LATER,
                     "too far behind: reconnect and join with since",
@@ -213,8 +212,8 @@ impl Session {
             }
             let reading = self.pending_acks.len() < MAX_PENDING_SENDS;
             let step = tokio::select! {
-                _ = &mut shutdown => Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
-                Some(frame) = self.inbox.recv() => self.write_outbox(Some(frame), None).await,
+                _ = &mut shutdown => break self.shutting_down().await,
+                Some(item) = self.inbox.recv() => self.write_outbox(Some(item), None).await,
                 Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => self.write_outbox(None, Some(ack)).await,
                 incoming = self.socket.next(), if reading => self.on_incoming(incoming).await,
                 _ = &mut login_deadline, if self.account.is_none() => Err(Ending::Close(close::POLICY, "login timeout")),
@@ -225,6 +224,32 @@ impl Session {
             }
         };
         self.finish(ending).await;
+    }
+
+    fn overflowed(&self) -> bool {
+        self.account
+            .as_ref()
+            .is_some_and(|account| account.handle.overflowed())
+    }
+
+    /// The server is stopping: sends already taken are still answered (the
+    /// store commits everything queued before it stops), then the client is
+    /// told with 1001.
+    async fn shutting_down(&mut self) -> Ending {
+        let answers = async {
+            while let Some(ack) = self.pending_acks.next().await {
+                if self.write_outbox(None, Some(ack)).await.is_err() {
+                    return;
+                }
+            }
+            while let Ok(item) = self.inbox.try_recv() {
+                if self.write_outbox(Some(item), None).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), answers).await;
+        Ending::Close(close::GOING_AWAY, "server shutting down")
     }
 
     async fn finish(mut self, ending: Ending) {
@@ -238,7 +263,7 @@ impl Session {
                 tokio::time::timeout(Duration::from_secs(2), self.socket.close(Some(frame))).await;
         }
         if let Some(account) = &self.account {
-            for room in std::mem::take(&mut self.joined) {
+            for room in std::mem::take(&mut self.joined).into_keys() {
                 if let Some(true) = self.state.rooms.leave(&room, self.id) {
                     self.state
                         .broker
@@ -279,19 +304,26 @@ impl Session {
         self.reply(&ServerEvent::error(code, message, re)).await
     }
 
-    /// Writes a frame from the outbox or the answer to one of this session's
+    /// Writes an item from the outbox or the answer to one of this session's
     /// sends, and whatever else of both is ready behind it, with one flush.
-    /// Acks used to be flushed one by one: under pipelined sends a commit
+    /// Acks are not flushed one by one: under pipelined sends a commit
     /// answers dozens at once, and one write for all of them (and for the
     /// session's own copies of the messages) saves a syscall each.
     async fn write_outbox(
         &mut self,
-        frame: Option<Frame>,
+        item: Option<Outbound>,
         ack: Option<ServerEvent>,
     ) -> Result<(), Ending> {
+        let handle = self.account.as_ref().map(|a| a.handle.clone());
+        let kicked = async {
+            match &handle {
+                Some(handle) => handle.kicked.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let batch = async {
-            if let Some(frame) = frame {
-                self.socket.feed(Message::Text(frame)).await?;
+            if let Some(item) = item {
+                self.feed(item).await?;
             }
             if let Some(ack) = ack {
                 let text = chat_proto::encode(&ack);
@@ -299,8 +331,8 @@ impl Session {
             }
             for _ in 1..WRITE_BATCH {
                 let mut fed = false;
-                if let Ok(frame) = self.inbox.try_recv() {
-                    self.socket.feed(Message::Text(frame)).await?;
+                if let Ok(item) = self.inbox.try_recv() {
+                    self.feed(item).await?;
                     fed = true;
                 }
                 // Polled without a waker: the main loop polls `pending_acks`
@@ -316,10 +348,32 @@ impl Session {
             }
             self.socket.flush().await
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, batch).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Ending::Gone),
+
+        tokio::select! {
+            written = tokio::time::timeout(WRITE_TIMEOUT, batch) => match written {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(Ending::Gone),
+            },
+            // The client stopped reading and its outbox overflowed meanwhile:
+            // give up on this write now rather than at the timeout.
+            _ = kicked => Err(Ending::Close(close::TRY_AGAIN_LATER, "too far behind: reconnect and join with since")),
         }
+    }
+
+    /// Feeds one outbox item to the socket, unless it is a message the
+    /// client already has or no longer wants.
+    async fn feed(&mut self, item: Outbound) -> Result<(), WsError> {
+        let frame = match item {
+            Outbound::Event(frame) => frame,
+            Outbound::Message { room, seq, frame } => match self.joined.get_mut(&*room) {
+                Some(newest) if seq > *newest => {
+                    *newest = seq;
+                    frame
+                }
+                _ => return Ok(()),
+            },
+        };
+        self.socket.feed(Message::Text(frame)).await
     }
 
     async fn on_incoming(
@@ -375,6 +429,19 @@ impl Session {
             };
         };
         let (admin, handle) = (account.admin, account.handle.clone());
+        // Every request that names a room: a malformed name is refused first.
+        let room = match &event {
+            ClientEvent::Join { room, .. }
+            | ClientEvent::Leave { room }
+            | ClientEvent::Send { room, .. }
+            | ClientEvent::History { room, .. }
+            | ClientEvent::Typing { room }
+            | ClientEvent::DeleteRoom { room } => Some(room),
+            _ => None,
+        };
+        if room.is_some_and(|room| !is_valid_name(room)) {
+            return self.invalid_room(id).await;
+        }
         match event {
             ClientEvent::Login { .. } | ClientEvent::Register { .. } => {
                 self.error(ErrorCode::BadRequest, "already logged in", id)
@@ -546,16 +613,54 @@ impl Session {
         if !is_valid_name(&room) {
             return self.invalid_room(id).await;
         }
-        self.state.broker.watch_room(&room).await;
-        let stored_last_seq = match self.state.store.open_room(&room).await {
-            Ok(seq) => seq,
-            Err(err) => return self.internal(err, id).await,
+        // A deletion (and re-creation) of the room can race the steps below;
+        // then they are simply taken again.
+        let mut attempts = 0;
+        let (room_id, point) = loop {
+            attempts += 1;
+            let (room_id, stored_last_seq) = match self.state.store.open_room(&room).await {
+                Ok(found) => found,
+                Err(err) => return self.internal(err, id).await,
+            };
+            let Some(point) = self
+                .state
+                .rooms
+                .join(&room, room_id, handle, stored_last_seq)
+            else {
+                continue;
+            };
+            // Subscribed (cluster mode) only now that the room has a member
+            // here, so a concurrent last leave cannot unsubscribe it; then
+            // whatever was stored since the first read, and whose delivery
+            // this process may have missed, is read from the store.
+            self.state.broker.watch_room(&room).await;
+            match self.state.store.room(&room).await {
+                Ok(Some((current_id, last_seq))) if current_id == room_id => {
+                    self.state.rooms.catch_up(&room, room_id, last_seq);
+                    break (room_id, point);
+                }
+                Ok(_) if attempts < 3 => {
+                    self.state.rooms.leave(&room, self.id);
+                }
+                Ok(_) => {
+                    self.state.rooms.leave(&room, self.id);
+                    return self
+                        .error(
+                            ErrorCode::NoSuchRoom,
+                            "the room was deleted while joining",
+                            id,
+                        )
+                        .await;
+                }
+                Err(err) => {
+                    self.state.rooms.leave(&room, self.id);
+                    return self.internal(err, id).await;
+                }
+            }
         };
-        let point = self.state.rooms.join(&room, handle, stored_last_seq);
-        self.joined.insert(room.clone());
-        // Anything stored beyond the join point that this process has not
-        // delivered yet (cluster mode) arrives live after the backlog.
-        self.state.rooms.catch_up(&room, stored_last_seq);
+        // Live messages up to the join point are already in the history
+        // below: the outbox filter skips them.
+        self.joined.insert(room.clone(), point.last_seq);
         if point.first_local {
             self.state.broker.user_joined(&room, &handle.user).await;
         }
@@ -567,31 +672,26 @@ impl Session {
             re: id,
         })
         .await?;
-        match since {
-            None => {
-                let page = self
-                    .state
-                    .store
-                    .history(&room, None, Some(point.last_seq), JOIN_HISTORY)
-                    .await;
-                let (messages, has_more) = match page {
-                    Ok(page) => (page.messages, page.has_more),
-                    Err(err) => return self.internal(err, None).await,
-                };
-                self.send_history(&room, messages, has_more).await
-            }
-            Some(since) => self.send_backlog(&room, since, point.last_seq).await,
-        }
+        // Without `since`, the newest page; with it, everything after it.
+        let since = since.unwrap_or(point.last_seq.saturating_sub(JOIN_HISTORY as u64));
+        self.send_backlog(room_id, &room, since, point.last_seq)
+            .await
     }
 
     /// Every message with `since < seq <= last_seq`, in pages of at most 200.
-    async fn send_backlog(&mut self, room: &str, since: u64, last_seq: u64) -> Result<(), Ending> {
+    async fn send_backlog(
+        &mut self,
+        room_id: i64,
+        room: &str,
+        since: u64,
+        last_seq: u64,
+    ) -> Result<(), Ending> {
         let mut after = since;
         loop {
             let page = match self
                 .state
                 .store
-                .range(room, after, last_seq, MAX_PAGE)
+                .range(room_id, room, after, last_seq, MAX_PAGE)
                 .await
             {
                 Ok(page) => page,
@@ -765,11 +865,11 @@ impl Session {
                 .error(ErrorCode::Forbidden, "only admins can delete rooms", id)
                 .await;
         }
-        match self.state.store.delete_room(&room).await {
+        match self.state.store.delete_room(&room, self.id).await {
             Ok(()) => {
                 tracing::info!(peer = %self.peer, room = %room, "room deleted");
                 self.joined.remove(&room);
-                self.state.broker.room_deleted(&room, self.id).await;
+                self.state.broker.room_deleted(&room).await;
                 self.reply(&ServerEvent::RoomDeleted { room, re: id }).await
             }
             Err(StoreError::NoSuchRoom) => {

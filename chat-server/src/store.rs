@@ -83,11 +83,22 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
+/// A message as the writer committed it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The room's id: never reused, so it tells a room from a later one of
+    /// the same name.
+    pub room_id: i64,
+    pub message: MessageRecord,
+}
+
 /// Told about every commit, in commit order, from the writer thread. Must not
 /// block: it runs between transactions.
 pub trait CommitListener: Send + Sync + 'static {
     /// Messages just made durable, in `seq` order per room.
-    fn messages_stored(&self, messages: &[MessageRecord]);
+    fn messages_stored(&self, messages: &[Stored]);
+    /// A room was just deleted; `requested_by` is the session that asked.
+    fn room_deleted(&self, room: &str, room_id: i64, requested_by: u64);
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -99,8 +110,9 @@ pub fn now_ms() -> i64 {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE users (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE users (
              id INTEGER PRIMARY KEY,
              name TEXT NOT NULL UNIQUE,
              password_hash TEXT NOT NULL,
@@ -123,7 +135,23 @@ fn migrations() -> Migrations<'static> {
              ts INTEGER NOT NULL,
              PRIMARY KEY (room_id, seq)
          ) WITHOUT ROWID;",
-    )])
+        ),
+        // Room ids must never be reused: a deleted room's id could otherwise
+        // come back for a new room of the same name, and delivery would
+        // mistake one for the other.
+        M::up(
+            "CREATE TABLE rooms_v2 (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT NOT NULL UNIQUE,
+                 last_seq INTEGER NOT NULL DEFAULT 0,
+                 last_activity INTEGER NOT NULL
+             );
+             INSERT INTO rooms_v2 (id, name, last_seq, last_activity)
+                 SELECT id, name, last_seq, last_activity FROM rooms;
+             DROP TABLE rooms;
+             ALTER TABLE rooms_v2 RENAME TO rooms;",
+        ),
+    ])
 }
 
 /// Opens (creating if needed) the database at `path`, upgrades its schema and
@@ -291,10 +319,11 @@ enum WriteJob {
     },
     CreateRoom {
         room: String,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<(i64, u64), StoreError>>,
     },
     DeleteRoom {
         room: String,
+        requested_by: u64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     CreateUser {
@@ -306,8 +335,9 @@ enum WriteJob {
 
 /// What a job produced inside the transaction, answered after commit.
 enum Outcome {
-    Appended(MessageRecord),
-    Created(u64),
+    Appended(Stored),
+    Created(i64, u64),
+    Deleted(i64),
     Done,
     Refused(StoreError),
 }
@@ -332,12 +362,15 @@ fn run_job(tx: &rusqlite::Transaction<'_>, job: &WriteJob) -> Result<Outcome, St
                 "INSERT INTO messages (room_id, seq, user, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![room_id, seq, user, text, ts])?;
-            Ok(Outcome::Appended(MessageRecord {
-                room: room.clone(),
-                seq,
-                user: user.clone(),
-                text: text.clone(),
-                ts,
+            Ok(Outcome::Appended(Stored {
+                room_id,
+                message: MessageRecord {
+                    room: room.clone(),
+                    seq,
+                    user: user.clone(),
+                    text: text.clone(),
+                    ts,
+                },
             }))
         }
         WriteJob::CreateRoom { room, .. } => {
@@ -346,8 +379,10 @@ fn run_job(tx: &rusqlite::Transaction<'_>, job: &WriteJob) -> Result<Outcome, St
                  ON CONFLICT(name) DO NOTHING",
             )?
             .execute(params![room, now_ms()])?;
-            let last_seq = room_id_and_last_seq(tx, room)?.map_or(0, |(_, seq)| seq);
-            Ok(Outcome::Created(last_seq))
+            match room_id_and_last_seq(tx, room)? {
+                Some((id, last_seq)) => Ok(Outcome::Created(id, last_seq)),
+                None => Ok(Outcome::Refused(StoreError::NoSuchRoom)),
+            }
         }
         WriteJob::DeleteRoom { room, .. } => {
             let Some((room_id, _)) = room_id_and_last_seq(tx, room)? else {
@@ -355,7 +390,7 @@ fn run_job(tx: &rusqlite::Transaction<'_>, job: &WriteJob) -> Result<Outcome, St
             };
             tx.execute("DELETE FROM messages WHERE room_id = ?1", [room_id])?;
             tx.execute("DELETE FROM rooms WHERE id = ?1", [room_id])?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Deleted(room_id))
         }
         WriteJob::CreateUser {
             name,
@@ -373,14 +408,14 @@ fn answer(job: WriteJob, outcome: Result<Outcome, StoreError>) {
     match job {
         WriteJob::Append { reply, .. } => {
             let _ = reply.send(match outcome {
-                Ok(Outcome::Appended(m)) => Ok(m),
+                Ok(Outcome::Appended(stored)) => Ok(stored.message),
                 Ok(Outcome::Refused(e)) | Err(e) => Err(e),
                 Ok(_) => Err(StoreError::Closed),
             });
         }
         WriteJob::CreateRoom { reply, .. } => {
             let _ = reply.send(match outcome {
-                Ok(Outcome::Created(seq)) => Ok(seq),
+                Ok(Outcome::Created(id, seq)) => Ok((id, seq)),
                 Ok(Outcome::Refused(e)) | Err(e) => Err(e),
                 Ok(_) => Err(StoreError::Closed),
             });
@@ -420,9 +455,24 @@ fn writer_loop(
         })();
         match result {
             Ok(outcomes) => {
-                for outcome in &outcomes {
-                    if let Ok(Outcome::Appended(m)) = outcome {
-                        stored.push(m.clone());
+                // Deliveries and deletions are announced in commit order, so
+                // a room's members never see a message after its deletion.
+                for (job, outcome) in batch.iter().zip(&outcomes) {
+                    match (job, outcome) {
+                        (_, Ok(Outcome::Appended(m))) => stored.push(m.clone()),
+                        (
+                            WriteJob::DeleteRoom {
+                                room, requested_by, ..
+                            },
+                            Ok(Outcome::Deleted(room_id)),
+                        ) => {
+                            if !stored.is_empty() {
+                                listener.messages_stored(&stored);
+                                stored.clear();
+                            }
+                            listener.room_deleted(room, *room_id, *requested_by);
+                        }
+                        _ => {}
                     }
                 }
                 if !stored.is_empty() {
@@ -547,10 +597,11 @@ impl Store {
         .await
     }
 
-    /// The room's newest `seq`, creating the room when it does not exist.
-    pub async fn open_room(&self, room: &str) -> Result<u64, StoreError> {
-        if let Some(last_seq) = self.last_seq(room).await? {
-            return Ok(last_seq);
+    /// The room's id and newest `seq`, creating the room when it does not
+    /// exist.
+    pub async fn open_room(&self, room: &str) -> Result<(i64, u64), StoreError> {
+        if let Some(found) = self.room(room).await? {
+            return Ok(found);
         }
         let room = room.to_owned();
         self.write(|reply| WriteJob::CreateRoom { room, reply })
@@ -558,9 +609,21 @@ impl Store {
     }
 
     /// Deletes a room and its history; `NoSuchRoom` when it does not exist.
-    pub async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
+    /// The listener hears of it with `requested_by`.
+    pub async fn delete_room(&self, room: &str, requested_by: u64) -> Result<(), StoreError> {
         let room = room.to_owned();
-        self.write(|reply| WriteJob::DeleteRoom { room, reply })
+        self.write(|reply| WriteJob::DeleteRoom {
+            room,
+            requested_by,
+            reply,
+        })
+        .await
+    }
+
+    /// The room's id and newest `seq`, or `None` when it does not exist.
+    pub async fn room(&self, room: &str) -> Result<Option<(i64, u64)>, StoreError> {
+        let room = room.to_owned();
+        self.read(move |conn| room_id_and_last_seq(conn, &room))
             .await
     }
 
@@ -644,10 +707,12 @@ impl Store {
         .await
     }
 
-    /// Messages with `after < seq <= upto`, ascending, at most `limit`.
-    /// Unknown room: empty.
+    /// Messages of the room with id `room_id` (named `room`) with
+    /// `after < seq <= upto`, ascending, at most `limit`. A deleted room has
+    /// none.
     pub async fn range(
         &self,
+        room_id: i64,
         room: &str,
         after: u64,
         upto: u64,
@@ -655,9 +720,6 @@ impl Store {
     ) -> Result<Vec<MessageRecord>, StoreError> {
         let room = room.to_owned();
         self.read(move |conn| {
-            let Some((room_id, _)) = room_id_and_last_seq(conn, &room)? else {
-                return Ok(Vec::new());
-            };
             let last = upto.min(after.saturating_add(limit as u64));
             if last <= after {
                 return Ok(Vec::new());
