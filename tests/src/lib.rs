@@ -499,6 +499,27 @@ impl Client {
         }
     }
 
+    /// Next event, or how the connection closed.
+    pub async fn recv_or_close(&mut self) -> Result<Value, Closed> {
+        loop {
+            let next = tokio::time::timeout(TIMEOUT, self.socket.next())
+                .await
+                .expect("nothing within the timeout");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text).expect("valid JSON"))
+                }
+                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
+                    return Err(Closed::Code(code.into()))
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return Err(Closed::NoFrame)
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// Waits for the server to close the connection; returns how.
     pub async fn closed(&mut self) -> Closed {
         loop {
@@ -527,7 +548,10 @@ impl Client {
         let last_seq = joined["last_seq"].as_u64().unwrap_or(0);
         let mut messages = Vec::new();
         loop {
-            let history = self.recv_type("history").await;
+            // The backlog follows `joined` directly, and is no answer itself.
+            let history = self.recv().await;
+            assert_eq!(history["type"], "history", "after joined: {history}");
+            assert!(history.get("re").is_none(), "{history}");
             let page = history["messages"].as_array().cloned().unwrap_or_default();
             let done = page.is_empty()
                 || since.is_none()

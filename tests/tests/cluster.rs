@@ -209,3 +209,44 @@ fn bad_or_unreachable_redis_stops_start_up_with_one_line() {
         assert!(lines[0].contains(url), "{}", lines[0]);
     }
 }
+
+#[tokio::test]
+async fn a_room_emptied_on_a_node_then_joined_again_resumes_from_the_store() {
+    let cluster = cluster(2);
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut alice = Client::login(&one.url(), "alice", PASSWORD).await;
+    alice.join("quiet", None).await;
+    let mut bob = Client::login(&two.url(), "bob", PASSWORD).await;
+    bob.join("quiet", None).await;
+    for i in 1..=5 {
+        bob.say("quiet", &format!("b{i}")).await;
+    }
+    // Node two has nobody in the room now, and hears nothing of it.
+    bob.request(json!({"type":"leave","room":"quiet"})).await;
+    for i in 1..=100 {
+        alice.say("quiet", &format!("a{i}")).await;
+    }
+    let mut carol = Client::login(&two.url(), "carol", PASSWORD).await;
+    let (joined, history) = carol.join("quiet", None).await;
+    assert_eq!(joined["last_seq"], 105);
+    assert_eq!(seqs(&history), (56..=105).collect::<Vec<_>>());
+    alice.say("quiet", "fresh").await;
+    let next = carol.recv().await;
+    assert_eq!(next["type"], "message", "{next}");
+    assert_eq!(next["seq"], 106, "nothing old replayed live");
+
+    // Deleted on one node and created again on the other: a new room.
+    let mut root = Client::login(&one.url(), "root", PASSWORD).await;
+    root.request(json!({"type":"delete_room","room":"quiet"}))
+        .await;
+    assert_eq!(carol.recv_type("room_deleted").await["room"], "quiet");
+    let (joined, history) = carol.join("quiet", None).await;
+    assert_eq!(joined["last_seq"], 0);
+    assert!(history.is_empty());
+    alice.recv_type("room_deleted").await;
+    alice.join("quiet", None).await;
+    for i in 1..=3 {
+        alice.say("quiet", &format!("new {i}")).await;
+    }
+    assert_eq!(seqs(&carol.messages_until("quiet", 3).await), vec![1, 2, 3]);
+}

@@ -369,6 +369,79 @@ async fn acked_messages_survive_kill_9() {
 }
 
 #[tokio::test]
+async fn joining_again_on_one_connection_during_traffic_sends_each_message_once() {
+    let server = server_with_users(unlimited());
+    let url = server.url();
+    let mut alice = Client::login(&url, "alice", PASSWORD).await;
+    alice.join("again", None).await;
+    let writer = tokio::spawn(async move {
+        for i in 1..=300 {
+            alice.say("again", &format!("a{i}")).await;
+        }
+    });
+    let mut bob = Client::login(&url, "bob", PASSWORD).await;
+    let (_, first) = bob.join("again", Some(0)).await;
+    let mut held = seqs(&first);
+    // Read some live traffic, then join again from the start while more
+    // arrives: what was queued live up to the new join point must not come
+    // a second time after the new backlog.
+    let newest = held.last().copied().unwrap_or(0);
+    held.extend(seqs(&bob.messages_until("again", newest + 20).await));
+    let (joined, backlog) = bob.join("again", Some(0)).await;
+    let again = seqs(&backlog);
+    let last_seq = joined["last_seq"].as_u64().unwrap();
+    assert_eq!(again, (1..=last_seq).collect::<Vec<_>>());
+    let mut after = again;
+    if last_seq < 300 {
+        after.extend(seqs(&bob.messages_until("again", 300).await));
+    }
+    assert_eq!(after, (1..=300).collect::<Vec<_>>(), "no duplicate, no gap");
+    writer.await.unwrap();
+    // After leaving, nothing more of the room arrives.
+    let left = bob.request(json!({"type":"leave","room":"again"})).await;
+    assert_eq!(left["type"], "left");
+    let mut carol = Client::login(&url, "root", PASSWORD).await;
+    carol.join("again", None).await;
+    carol.say("again", "after bob left").await;
+    bob.send(json!({"type":"ping","id":"after"})).await;
+    assert_eq!(bob.recv().await, json!({"type":"pong","re":"after"}));
+}
+
+#[tokio::test]
+async fn shutdown_answers_every_send_it_stored() {
+    let mut server = server_with_users(unlimited());
+    let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+    alice.join("last", None).await;
+    for i in 1..=300 {
+        alice
+            .send(json!({"type":"send","room":"last","text":format!("l{i}"),"id":format!("l{i}")}))
+            .await;
+    }
+    let status = server.terminate();
+    assert!(status.success());
+    let mut acked = Vec::new();
+    loop {
+        match alice.recv_or_close().await {
+            Ok(event) if event["type"] == "ack" => acked.push(event["seq"].as_u64().unwrap()),
+            Ok(_) => {}
+            Err(closed) => {
+                assert_eq!(closed, Closed::Code(1001));
+                break;
+            }
+        }
+    }
+    server.restart();
+    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+    let (joined, _) = bob.join("last", None).await;
+    let stored = joined["last_seq"].as_u64().unwrap();
+    assert_eq!(
+        acked,
+        (1..=stored).collect::<Vec<_>>(),
+        "every stored send acked"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_0() {
     let mut server = server_with_users(Options::default());
     let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
