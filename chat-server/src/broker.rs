@@ -38,11 +38,6 @@ impl Broker {
         }
     }
 
-    /// The local rooms.
-    pub fn rooms(&self) -> &Arc<Rooms> {
-        &self.rooms
-    }
-
     /// Makes sure this node hears about the room's events from other nodes
     /// before a local member joins it.
     pub async fn watch_room(&self, room: &str) {

@@ -649,13 +649,6 @@ impl Store {
         self.read(count_users).await
     }
 
-    /// The room's newest `seq`, or `None` when the room does not exist.
-    pub async fn last_seq(&self, room: &str) -> Result<Option<u64>, StoreError> {
-        let room = room.to_owned();
-        self.read(move |conn| Ok(room_id_and_last_seq(conn, &room)?.map(|(_, seq)| seq)))
-            .await
-    }
-
     /// Every room, by name.
     pub async fn rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
         self.read(|conn| {
