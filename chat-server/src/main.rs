@@ -134,7 +134,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Makes glibc's malloc return large blocks to the system when freed.
+///
+/// Every argon2 hash allocates a 19 MiB block. Left to itself, glibc raises
+/// its mmap threshold after the first such block is freed and serves the
+/// next ones from the heap, where small session allocations then pin the
+/// freed space: measured at 8 GiB of RSS after 1,000 logins. A fixed 1 MiB
+/// threshold keeps those blocks mmapped (freed at once) and the heap dense:
+/// 118 MiB after 10,000 logins, about 11 KiB per idle connection.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called once before
+    // any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn serve(listen: SocketAddr, config: ServeConfig) -> Result<()> {
+    tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

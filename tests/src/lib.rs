@@ -403,6 +403,14 @@ impl Client {
         Client { socket }
     }
 
+    /// Connects, or says why the server refused.
+    pub async fn try_connect(url: &str) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (socket, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")?;
+        Ok(Client { socket })
+    }
+
     /// Connects and logs in; panics unless `welcome` comes back.
     pub async fn login(url: &str, user: &str, password: &str) -> Client {
         let mut client = Client::connect(url).await;

@@ -647,7 +647,22 @@ async fn only_ws_paths_upgrade_and_connections_are_capped() {
         }
         other => panic!("expected HTTP 404, got {other:?}"),
     }
-    let _second = Client::login(&server.url(), "bob", PASSWORD).await;
+    // The refused connection holds its slot until the server has closed it:
+    // a second client gets in once that happened.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let _second = loop {
+        match Client::try_connect(&server.url()).await {
+            Ok(mut second) => {
+                let welcome = second
+                    .request(json!({"type":"login","user":"bob","password":PASSWORD}))
+                    .await;
+                assert_eq!(welcome["type"], "welcome");
+                break second;
+            }
+            Err(_) if std::time::Instant::now() < deadline => tokio::task::yield_now().await,
+            Err(err) => panic!("second connection refused: {err}"),
+        }
+    };
     match tokio_tungstenite::connect_async(&server.url()).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503)
