@@ -5,11 +5,18 @@
 //! messages, presence, typing and room deletions also travel through Redis,
 //! and member lists are read from Redis so they cover every node. The
 //! session code calls the same methods either way.
+//!
+//! The store's writer thread hands each commit to the broker, which queues
+//! it for one delivery task on the runtime: the writer goes straight back to
+//! committing and answering acks, and the wake-ups of a fan-out to many
+//! members are scheduled from a runtime thread (cheap, local) rather than
+//! from outside it. One task, one queue: commit order is kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use chat_proto::{PresenceState, ServerEvent};
+use tokio::sync::mpsc;
 
 use crate::cluster::Cluster;
 use crate::rooms::{frame, Rooms};
@@ -19,22 +26,30 @@ use crate::store::{CommitListener, Stored};
 pub struct Broker {
     rooms: Arc<Rooms>,
     cluster: Option<Arc<Cluster>>,
+    /// Commits waiting for the delivery task, in commit order.
+    commits: mpsc::UnboundedSender<Commit>,
+}
+
+/// What the store committed, for delivery.
+enum Commit {
+    Messages(Vec<Stored>),
+    Deleted {
+        room: String,
+        room_id: i64,
+        requested_by: u64,
+    },
 }
 
 impl Broker {
-    /// A standalone broker: this process is the whole server.
-    pub fn standalone(rooms: Arc<Rooms>) -> Broker {
+    /// A broker for this process, standalone (`cluster` is `None`) or one
+    /// node of a cluster. Starts its delivery task: call inside the runtime.
+    pub fn new(rooms: Arc<Rooms>, cluster: Option<Arc<Cluster>>) -> Broker {
+        let (commits, queue) = mpsc::unbounded_channel();
+        tokio::spawn(deliver_commits(queue, rooms.clone(), cluster.clone()));
         Broker {
             rooms,
-            cluster: None,
-        }
-    }
-
-    /// A broker for one node of a cluster.
-    pub fn clustered(rooms: Arc<Rooms>, cluster: Arc<Cluster>) -> Broker {
-        Broker {
-            rooms,
-            cluster: Some(cluster),
+            cluster,
+            commits,
         }
     }
 
@@ -115,19 +130,46 @@ impl Broker {
 
 impl CommitListener for Broker {
     fn messages_stored(&self, messages: &[Stored]) {
-        for stored in messages {
-            self.rooms.deliver(stored);
-        }
-        if let Some(cluster) = &self.cluster {
-            cluster.publish_messages(messages);
-        }
+        let _ = self.commits.send(Commit::Messages(messages.to_vec()));
     }
 
     fn room_deleted(&self, room: &str, room_id: i64, requested_by: u64) {
-        // The admin who asked is answered directly, with `re`.
-        self.rooms.remove(room, room_id, Some(requested_by));
-        if let Some(cluster) = &self.cluster {
-            cluster.publish_deleted(room, room_id);
+        let _ = self.commits.send(Commit::Deleted {
+            room: room.to_owned(),
+            room_id,
+            requested_by,
+        });
+    }
+}
+
+/// Delivers commits to local members and publishes them to the cluster, in
+/// commit order.
+async fn deliver_commits(
+    mut queue: mpsc::UnboundedReceiver<Commit>,
+    rooms: Arc<Rooms>,
+    cluster: Option<Arc<Cluster>>,
+) {
+    while let Some(commit) = queue.recv().await {
+        match commit {
+            Commit::Messages(messages) => {
+                for stored in &messages {
+                    rooms.deliver(stored);
+                }
+                if let Some(cluster) = &cluster {
+                    cluster.publish_messages(&messages);
+                }
+            }
+            Commit::Deleted {
+                room,
+                room_id,
+                requested_by,
+            } => {
+                // The admin who asked is answered directly, with `re`.
+                rooms.remove(&room, room_id, Some(requested_by));
+                if let Some(cluster) = &cluster {
+                    cluster.publish_deleted(&room, room_id);
+                }
+            }
         }
     }
 }

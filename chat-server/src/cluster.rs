@@ -36,6 +36,8 @@ use crate::store::{Store, Stored};
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const NODE_TTL_MS: u64 = 15_000;
+/// Most messages published in one pipeline.
+const PUBLISH_BATCH: usize = 512;
 
 /// Why cluster mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -284,10 +286,23 @@ return absent",
     async fn publisher(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<(String, String)>) {
         let mut conn = self.conn.clone();
         while let Some((channel, text)) = queue.recv().await {
+            // Everything queued meanwhile goes in one pipeline: one round
+            // trip to Redis per batch instead of per message, so a busy room
+            // does not queue behind the round trips. Order is kept.
+            let mut pipe = redis::pipe();
+            pipe.publish(channel, text).ignore();
+            for _ in 1..PUBLISH_BATCH {
+                match queue.try_recv() {
+                    Ok((channel, text)) => {
+                        pipe.publish(channel, text).ignore();
+                    }
+                    Err(_) => break,
+                }
+            }
             // Lost publishes are recovered by the receivers' gap fills: each
             // node reads from the store what it did not hear about.
             if self
-                .call("publish", conn.publish::<_, _, ()>(channel, text))
+                .call("publish", pipe.query_async::<()>(&mut conn))
                 .await
                 .is_some()
             {

@@ -76,10 +76,7 @@ impl Server {
             Some(url) => Some(Cluster::connect(url, rooms.clone()).await?),
             None => None,
         };
-        let broker = Arc::new(match &cluster {
-            Some(cluster) => Broker::clustered(rooms.clone(), cluster.clone()),
-            None => Broker::standalone(rooms.clone()),
-        });
+        let broker = Arc::new(Broker::new(rooms.clone(), cluster.clone()));
         let store =
             Store::open(&config.db, broker.clone()).map_err(|source| StartError::Store {
                 path: config.db.clone(),
