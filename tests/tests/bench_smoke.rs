@@ -171,15 +171,8 @@ fn login_smoke() {
 
 #[test]
 fn cluster_smoke() {
-    if Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
-        eprintln!("redis-server is not installed: cluster smoke skipped");
-        return;
-    }
+    // Needs redis-server on the PATH, as the cluster tests do (.ci/run
+    // installs it); the scenario starts its own on a free port.
     let report = smoke("cluster", &[]);
     let members = num(&report, "members_per_room");
     for topology in ["one_node_", "two_nodes_"] {
