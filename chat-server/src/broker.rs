@@ -22,12 +22,16 @@ use crate::cluster::Cluster;
 use crate::rooms::{frame, Rooms};
 use crate::store::{CommitListener, Stored};
 
+/// Commits (batches of messages) waiting for delivery before the store's
+/// writer waits.
+const COMMIT_QUEUE: usize = 64;
+
 /// Routes room events to local members and, in cluster mode, to other nodes.
 pub struct Broker {
     rooms: Arc<Rooms>,
     cluster: Option<Arc<Cluster>>,
     /// Commits waiting for the delivery task, in commit order.
-    commits: mpsc::UnboundedSender<Commit>,
+    commits: mpsc::Sender<Commit>,
 }
 
 /// What the store committed, for delivery.
@@ -44,7 +48,7 @@ impl Broker {
     /// A broker for this process, standalone (`cluster` is `None`) or one
     /// node of a cluster. Starts its delivery task: call inside the runtime.
     pub fn new(rooms: Arc<Rooms>, cluster: Option<Arc<Cluster>>) -> Broker {
-        let (commits, queue) = mpsc::unbounded_channel();
+        let (commits, queue) = mpsc::channel(COMMIT_QUEUE);
         tokio::spawn(deliver_commits(queue, rooms.clone(), cluster.clone()));
         Broker {
             rooms,
@@ -130,11 +134,16 @@ impl Broker {
 
 impl CommitListener for Broker {
     fn messages_stored(&self, messages: &[Stored]) {
-        let _ = self.commits.send(Commit::Messages(messages.to_vec()));
+        // Blocking here (the writer is a plain thread) when delivery falls
+        // behind slows acks down: backpressure on senders instead of a
+        // queue that grows without bound.
+        let _ = self
+            .commits
+            .blocking_send(Commit::Messages(messages.to_vec()));
     }
 
     fn room_deleted(&self, room: &str, room_id: i64, requested_by: u64) {
-        let _ = self.commits.send(Commit::Deleted {
+        let _ = self.commits.blocking_send(Commit::Deleted {
             room: room.to_owned(),
             room_id,
             requested_by,
@@ -145,7 +154,7 @@ impl CommitListener for Broker {
 /// Delivers commits to local members and publishes them to the cluster, in
 /// commit order.
 async fn deliver_commits(
-    mut queue: mpsc::UnboundedReceiver<Commit>,
+    mut queue: mpsc::Receiver<Commit>,
     rooms: Arc<Rooms>,
     cluster: Option<Arc<Cluster>>,
 ) {

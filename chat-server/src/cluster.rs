@@ -526,6 +526,7 @@ return absent",
             } => {
                 if origin != self.node {
                     self.rooms.remove(&room, room_id, None);
+                    let _ = self.subscriptions.send(Subscription::Unwatch(room));
                 }
             }
         }
@@ -566,10 +567,18 @@ return absent",
                 continue;
             }
             self.came_back();
-            // Whatever was stored while we were not listening: from the store.
-            for room in &subscribed {
-                if let Ok(Some((room_id, last_seq))) = store.room(room).await {
-                    self.rooms.catch_up(room, room_id, last_seq);
+            // Whatever happened while we were not listening, from the store:
+            // messages to catch up on, or the room's deletion (whose notice
+            // may have been lost with Redis).
+            for (room, room_id) in self.rooms.occupied() {
+                match store.room(&room).await {
+                    Ok(Some((current_id, last_seq))) if current_id == room_id => {
+                        self.rooms.catch_up(&room, room_id, last_seq);
+                    }
+                    Ok(_) => self.rooms.remove(&room, room_id, None),
+                    Err(err) => {
+                        tracing::error!(room = %room, error = %err, "reading a room after reconnecting failed");
+                    }
                 }
             }
             loop {
@@ -630,41 +639,36 @@ return absent",
     /// restarted Redis has forgotten) and reaps nodes that died.
     async fn heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-        // Redis keeps nothing on disk: `chat:epoch` changes when it restarted
-        // empty, and only then does this node write its presence again.
-        // (Re-writing it on every beat could resurrect an entry that a leave
-        // removed a moment before.)
-        let mut epoch: Option<String> = None;
         loop {
             tick.tick().await;
             let mut conn = self.conn.clone();
+            // `GET` returns the key's previous value: none means this node's
+            // key was gone — Redis restarted empty, or another node took it
+            // for dead and reaped its presence. Only then is the presence
+            // written again (re-writing it on every beat could resurrect an
+            // entry that a leave removed a moment before).
             let mut pipe = redis::pipe();
             pipe.cmd("SET")
                 .arg(node_key(&self.node))
                 .arg(1)
                 .arg("PX")
                 .arg(NODE_TTL_MS)
-                .ignore()
+                .arg("GET")
                 .sadd("chat:nodes", &self.node)
-                .ignore()
-                .cmd("SET")
-                .arg("chat:epoch")
-                .arg(format!("{:016x}", rand::random::<u64>()))
-                .arg("NX")
-                .ignore()
-                .get("chat:epoch");
-            let Some((current,)) = self
-                .call("heartbeat", pipe.query_async::<(String,)>(&mut conn))
+                .ignore();
+            let Some((previous,)) = self
+                .call(
+                    "heartbeat",
+                    pipe.query_async::<(Option<String>,)>(&mut conn),
+                )
                 .await
             else {
                 continue;
             };
             self.came_back();
-            if epoch.as_ref().is_some_and(|seen| *seen != current) {
-                tracing::info!("Redis restarted empty: writing this node's presence again");
+            if previous.is_none() {
                 self.reassert_presence().await;
             }
-            epoch = Some(current);
             self.reap_dead_nodes().await;
         }
     }

@@ -40,12 +40,14 @@ pub fn frame(event: &ServerEvent) -> Frame {
 /// What rooms put in a session's outbox.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A `message` event, tagged so that the session can skip what it has
-    /// already sent as `history` (after a join on a connection that was
-    /// already a member) and what belongs to a room it has left.
-    Message {
+    /// A `message` (with its `seq`) or `room_deleted` (without) of one room,
+    /// tagged so that the session can skip what it already sent as
+    /// `history`, what belongs to a room it has left, and what belongs to an
+    /// earlier room of the same name.
+    Room {
         room: Arc<str>,
-        seq: u64,
+        room_id: i64,
+        seq: Option<u64>,
         frame: Frame,
     },
     /// Any other event.
@@ -107,7 +109,7 @@ pub struct GapFill {
 struct RoomState {
     /// The room's id in the store.
     room_id: i64,
-    /// The name, shared by every `Outbound::Message` of the room.
+    /// The name, shared by every `Outbound::Room` of the room.
     name: Arc<str>,
     members: Vec<Arc<SessionHandle>>,
     /// Every message below this has been delivered.
@@ -141,9 +143,10 @@ impl RoomState {
     }
 
     fn deliver_in_order(&mut self, message: &MessageRecord) {
-        let item = Outbound::Message {
+        let item = Outbound::Room {
             room: self.name.clone(),
-            seq: message.seq,
+            room_id: self.room_id,
+            seq: Some(message.seq),
             frame: frame(&ServerEvent::Message(message.clone())),
         };
         for member in &self.members {
@@ -165,6 +168,8 @@ pub struct JoinPoint {
     pub last_seq: u64,
     /// This is the user's first connection in the room on this process.
     pub first_local: bool,
+    /// The session was not a member before.
+    pub added: bool,
 }
 
 /// All rooms with members on this process.
@@ -210,7 +215,7 @@ impl Rooms {
             }
             if state.room_id < room_id {
                 // Its deletion has not reached us yet; it is gone all the same.
-                Self::drop_room(&mut rooms, room);
+                Self::drop_room(&mut rooms, room, Some(session.id));
             }
         }
         let state = rooms.entry(room.to_owned()).or_insert_with(|| RoomState {
@@ -223,12 +228,14 @@ impl Rooms {
             fill_upto: 0,
         });
         let first_local = !state.has_user(&session.user);
-        if !state.members.iter().any(|m| m.id == session.id) {
+        let added = !state.members.iter().any(|m| m.id == session.id);
+        if added {
             state.members.push(session.clone());
         }
         Some(JoinPoint {
             last_seq: state.next_seq - 1,
             first_local,
+            added,
         })
     }
 
@@ -287,32 +294,32 @@ impl Rooms {
         }
     }
 
-    fn drop_room(rooms: &mut HashMap<String, RoomState>, room: &str) {
+    /// Forgets a room (deleted) and tells its members, but `except_session`.
+    fn drop_room(rooms: &mut HashMap<String, RoomState>, room: &str, except_session: Option<u64>) {
         if let Some(state) = rooms.remove(room) {
-            let event = frame(&ServerEvent::RoomDeleted {
-                room: room.to_owned(),
-                re: None,
-            });
-            state.fan_out(&event, None);
+            let item = Outbound::Room {
+                room: state.name.clone(),
+                room_id: state.room_id,
+                seq: None,
+                frame: frame(&ServerEvent::RoomDeleted {
+                    room: room.to_owned(),
+                    re: None,
+                }),
+            };
+            for member in &state.members {
+                if Some(member.id) != except_session {
+                    member.push(item.clone());
+                }
+            }
         }
     }
 
-    /// Forgets the deleted room `room_id`; its members (but `except_session`)
-    /// receive `room_deleted`.
+    /// Forgets the deleted room `room_id` (or an older one of that name);
+    /// its members (but `except_session`) receive `room_deleted`.
     pub fn remove(&self, room: &str, room_id: i64, except_session: Option<u64>) {
         let mut rooms = self.lock();
         if rooms.get(room).is_some_and(|s| s.room_id <= room_id) {
-            if let Some(state) = rooms.remove(room) {
-                let event = frame(&ServerEvent::RoomDeleted {
-                    room: room.to_owned(),
-                    re: None,
-                });
-                for member in &state.members {
-                    if Some(member.id) != except_session {
-                        member.push(Outbound::Event(event.clone()));
-                    }
-                }
-            }
+            Self::drop_room(&mut rooms, room, except_session);
         }
     }
 
@@ -326,7 +333,7 @@ impl Rooms {
         if state.room_id != stored.room_id {
             if state.room_id < stored.room_id {
                 // A newer room of that name exists: ours was deleted.
-                Self::drop_room(&mut rooms, &message.room);
+                Self::drop_room(&mut rooms, &message.room, None);
             }
             return;
         }
@@ -425,7 +432,12 @@ mod tests {
     fn seqs(rx: &mut mpsc::Receiver<Outbound>) -> Vec<u64> {
         let mut out = Vec::new();
         while let Ok(item) = rx.try_recv() {
-            if let Outbound::Message { seq, frame, .. } = item {
+            if let Outbound::Room {
+                seq: Some(seq),
+                frame,
+                ..
+            } = item
+            {
                 assert!(matches!(
                     chat_proto::decode_server(&frame),
                     Ok(ServerEvent::Message(m)) if m.seq == seq
@@ -439,9 +451,14 @@ mod tests {
     fn events(rx: &mut mpsc::Receiver<Outbound>) -> Vec<ServerEvent> {
         let mut out = Vec::new();
         while let Ok(item) = rx.try_recv() {
-            if let Outbound::Event(frame) = item {
-                out.push(chat_proto::decode_server(&frame).unwrap());
-            }
+            let frame = match item {
+                Outbound::Event(frame) => frame,
+                Outbound::Room {
+                    seq: None, frame, ..
+                } => frame,
+                Outbound::Room { .. } => continue,
+            };
+            out.push(chat_proto::decode_server(&frame).unwrap());
         }
         out
     }

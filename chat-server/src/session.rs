@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::rooms::{Outbound, SessionHandle};
+use crate::rooms::{JoinPoint, Outbound, SessionHandle};
 use crate::server::ServerState;
 use crate::store::StoreError;
 
@@ -166,6 +166,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
     session.run(state.shutdown.clone()).await;
 }
 
+/// A room as this session joined it.
+struct JoinedRoom {
+    /// Which room of that name (ids are never reused).
+    room_id: i64,
+    /// Newest `seq` written to the client.
+    newest: u64,
+}
+
 struct Session {
     id: u64,
     peer: SocketAddr,
@@ -181,7 +189,7 @@ struct Session {
     /// client: messages at or below it (already sent as history) are
     /// skipped, and so are messages of rooms left. [`crate::rooms::Rooms`]
     /// is the truth about membership (a room can be deleted under us).
-    joined: HashMap<String, u64>,
+    joined: HashMap<String, JoinedRoom>,
     pending_acks: FuturesOrdered<PendingAck>,
     last_heard: Instant,
 }
@@ -365,11 +373,24 @@ impl Session {
     async fn feed(&mut self, item: Outbound) -> Result<(), WsError> {
         let frame = match item {
             Outbound::Event(frame) => frame,
-            Outbound::Message { room, seq, frame } => match self.joined.get_mut(&*room) {
-                Some(newest) if seq > *newest => {
-                    *newest = seq;
-                    frame
-                }
+            Outbound::Room {
+                room,
+                room_id,
+                seq,
+                frame,
+            } => match self.joined.get_mut(&*room) {
+                Some(joined) if joined.room_id == room_id => match seq {
+                    Some(seq) if seq > joined.newest => {
+                        joined.newest = seq;
+                        frame
+                    }
+                    Some(_) => return Ok(()),
+                    None => {
+                        // room_deleted: the session is no longer a member.
+                        self.joined.remove(&*room);
+                        frame
+                    }
+                },
                 _ => return Ok(()),
             },
         };
@@ -640,10 +661,10 @@ impl Session {
                     break (room_id, point);
                 }
                 Ok(_) if attempts < 3 => {
-                    self.state.rooms.leave(&room, self.id);
+                    self.undo_join(&room, &point);
                 }
                 Ok(_) => {
-                    self.state.rooms.leave(&room, self.id);
+                    self.undo_join(&room, &point);
                     return self
                         .error(
                             ErrorCode::NoSuchRoom,
@@ -653,14 +674,21 @@ impl Session {
                         .await;
                 }
                 Err(err) => {
-                    self.state.rooms.leave(&room, self.id);
+                    self.undo_join(&room, &point);
                     return self.internal(err, id).await;
                 }
             }
         };
-        // Live messages up to the join point are already in the history
-        // below: the outbox filter skips them.
-        self.joined.insert(room.clone(), point.last_seq);
+        // Live messages up to the join point (or up to what the client says
+        // it holds) are already in the history below: the outbox filter
+        // skips them.
+        self.joined.insert(
+            room.clone(),
+            JoinedRoom {
+                room_id,
+                newest: point.last_seq.max(since.unwrap_or(0)),
+            },
+        );
         if point.first_local {
             self.state.broker.user_joined(&room, &handle.user).await;
         }
@@ -676,6 +704,15 @@ impl Session {
         let since = since.unwrap_or(point.last_seq.saturating_sub(JOIN_HISTORY as u64));
         self.send_backlog(room_id, &room, since, point.last_seq)
             .await
+    }
+
+    /// Takes back a membership that a failed join added (a session that was
+    /// already a member stays one).
+    fn undo_join(&mut self, room: &str, point: &JoinPoint) {
+        if point.added {
+            self.state.rooms.leave(room, self.id);
+            self.joined.remove(room);
+        }
     }
 
     /// Every message with `since < seq <= last_seq`, in pages of at most 200.
@@ -767,15 +804,18 @@ impl Session {
         text: String,
         id: Option<String>,
     ) -> Result<(), Ending> {
-        if !self.state.rooms.is_member(&room, self.id) {
-            return self
-                .error(
-                    ErrorCode::NotJoined,
-                    format!("join {room} before sending to it"),
-                    id,
-                )
-                .await;
-        }
+        let room_id = match self.joined.get(&room) {
+            Some(joined) if self.state.rooms.is_member(&room, self.id) => joined.room_id,
+            _ => {
+                return self
+                    .error(
+                        ErrorCode::NotJoined,
+                        format!("join {room} before sending to it"),
+                        id,
+                    )
+                    .await
+            }
+        };
         let text = match normalize_text(&text) {
             Ok(text) => text,
             Err(err @ TextError::TooLarge(_)) => {
@@ -794,7 +834,7 @@ impl Session {
         let user = handle.user.clone();
         let peer = self.peer;
         self.pending_acks.push_back(Box::pin(async move {
-            match store.append(&room, &user, text).await {
+            match store.append(room_id, &user, text).await {
                 Ok(stored) => ServerEvent::Ack {
                     re: id,
                     room,

@@ -312,7 +312,7 @@ fn read_range(
 
 enum WriteJob {
     Append {
-        room: String,
+        room_id: i64,
         user: String,
         text: String,
         reply: oneshot::Sender<Result<MessageRecord, StoreError>>,
@@ -345,19 +345,25 @@ enum Outcome {
 fn run_job(tx: &rusqlite::Transaction<'_>, job: &WriteJob) -> Result<Outcome, StoreError> {
     match job {
         WriteJob::Append {
-            room, user, text, ..
+            room_id,
+            user,
+            text,
+            ..
         } => {
             let ts = now_ms();
-            let allocated: Option<(i64, u64)> = tx
+            // By id, not name: a send for a deleted room must not land in a
+            // new room that took its name.
+            let allocated: Option<(String, u64)> = tx
                 .prepare_cached(
                     "UPDATE rooms SET last_seq = last_seq + 1, last_activity = ?2
-                     WHERE name = ?1 RETURNING id, last_seq",
+                     WHERE id = ?1 RETURNING name, last_seq",
                 )?
-                .query_row(params![room, ts], |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_row(params![room_id, ts], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
-            let Some((room_id, seq)) = allocated else {
+            let Some((room, seq)) = allocated else {
                 return Ok(Outcome::Refused(StoreError::NoSuchRoom));
             };
+            let room_id = *room_id;
             tx.prepare_cached(
                 "INSERT INTO messages (room_id, seq, user, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -365,7 +371,7 @@ fn run_job(tx: &rusqlite::Transaction<'_>, job: &WriteJob) -> Result<Outcome, St
             Ok(Outcome::Appended(Stored {
                 room_id,
                 message: MessageRecord {
-                    room: room.clone(),
+                    room,
                     seq,
                     user: user.clone(),
                     text: text.clone(),
@@ -579,17 +585,17 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// Stores a message in `room`; returns it with its `seq` and `ts` once
-    /// committed.
+    /// Stores a message in the room with id `room_id`; returns it with its
+    /// `seq` and `ts` once committed.
     pub async fn append(
         &self,
-        room: &str,
+        room_id: i64,
         user: &str,
         text: String,
     ) -> Result<MessageRecord, StoreError> {
-        let (room, user) = (room.to_owned(), user.to_owned());
+        let user = user.to_owned();
         self.write(|reply| WriteJob::Append {
-            room,
+            room_id,
             user,
             text,
             reply,

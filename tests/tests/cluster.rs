@@ -250,3 +250,25 @@ async fn a_room_emptied_on_a_node_then_joined_again_resumes_from_the_store() {
     }
     assert_eq!(seqs(&carol.messages_until("quiet", 3).await), vec![1, 2, 3]);
 }
+
+#[tokio::test]
+async fn a_deletion_during_a_redis_outage_still_reaches_other_nodes() {
+    let mut cluster = cluster(2);
+    let mut carol = Client::login(&cluster.nodes[1].url(), "carol", PASSWORD).await;
+    carol.join("gone", None).await;
+    let mut root = Client::login(&cluster.nodes[0].url(), "root", PASSWORD).await;
+    cluster.redis.stop();
+    let answer = root
+        .request(json!({"type":"delete_room","room":"gone"}))
+        .await;
+    assert_eq!(answer["type"], "room_deleted");
+    cluster.redis.restart();
+    assert_eq!(
+        carol.recv_type("room_deleted").await,
+        json!({"type":"room_deleted","room":"gone"})
+    );
+    let answer = carol
+        .request(json!({"type":"send","room":"gone","text":"anyone?"}))
+        .await;
+    assert_eq!(answer["code"], "not_joined");
+}

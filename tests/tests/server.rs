@@ -624,6 +624,64 @@ async fn admins_delete_rooms() {
 }
 
 #[tokio::test]
+async fn a_room_deleted_and_joined_again_at_once_is_a_new_room() {
+    let server = server_with_users(unlimited());
+    let url = server.url();
+    for round in 0..5 {
+        let room = format!("churn{round}");
+        let mut alice = Client::login(&url, "alice", PASSWORD).await;
+        alice.join(&room, None).await;
+        let mut root = Client::login(&url, "root", PASSWORD).await;
+        root.join(&room, None).await;
+        // Messages of the old room are still on their way to root when it
+        // deletes the room and, in the same breath, joins the name again.
+        let sender = tokio::spawn({
+            let room = room.clone();
+            async move {
+                for i in 1..=2000 {
+                    alice
+                        .send(json!({"type":"send","room":room,"text":format!("old {i}")}))
+                        .await;
+                }
+                alice
+            }
+        });
+        root.recv_type("message").await;
+        root.send(json!({"type":"delete_room","room":room,"id":"d"}))
+            .await;
+        root.send(json!({"type":"join","room":room,"id":"j"})).await;
+        for i in 1..=3 {
+            root.send(json!({"type":"send","room":room,"text":format!("new {i}")}))
+                .await;
+        }
+        let mut joined = false;
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let event = root.recv().await;
+            match event["type"].as_str() {
+                Some("joined") => {
+                    assert_eq!(event["last_seq"], 0, "{event}");
+                    joined = true;
+                }
+                Some("message") if joined => {
+                    assert!(
+                        event["text"].as_str().unwrap().starts_with("new"),
+                        "a message of the deleted room after joining the new one: {event}"
+                    );
+                    seen.push(event["seq"].as_u64().unwrap());
+                }
+                Some("room_deleted") if joined => {
+                    panic!("the new room is not deleted: {event}")
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+        sender.await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn login_must_come_within_10_seconds() {
     let server = TestServer::start();
     let mut c = Client::connect(&server.url()).await;
