@@ -45,7 +45,6 @@ pub enum Outbound {
     /// `history`, what belongs to a room it has left, and what belongs to an
     /// earlier room of the same name.
     Room {
-        room: Arc<str>,
         room_id: i64,
         seq: Option<u64>,
         frame: Frame,
@@ -109,8 +108,8 @@ pub struct GapFill {
 struct RoomState {
     /// The room's id in the store.
     room_id: i64,
-    /// The name, shared by every `Outbound::Room` of the room.
-    name: Arc<str>,
+    /// The room's name.
+    name: String,
     members: Vec<Arc<SessionHandle>>,
     /// Every message below this has been delivered.
     next_seq: u64,
@@ -144,7 +143,6 @@ impl RoomState {
 
     fn deliver_in_order(&mut self, message: &MessageRecord) {
         let item = Outbound::Room {
-            room: self.name.clone(),
             room_id: self.room_id,
             seq: Some(message.seq),
             frame: frame(&ServerEvent::Message(message.clone())),
@@ -220,7 +218,7 @@ impl Rooms {
         }
         let state = rooms.entry(room.to_owned()).or_insert_with(|| RoomState {
             room_id,
-            name: room.into(),
+            name: room.to_owned(),
             members: Vec::new(),
             next_seq: stored_last_seq + 1,
             ahead: BTreeMap::new(),
@@ -298,7 +296,6 @@ impl Rooms {
     fn drop_room(rooms: &mut HashMap<String, RoomState>, room: &str, except_session: Option<u64>) {
         if let Some(state) = rooms.remove(room) {
             let item = Outbound::Room {
-                room: state.name.clone(),
                 room_id: state.room_id,
                 seq: None,
                 frame: frame(&ServerEvent::RoomDeleted {
@@ -398,7 +395,7 @@ impl Rooms {
         if !state.filling {
             state.filling = true;
             let _ = self.gaps.send(GapFill {
-                room: state.name.to_string(),
+                room: state.name.clone(),
                 room_id: state.room_id,
                 after: state.next_seq - 1,
                 upto: state.fill_upto,

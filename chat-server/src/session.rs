@@ -7,7 +7,6 @@
 //! are pipelined: the next request is read while a send waits for its commit,
 //! and acks go out in send order.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -159,7 +158,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
         inbox,
         failures: 0,
         rate: RateLimit::new(state.config.send_rate, state.config.send_burst),
-        joined: HashMap::new(),
+        joined: Vec::new(),
         pending_acks: FuturesOrdered::new(),
         last_heard: Instant::now(),
     };
@@ -168,6 +167,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
 
 /// A room as this session joined it.
 struct JoinedRoom {
+    name: String,
     /// Which room of that name (ids are never reused).
     room_id: i64,
     /// Newest `seq` written to the client.
@@ -188,8 +188,9 @@ struct Session {
     /// Rooms this session joined, each with the newest `seq` written to the
     /// client: messages at or below it (already sent as history) are
     /// skipped, and so are messages of rooms left. [`crate::rooms::Rooms`]
-    /// is the truth about membership (a room can be deleted under us).
-    joined: HashMap<String, JoinedRoom>,
+    /// is the truth about membership (a room can be deleted under us). A
+    /// short list searched by room id: no hashing on the delivery path.
+    joined: Vec<JoinedRoom>,
     pending_acks: FuturesOrdered<PendingAck>,
     last_heard: Instant,
 }
@@ -271,7 +272,8 @@ impl Session {
                 tokio::time::timeout(Duration::from_secs(2), self.socket.close(Some(frame))).await;
         }
         if let Some(account) = &self.account {
-            for room in std::mem::take(&mut self.joined).into_keys() {
+            for room in std::mem::take(&mut self.joined) {
+                let room = room.name;
                 if let Some(true) = self.state.rooms.leave(&room, self.id) {
                     self.state
                         .broker
@@ -374,24 +376,24 @@ impl Session {
         let frame = match item {
             Outbound::Event(frame) => frame,
             Outbound::Room {
-                room,
                 room_id,
                 seq,
                 frame,
-            } => match self.joined.get_mut(&*room) {
-                Some(joined) if joined.room_id == room_id => match seq {
-                    Some(seq) if seq > joined.newest => {
-                        joined.newest = seq;
+                ..
+            } => match self.joined.iter().position(|j| j.room_id == room_id) {
+                Some(at) => match seq {
+                    Some(seq) if seq > self.joined[at].newest => {
+                        self.joined[at].newest = seq;
                         frame
                     }
                     Some(_) => return Ok(()),
                     None => {
                         // room_deleted: the session is no longer a member.
-                        self.joined.remove(&*room);
+                        self.joined.swap_remove(at);
                         frame
                     }
                 },
-                _ => return Ok(()),
+                None => return Ok(()),
             },
         };
         self.socket.feed(Message::Text(frame)).await
@@ -682,13 +684,12 @@ impl Session {
         // Live messages up to the join point (or up to what the client says
         // it holds) are already in the history below: the outbox filter
         // skips them.
-        self.joined.insert(
-            room.clone(),
-            JoinedRoom {
-                room_id,
-                newest: point.last_seq.max(since.unwrap_or(0)),
-            },
-        );
+        self.forget_joined(&room);
+        self.joined.push(JoinedRoom {
+            name: room.clone(),
+            room_id,
+            newest: point.last_seq.max(since.unwrap_or(0)),
+        });
         if point.first_local {
             self.state.broker.user_joined(&room, &handle.user).await;
         }
@@ -706,12 +707,16 @@ impl Session {
             .await
     }
 
+    fn forget_joined(&mut self, room: &str) {
+        self.joined.retain(|j| j.name != room);
+    }
+
     /// Takes back a membership that a failed join added (a session that was
     /// already a member stays one).
     fn undo_join(&mut self, room: &str, point: &JoinPoint) {
         if point.added {
             self.state.rooms.leave(room, self.id);
-            self.joined.remove(room);
+            self.forget_joined(room);
         }
     }
 
@@ -782,7 +787,7 @@ impl Session {
         room: String,
         id: Option<String>,
     ) -> Result<(), Ending> {
-        self.joined.remove(&room);
+        self.forget_joined(&room);
         match self.state.rooms.leave(&room, self.id) {
             None => {
                 self.error(ErrorCode::NotJoined, format!("you are not in {room}"), id)
@@ -804,7 +809,7 @@ impl Session {
         text: String,
         id: Option<String>,
     ) -> Result<(), Ending> {
-        let room_id = match self.joined.get(&room) {
+        let room_id = match self.joined.iter().find(|j| j.name == room) {
             Some(joined) if self.state.rooms.is_member(&room, self.id) => joined.room_id,
             _ => {
                 return self
@@ -908,7 +913,7 @@ impl Session {
         match self.state.store.delete_room(&room, self.id).await {
             Ok(()) => {
                 tracing::info!(peer = %self.peer, room = %room, "room deleted");
-                self.joined.remove(&room);
+                self.forget_joined(&room);
                 self.state.broker.room_deleted(&room).await;
                 self.reply(&ServerEvent::RoomDeleted { room, re: id }).await
             }
