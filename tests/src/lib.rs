@@ -91,6 +91,16 @@ pub struct Options {
     pub args: Vec<String>,
 }
 
+impl Options {
+    /// No send rate limit (`--send-rate 0`), for tests that send in bulk.
+    pub fn unlimited() -> Options {
+        Options {
+            args: vec!["--send-rate".into(), "0".into()],
+            ..Options::default()
+        }
+    }
+}
+
 /// A running `chat-server serve` process.
 pub struct TestServer {
     child: Option<Child>,
@@ -106,6 +116,16 @@ impl TestServer {
     /// A standalone server with a fresh database.
     pub fn start() -> TestServer {
         Self::start_with(Scratch::new(), Options::default())
+    }
+
+    /// A server with a fresh database and the users alice, bob and root
+    /// (admin), all with [`PASSWORD`].
+    pub fn with_users(options: Options) -> TestServer {
+        let server = Self::start_with(Scratch::new(), options);
+        server.add_user("alice", PASSWORD, false);
+        server.add_user("bob", PASSWORD, false);
+        server.add_user("root", PASSWORD, true);
+        server
     }
 
     /// A server on the database in `scratch` (shared by cluster nodes).

@@ -17,8 +17,7 @@ fn cluster(size: usize) -> Cluster {
     let scratch = Scratch::new();
     let options = Options {
         redis: Some(redis.url()),
-        args: vec!["--send-rate".into(), "0".into()],
-        ..Options::default()
+        ..Options::unlimited()
     };
     let nodes: Vec<TestServer> = (0..size)
         .map(|_| TestServer::start_with(scratch.clone(), options.clone()))

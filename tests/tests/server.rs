@@ -6,24 +6,9 @@ use chat_e2e::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-fn server_with_users(options: Options) -> TestServer {
-    let server = TestServer::start_with(Scratch::new(), options);
-    server.add_user("alice", PASSWORD, false);
-    server.add_user("bob", PASSWORD, false);
-    server.add_user("root", PASSWORD, true);
-    server
-}
-
-fn unlimited() -> Options {
-    Options {
-        args: vec!["--send-rate".into(), "0".into()],
-        ..Options::default()
-    }
-}
-
 #[tokio::test]
 async fn login_welcome_and_failures() {
-    let server = server_with_users(Options::default());
+    let server = TestServer::with_users(Options::default());
     let url = server.url();
 
     let mut c = Client::connect(&url).await;
@@ -100,7 +85,7 @@ async fn registration_open_and_closed() {
 
 #[tokio::test]
 async fn rooms_messages_presence_and_typing() {
-    let server = server_with_users(Options::default());
+    let server = TestServer::with_users(Options::default());
     let url = server.url();
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
     let mut bob = Client::login(&url, "bob", PASSWORD).await;
@@ -201,7 +186,7 @@ async fn rooms_messages_presence_and_typing() {
 
 #[tokio::test]
 async fn history_pages_backwards() {
-    let server = server_with_users(unlimited());
+    let server = TestServer::with_users(Options::unlimited());
     let url = server.url();
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
     alice.join("log", None).await;
@@ -263,7 +248,7 @@ async fn history_pages_backwards() {
 
 #[tokio::test]
 async fn resume_with_since_has_no_gap_and_no_duplicate() {
-    let server = server_with_users(unlimited());
+    let server = TestServer::with_users(Options::unlimited());
     let url = server.url();
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
     alice.join("busy", None).await;
@@ -303,7 +288,7 @@ async fn resume_with_since_has_no_gap_and_no_duplicate() {
 
 #[tokio::test]
 async fn concurrent_senders_get_contiguous_seqs_seen_once_by_everyone() {
-    let server = server_with_users(unlimited());
+    let server = TestServer::with_users(Options::unlimited());
     let url = server.url();
     let mut watcher = Client::login(&url, "root", PASSWORD).await;
     watcher.join("race", None).await;
@@ -334,7 +319,7 @@ async fn concurrent_senders_get_contiguous_seqs_seen_once_by_everyone() {
 
 #[tokio::test]
 async fn acked_messages_survive_kill_9() {
-    let mut server = server_with_users(unlimited());
+    let mut server = TestServer::with_users(Options::unlimited());
     let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
     alice.join("durable", None).await;
     // Pipelined sends: many share a commit.
@@ -368,7 +353,7 @@ async fn acked_messages_survive_kill_9() {
 
 #[tokio::test]
 async fn joining_again_on_one_connection_during_traffic_sends_each_message_once() {
-    let server = server_with_users(unlimited());
+    let server = TestServer::with_users(Options::unlimited());
     let url = server.url();
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
     alice.join("again", None).await;
@@ -407,7 +392,7 @@ async fn joining_again_on_one_connection_during_traffic_sends_each_message_once(
 
 #[tokio::test]
 async fn shutdown_answers_every_send_it_stored() {
-    let mut server = server_with_users(unlimited());
+    let mut server = TestServer::with_users(Options::unlimited());
     let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
     alice.join("last", None).await;
     for i in 1..=300 {
@@ -441,7 +426,7 @@ async fn shutdown_answers_every_send_it_stored() {
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_0() {
-    let mut server = server_with_users(Options::default());
+    let mut server = TestServer::with_users(Options::default());
     let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
     alice.join("general", None).await;
     alice.say("general", "last words").await;
@@ -456,7 +441,7 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
 
 #[tokio::test]
 async fn bad_input_gets_errors_and_the_connection_stays_usable() {
-    let server = server_with_users(Options::default());
+    let server = TestServer::with_users(Options::default());
     let mut c = Client::login(&server.url(), "alice", PASSWORD).await;
     c.join("general", None).await;
 
@@ -550,7 +535,7 @@ async fn bad_input_gets_errors_and_the_connection_stays_usable() {
 
 #[tokio::test]
 async fn sends_are_rate_limited() {
-    let server = server_with_users(Options::default());
+    let server = TestServer::with_users(Options::default());
     let mut c = Client::login(&server.url(), "alice", PASSWORD).await;
     c.join("flood", None).await;
     for i in 0..100 {
@@ -580,7 +565,7 @@ async fn sends_are_rate_limited() {
 
 #[tokio::test]
 async fn admins_delete_rooms() {
-    let server = server_with_users(Options::default());
+    let server = TestServer::with_users(Options::default());
     let url = server.url();
     let mut root = Client::login(&url, "root", PASSWORD).await;
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
@@ -625,7 +610,7 @@ async fn admins_delete_rooms() {
 
 #[tokio::test]
 async fn a_room_deleted_and_joined_again_at_once_is_a_new_room() {
-    let server = server_with_users(unlimited());
+    let server = TestServer::with_users(Options::unlimited());
     let url = server.url();
     for round in 0..5 {
         let room = format!("churn{round}");
@@ -690,7 +675,7 @@ async fn login_must_come_within_10_seconds() {
 
 #[tokio::test]
 async fn only_ws_paths_upgrade_and_connections_are_capped() {
-    let server = server_with_users(Options {
+    let server = TestServer::with_users(Options {
         args: vec!["--max-connections".into(), "2".into()],
         ..Options::default()
     });
@@ -729,7 +714,7 @@ async fn only_ws_paths_upgrade_and_connections_are_capped() {
 
 #[tokio::test]
 async fn a_member_that_stops_reading_is_closed_with_1013_and_the_room_goes_on() {
-    let server = server_with_users(unlimited());
+    let server = TestServer::with_users(Options::unlimited());
     let url = server.url();
     let mut sleeper = Client::login(&url, "bob", PASSWORD).await;
     sleeper.join("fast", None).await;

@@ -89,24 +89,9 @@ async fn poster(server: &TestServer, user: &str, room: &str) -> Client {
     client
 }
 
-fn unlimited() -> Options {
-    Options {
-        args: vec!["--send-rate".into(), "0".into()],
-        ..Options::default()
-    }
-}
-
-fn server_with_users(options: Options) -> TestServer {
-    let server = TestServer::start_with(Scratch::new(), options);
-    server.add_user("alice", PASSWORD, false);
-    server.add_user("bob", PASSWORD, false);
-    server.add_user("root", PASSWORD, true);
-    server
-}
-
 #[tokio::test]
 async fn first_login_failures_are_clear() {
-    let server = server_with_users(Options::default());
+    let server = TestServer::with_users(Options::default());
     let mut wrong = config(&server, "alice");
     wrong.password = "not the password".into();
     let err = NetClient::connect(wrong).await.err().expect("refused");
@@ -137,7 +122,7 @@ async fn first_login_failures_are_clear() {
 
 #[tokio::test]
 async fn join_send_receive_typing_presence() {
-    let server = server_with_users(Options::default());
+    let server = TestServer::with_users(Options::default());
     let mut alice = connect(&server, "alice").await;
     assert_eq!(alice.session.user, "alice");
     assert!(!alice.session.admin);
@@ -227,7 +212,7 @@ async fn join_send_receive_typing_presence() {
 
 #[tokio::test]
 async fn history_pages_back_to_the_first_message() {
-    let server = server_with_users(unlimited());
+    let server = TestServer::with_users(Options::unlimited());
     let mut bob = poster(&server, "bob", "general").await;
     for i in 1..=120 {
         bob.say("general", &format!("m{i}")).await;
@@ -291,7 +276,7 @@ async fn history_pages_back_to_the_first_message() {
 
 #[tokio::test]
 async fn server_restart_resumes_with_no_gap_and_no_duplicate() {
-    let mut server = server_with_users(unlimited());
+    let mut server = TestServer::with_users(Options::unlimited());
     let mut config = config(&server, "alice");
     // Alice stays offline until told to reconnect, so that what bob posts
     // meanwhile can only reach her through the resume.
@@ -348,7 +333,7 @@ async fn server_restart_resumes_with_no_gap_and_no_duplicate() {
 
 #[tokio::test]
 async fn lines_typed_offline_are_delivered_once() {
-    let mut server = server_with_users(Options::default());
+    let mut server = TestServer::with_users(Options::default());
     let mut alice = connect(&server, "alice").await;
     join(&mut alice, "general").await;
     alice.send(NetCommand::Send {
@@ -422,7 +407,7 @@ async fn lines_typed_offline_are_delivered_once() {
 
 #[tokio::test]
 async fn admin_deletes_a_room_members_are_told() {
-    let server = server_with_users(Options::default());
+    let server = TestServer::with_users(Options::default());
     let mut alice = connect(&server, "alice").await;
     join(&mut alice, "doomed").await;
     let mut root = connect(&server, "root").await;
