@@ -133,7 +133,7 @@ impl Broker {
 }
 
 impl CommitListener for Broker {
-    fn messages_stored(&self, messages: &[Stored]) {
+    fn messages_stored(&self, messages: Vec<Stored>) {
         // Blocking here (the writer is a plain thread) when delivery falls
         // behind slows acks down: backpressure on senders instead of a
         // queue that grows without bound.

@@ -96,7 +96,7 @@ pub struct Stored {
 /// block: it runs between transactions.
 pub trait CommitListener: Send + Sync + 'static {
     /// Messages just made durable, in `seq` order per room.
-    fn messages_stored(&self, messages: &[Stored]);
+    fn messages_stored(&self, messages: Vec<Stored>);
     /// A room was just deleted; `requested_by` is the session that asked.
     fn room_deleted(&self, room: &str, room_id: i64, requested_by: u64);
 }
@@ -441,7 +441,7 @@ fn writer_loop(
     listener: Arc<dyn CommitListener>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut stored = Vec::with_capacity(MAX_BATCH);
+    let mut stored = Vec::new();
     while let Ok(first) = jobs.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -473,8 +473,7 @@ fn writer_loop(
                             Ok(Outcome::Deleted(room_id)),
                         ) => {
                             if !stored.is_empty() {
-                                listener.messages_stored(&stored);
-                                stored.clear();
+                                listener.messages_stored(std::mem::take(&mut stored));
                             }
                             listener.room_deleted(room, *room_id, *requested_by);
                         }
@@ -482,8 +481,7 @@ fn writer_loop(
                     }
                 }
                 if !stored.is_empty() {
-                    listener.messages_stored(&stored);
-                    stored.clear();
+                    listener.messages_stored(std::mem::take(&mut stored));
                 }
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
                     answer(job, outcome);
