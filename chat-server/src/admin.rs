@@ -1,18 +1,32 @@
-//! User management from the command line: `useradd`, `passwd`, `userdel`,
-//! `users`. These open the database directly (the server may be running:
-//! SQLite's locking keeps both consistent) and print one-line errors.
+//! The account subcommands (`useradd`, `passwd`, `userdel`, `users`) and
+//! `migrate-db`. They go through the same [`Store`] as the server (which
+//! may be running: both databases order concurrent writers) and print
+//! one-line errors.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use chat_proto::validate::{is_valid_name, is_valid_password};
 
 use crate::auth::hash_password;
-use crate::store::{self, StoreError};
+use crate::store::{self, Database, Store, StoreError};
 
-fn open(db: &Path) -> Result<rusqlite::Connection> {
-    store::open(db).with_context(|| format!("cannot open database {}", db.display()))
+/// Runs an admin command's body on a small runtime of its own.
+fn block_on<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(work)
+}
+
+async fn open(db: &Database) -> Result<Arc<dyn Store>> {
+    // The commit feed is for delivery to members: nobody listens here.
+    let (store, _feed) = store::open(db)
+        .await
+        .with_context(|| format!("cannot open database {db}"))?;
+    Ok(store)
 }
 
 /// Reads a new password: prompted twice without echo on a terminal,
@@ -47,66 +61,143 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// `chat-server useradd NAME [--admin]`.
-pub fn useradd(db: &Path, name: &str, admin: bool) -> Result<()> {
+pub fn useradd(db: &Database, name: &str, admin: bool) -> Result<()> {
     check_name(name)?;
-    let conn = open(db)?;
-    if store::find_user(&conn, name)?.is_some() {
-        bail!("user {name} already exists");
-    }
-    let password = read_new_password(name)?;
-    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
-    match store::insert_user(&conn, name, &hash, admin) {
-        Err(StoreError::UserExists) => bail!("user {name} already exists"),
-        other => other?,
-    }
-    println!(
-        "created {}user {name} in {}",
-        if admin { "admin " } else { "" },
-        db.display()
-    );
-    Ok(())
+    block_on(async {
+        let store = open(db).await?;
+        if store.find_user(name).await?.is_some() {
+            bail!("user {name} already exists");
+        }
+        let password = read_new_password(name)?;
+        let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+        let created = store.create_user(name, &hash, admin).await;
+        store.close().await;
+        match created {
+            Err(StoreError::UserExists) => bail!("user {name} already exists"),
+            other => other?,
+        }
+        println!(
+            "created {}user {name} in {db}",
+            if admin { "admin " } else { "" },
+        );
+        Ok(())
+    })
 }
 
 /// `chat-server passwd NAME`.
-pub fn passwd(db: &Path, name: &str) -> Result<()> {
-    let conn = open(db)?;
-    if store::find_user(&conn, name)?.is_none() {
-        bail!("no user {name}");
-    }
-    let password = read_new_password(name)?;
-    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
-    store::set_password(&conn, name, &hash)?;
-    println!("password of {name} changed");
-    Ok(())
+pub fn passwd(db: &Database, name: &str) -> Result<()> {
+    block_on(async {
+        let store = open(db).await?;
+        if store.find_user(name).await?.is_none() {
+            bail!("no user {name}");
+        }
+        let password = read_new_password(name)?;
+        let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+        let changed = store.set_password(name, &hash).await;
+        store.close().await;
+        match changed {
+            Err(StoreError::NoSuchUser) => bail!("no user {name}"),
+            other => other?,
+        }
+        println!("password of {name} changed");
+        Ok(())
+    })
 }
 
 /// `chat-server userdel NAME`.
-pub fn userdel(db: &Path, name: &str) -> Result<()> {
-    let conn = open(db)?;
-    match store::delete_user(&conn, name) {
-        Err(StoreError::NoSuchUser) => bail!("no user {name}"),
-        other => other?,
-    }
-    println!("deleted user {name} (their messages stay in history)");
-    Ok(())
+pub fn userdel(db: &Database, name: &str) -> Result<()> {
+    block_on(async {
+        let store = open(db).await?;
+        let deleted = store.delete_user(name).await;
+        store.close().await;
+        match deleted {
+            Err(StoreError::NoSuchUser) => bail!("no user {name}"),
+            other => other?,
+        }
+        println!("deleted user {name} (their messages stay in history)");
+        Ok(())
+    })
 }
 
 /// `chat-server users`: a table of name, admin, created.
-pub fn users(db: &Path) -> Result<()> {
-    let conn = open(db)?;
-    let users = store::list_users(&conn)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<32}  {:<5}  CREATED (UTC)", "NAME", "ADMIN")?;
-    for user in users {
-        writeln!(
-            out,
-            "{:<32}  {:<5}  {}",
-            user.name,
-            if user.admin { "yes" } else { "no" },
-            format_utc(user.created)
-        )?;
+pub fn users(db: &Database) -> Result<()> {
+    block_on(async {
+        let store = open(db).await?;
+        let users = store.list_users().await;
+        store.close().await;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{:<32}  {:<5}  CREATED (UTC)", "NAME", "ADMIN")?;
+        for user in users? {
+            writeln!(
+                out,
+                "{:<32}  {:<5}  {}",
+                user.name,
+                if user.admin { "yes" } else { "no" },
+                format_utc(user.created)
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Messages copied per transaction by `migrate-db`.
+const COPY_PAGE: usize = 5000;
+
+/// What `migrate-db` copied.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub users: usize,
+    pub rooms: usize,
+    pub messages: u64,
+}
+
+/// `chat-server migrate-db --from A --to B`: copies every user (with its
+/// password hash), room and message (with its seq and timestamp) into an
+/// empty database. The servers using `from` should be stopped first, or
+/// messages sent during the copy may be missed.
+pub fn migrate_db(from: &Database, to: &Database) -> Result<Copied> {
+    if from == to {
+        bail!("--from and --to are the same database");
     }
-    Ok(())
+    block_on(async {
+        let source = open(from).await?;
+        let target = open(to).await?;
+        let copied = copy_store(source.as_ref(), target.as_ref()).await;
+        source.close().await;
+        target.close().await;
+        let copied = copied?;
+        println!(
+            "copied {} users, {} rooms and {} messages from {from} to {to}",
+            copied.users, copied.rooms, copied.messages
+        );
+        Ok(copied)
+    })
+}
+
+async fn copy_store(source: &dyn Store, target: &dyn Store) -> Result<Copied> {
+    if !target.is_empty().await? {
+        bail!("the target database already has users or rooms: migrate-db only copies into an empty one");
+    }
+    let mut copied = Copied::default();
+    for user in source.list_users().await? {
+        target.import_user(&user).await?;
+        copied.users += 1;
+    }
+    for room in source.list_rooms().await? {
+        let id = target.import_room(&room).await?;
+        let mut after = 0;
+        while after < room.last_seq {
+            let page = source
+                .range(room.id, &room.name, after, room.last_seq, COPY_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            target.import_messages(id, &page).await?;
+            copied.messages += page.len() as u64;
+        }
+        copied.rooms += 1;
+    }
+    Ok(copied)
 }
 
 /// `YYYY-MM-DD HH:MM` for milliseconds since the epoch (civil-from-days,

@@ -19,9 +19,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chat_proto::{MessageRecord, PresenceState, ServerEvent};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
@@ -29,8 +30,9 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fanout::Fanout;
 use crate::rooms::{frame, Rooms};
-use crate::store::{Store, Stored};
+use crate::store::{Commit, RoomId, Store, Stored};
 
 /// Bound on every Redis round trip: an outage must not stall a session.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -89,11 +91,10 @@ pub struct Cluster {
     client: redis::Client,
     conn: ConnectionManager,
     rooms: Arc<Rooms>,
-    /// Messages to publish, queued by the store's writer thread.
+    /// Messages to publish, queued from the delivery path (never waits).
     publish: mpsc::UnboundedSender<(String, String)>,
-    publish_queue: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
+    /// Requests to the subscriber task.
     subscriptions: mpsc::UnboundedSender<Subscription>,
-    subscription_queue: Mutex<Option<mpsc::UnboundedReceiver<Subscription>>>,
     /// Set while Redis is unreachable, so the outage is logged once.
     down: AtomicBool,
     join_script: Script,
@@ -127,9 +128,15 @@ end
 return n";
 
 impl Cluster {
-    /// Connects to Redis at `url`; fails with one clear line when the URL is
-    /// malformed or Redis does not answer.
-    pub async fn connect(url: &str, rooms: Arc<Rooms>) -> Result<Arc<Cluster>, ClusterError> {
+    /// Connects to Redis at `url` and starts the background tasks
+    /// (publisher, subscriber, heartbeat and reaper); fails with one clear
+    /// line when the URL is malformed or Redis does not answer. `rooms` are
+    /// this node's members; `store` tells, after an outage, what was missed.
+    pub async fn connect(
+        url: &str,
+        rooms: Arc<Rooms>,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let client = redis::Client::open(url).map_err(|source| ClusterError::BadUrl {
             url: url.to_owned(),
             source,
@@ -152,16 +159,14 @@ impl Cluster {
         let (subscriptions, subscription_queue) = mpsc::unbounded_channel();
         let node = format!("{:016x}", rand::random::<u64>());
         tracing::info!(node = %node, redis = %url, "cluster mode: connected to Redis");
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             node,
             url: url.to_owned(),
             client,
             conn,
             rooms,
             publish,
-            publish_queue: Mutex::new(Some(publish_queue)),
             subscriptions,
-            subscription_queue: Mutex::new(Some(subscription_queue)),
             down: AtomicBool::new(false),
             join_script: Script::new(&format!(
                 "redis.call('HSET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], '1')
@@ -190,24 +195,11 @@ for _, user in ipairs(gone) do
 end
 return absent",
             ),
-        }))
-    }
-
-    /// Starts the background tasks: publisher, subscriber, heartbeat and
-    /// reaper.
-    pub fn start(self: &Arc<Self>, store: Store) {
-        if let Some(queue) = self.publish_queue.lock().ok().and_then(|mut q| q.take()) {
-            tokio::spawn(self.clone().publisher(queue));
-        }
-        if let Some(queue) = self
-            .subscription_queue
-            .lock()
-            .ok()
-            .and_then(|mut q| q.take())
-        {
-            tokio::spawn(self.clone().subscriber(queue, store));
-        }
-        tokio::spawn(self.clone().heartbeat());
+        });
+        tokio::spawn(cluster.clone().publisher(publish_queue));
+        tokio::spawn(cluster.clone().subscriber(subscription_queue, store));
+        tokio::spawn(cluster.clone().heartbeat());
+        Ok(cluster)
     }
 
     fn went_down(&self, what: &str, err: &dyn std::fmt::Display) {
@@ -257,13 +249,12 @@ return absent",
         .is_some()
     }
 
-    /// Queues stored messages for publishing (called from the store writer;
-    /// never blocks).
-    pub fn publish_messages(&self, messages: &[Stored]) {
+    /// Queues stored messages for publishing (never waits).
+    fn publish_messages(&self, messages: &[Stored]) {
         for stored in messages {
             let envelope = Envelope::Message {
                 origin: self.node.clone(),
-                room_id: stored.room_id,
+                room_id: stored.room_id.0,
                 message: stored.message.clone(),
             };
             let channel = room_channel(&stored.message.room);
@@ -272,11 +263,11 @@ return absent",
     }
 
     /// Queues the news of a room's deletion, behind its last messages.
-    pub fn publish_deleted(&self, room: &str, room_id: i64) {
+    fn publish_deleted(&self, room: &str, room_id: RoomId) {
         let envelope = Envelope::Deleted {
             origin: self.node.clone(),
             room: room.to_owned(),
-            room_id,
+            room_id: room_id.0,
         };
         let _ = self
             .publish
@@ -312,7 +303,7 @@ return absent",
     }
 
     /// Publishes an event that this node already delivered locally.
-    pub async fn publish_event(&self, room: &str, event: &ServerEvent) {
+    async fn publish_event(&self, room: &str, event: &ServerEvent) {
         let except_user = match event {
             ServerEvent::Typing { user, .. } | ServerEvent::Presence { user, .. } => {
                 Some(user.clone())
@@ -326,19 +317,6 @@ return absent",
             event: event.clone(),
         };
         self.publish_envelope(room, &envelope).await;
-    }
-
-    /// Subscribes to the room's channel (if not yet) before a local member
-    /// joins it. Returns once subscribed, or at once while Redis is down.
-    pub async fn watch_room(&self, room: &str) {
-        let (done, subscribed) = oneshot::channel();
-        if self
-            .subscriptions
-            .send(Subscription::Watch(room.to_owned(), done))
-            .is_ok()
-        {
-            let _ = tokio::time::timeout(REDIS_TIMEOUT, subscribed).await;
-        }
     }
 
     fn announce_locally(&self, room: &str, user: &str, state: PresenceState) {
@@ -367,120 +345,10 @@ return absent",
         }
     }
 
-    /// A user's first connection on this node joined the room.
-    pub async fn user_joined(&self, room: &str, user: &str) {
-        let mut conn = self.conn.clone();
-        let mut invocation = self.join_script.prepare_invoke();
-        invocation
-            .key(presence_key(room))
-            .key(node_rooms_key(&self.node))
-            .arg(&self.node)
-            .arg(user)
-            .arg(room);
-        match self
-            .call("presence", invocation.invoke_async::<u64>(&mut conn))
-            .await
-        {
-            Some(1) => self.announce(room, user, PresenceState::Joined).await,
-            Some(_) => {}
-            None => self.announce_locally(room, user, PresenceState::Joined),
-        }
-    }
-
-    /// A user's last connection on this node left the room.
-    pub async fn user_left(&self, room: &str, user: &str) {
-        let mut conn = self.conn.clone();
-        let mut invocation = self.leave_script.prepare_invoke();
-        invocation.key(presence_key(room)).arg(&self.node).arg(user);
-        match self
-            .call("presence", invocation.invoke_async::<u64>(&mut conn))
-            .await
-        {
-            Some(0) => self.announce(room, user, PresenceState::Left).await,
-            Some(_) => {}
-            None => self.announce_locally(room, user, PresenceState::Left),
-        }
-        if self.rooms.local_users(room).is_empty() {
-            let _ = self
-                .subscriptions
-                .send(Subscription::Unwatch(room.to_owned()));
-        }
-    }
-
     fn users_of(fields: Vec<String>) -> impl Iterator<Item = String> {
         fields
             .into_iter()
             .filter_map(|f| f.split_once('|').map(|(_, user)| user.to_owned()))
-    }
-
-    /// Users online in the room on any node, sorted.
-    pub async fn members(&self, room: &str) -> Vec<String> {
-        let mut conn = self.conn.clone();
-        let mut users = self.rooms.local_users(room);
-        if let Some(fields) = self
-            .call("members", conn.hkeys::<_, Vec<String>>(presence_key(room)))
-            .await
-        {
-            users.extend(Self::users_of(fields));
-        }
-        users.sort();
-        users.dedup();
-        users
-    }
-
-    /// Online users per room on any node.
-    pub async fn member_counts(&self) -> HashMap<String, u64> {
-        let mut users: HashMap<String, HashSet<String>> = self
-            .rooms
-            .local_members()
-            .into_iter()
-            .map(|(room, users)| (room, users.into_iter().collect()))
-            .collect();
-        let mut conn = self.conn.clone();
-        let keys: Option<Vec<String>> = self
-            .call("members", async {
-                let mut keys = Vec::new();
-                let mut iter = conn.scan_match::<_, String>("chat:presence:*").await?;
-                while let Some(key) = iter.next_item().await {
-                    keys.push(key?);
-                }
-                Ok(keys)
-            })
-            .await;
-        if let Some(keys) = keys.filter(|k| !k.is_empty()) {
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.hkeys(key);
-            }
-            let mut conn = self.conn.clone();
-            if let Some(all) = self
-                .call("members", pipe.query_async::<Vec<Vec<String>>>(&mut conn))
-                .await
-            {
-                for (key, fields) in keys.iter().zip(all) {
-                    let room = key.trim_start_matches("chat:presence:").to_owned();
-                    users
-                        .entry(room)
-                        .or_default()
-                        .extend(Self::users_of(fields));
-                }
-            }
-        }
-        users
-            .into_iter()
-            .filter(|(_, u)| !u.is_empty())
-            .map(|(room, u)| (room, u.len() as u64))
-            .collect()
-    }
-
-    /// Clears a deleted room's presence and subscription.
-    pub async fn forget_room(&self, room: &str) {
-        let mut conn = self.conn.clone();
-        self.call("presence", conn.del::<_, ()>(presence_key(room)))
-            .await;
-        let _ = self
-            .subscriptions
-            .send(Subscription::Unwatch(room.to_owned()));
     }
 
     fn on_envelope(&self, payload: &str) {
@@ -498,7 +366,10 @@ return absent",
                 message,
             } => {
                 if origin != self.node {
-                    self.rooms.deliver(&Stored { room_id, message });
+                    self.rooms.deliver(&Stored {
+                        room_id: RoomId(room_id),
+                        message,
+                    });
                 }
             }
             Envelope::Event {
@@ -525,7 +396,7 @@ return absent",
                 room_id,
             } => {
                 if origin != self.node {
-                    self.rooms.remove(&room, room_id, None);
+                    self.rooms.remove(&room, RoomId(room_id), None);
                     let _ = self.subscriptions.send(Subscription::Unwatch(room));
                 }
             }
@@ -535,7 +406,7 @@ return absent",
     async fn subscriber(
         self: Arc<Self>,
         mut commands: mpsc::UnboundedReceiver<Subscription>,
-        store: Store,
+        store: Arc<dyn Store>,
     ) {
         loop {
             let pubsub =
@@ -572,8 +443,8 @@ return absent",
             // may have been lost with Redis).
             for (room, room_id) in self.rooms.occupied() {
                 match store.room(&room).await {
-                    Ok(Some((current_id, last_seq))) if current_id == room_id => {
-                        self.rooms.catch_up(&room, room_id, last_seq);
+                    Ok(Some(head)) if head.id == room_id => {
+                        self.rooms.catch_up(&room, room_id, head.last_seq);
                     }
                     Ok(_) => self.rooms.remove(&room, room_id, None),
                     Err(err) => {
@@ -734,5 +605,140 @@ return absent",
             let _: Option<()> = self.call("reap", conn.del(node_rooms_key(&node))).await;
             let _: Option<()> = self.call("reap", conn.srem("chat:nodes", &node)).await;
         }
+    }
+}
+
+#[async_trait]
+impl Fanout for Cluster {
+    async fn watch_room(&self, room: &str) {
+        let (done, subscribed) = oneshot::channel();
+        if self
+            .subscriptions
+            .send(Subscription::Watch(room.to_owned(), done))
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(REDIS_TIMEOUT, subscribed).await;
+        }
+    }
+
+    async fn user_joined(&self, room: &str, user: &str) {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.join_script.prepare_invoke();
+        invocation
+            .key(presence_key(room))
+            .key(node_rooms_key(&self.node))
+            .arg(&self.node)
+            .arg(user)
+            .arg(room);
+        match self
+            .call("presence", invocation.invoke_async::<u64>(&mut conn))
+            .await
+        {
+            Some(1) => self.announce(room, user, PresenceState::Joined).await,
+            Some(_) => {}
+            None => self.announce_locally(room, user, PresenceState::Joined),
+        }
+    }
+
+    async fn user_left(&self, room: &str, user: &str) {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.leave_script.prepare_invoke();
+        invocation.key(presence_key(room)).arg(&self.node).arg(user);
+        match self
+            .call("presence", invocation.invoke_async::<u64>(&mut conn))
+            .await
+        {
+            Some(0) => self.announce(room, user, PresenceState::Left).await,
+            Some(_) => {}
+            None => self.announce_locally(room, user, PresenceState::Left),
+        }
+        if self.rooms.local_users(room).is_empty() {
+            let _ = self
+                .subscriptions
+                .send(Subscription::Unwatch(room.to_owned()));
+        }
+    }
+
+    async fn members(&self, room: &str) -> Vec<String> {
+        let mut conn = self.conn.clone();
+        let mut users = self.rooms.local_users(room);
+        if let Some(fields) = self
+            .call("members", conn.hkeys::<_, Vec<String>>(presence_key(room)))
+            .await
+        {
+            users.extend(Self::users_of(fields));
+        }
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    async fn member_counts(&self) -> HashMap<String, u64> {
+        let mut users: HashMap<String, HashSet<String>> = self
+            .rooms
+            .local_members()
+            .into_iter()
+            .map(|(room, users)| (room, users.into_iter().collect()))
+            .collect();
+        let mut conn = self.conn.clone();
+        let keys: Option<Vec<String>> = self
+            .call("members", async {
+                let mut keys = Vec::new();
+                let mut iter = conn.scan_match::<_, String>("chat:presence:*").await?;
+                while let Some(key) = iter.next_item().await {
+                    keys.push(key?);
+                }
+                Ok(keys)
+            })
+            .await;
+        if let Some(keys) = keys.filter(|k| !k.is_empty()) {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.hkeys(key);
+            }
+            let mut conn = self.conn.clone();
+            if let Some(all) = self
+                .call("members", pipe.query_async::<Vec<Vec<String>>>(&mut conn))
+                .await
+            {
+                for (key, fields) in keys.iter().zip(all) {
+                    let room = key.trim_start_matches("chat:presence:").to_owned();
+                    users
+                        .entry(room)
+                        .or_default()
+                        .extend(Self::users_of(fields));
+                }
+            }
+        }
+        users
+            .into_iter()
+            .filter(|(_, u)| !u.is_empty())
+            .map(|(room, u)| (room, u.len() as u64))
+            .collect()
+    }
+
+    async fn typing(&self, room: &str, user: &str) {
+        let event = ServerEvent::Typing {
+            room: room.to_owned(),
+            user: user.to_owned(),
+        };
+        self.rooms.broadcast(room, &frame(&event), Some(user));
+        self.publish_event(room, &event).await;
+    }
+
+    fn publish(&self, commit: &Commit) {
+        match commit {
+            Commit::Messages(messages) => self.publish_messages(messages),
+            Commit::RoomDeleted { name, id, .. } => self.publish_deleted(name, *id),
+        }
+    }
+
+    async fn room_deleted(&self, room: &str) {
+        let mut conn = self.conn.clone();
+        self.call("presence", conn.del::<_, ()>(presence_key(room)))
+            .await;
+        let _ = self
+            .subscriptions
+            .send(Subscription::Unwatch(room.to_owned()));
     }
 }

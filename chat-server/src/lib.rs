@@ -1,17 +1,20 @@
-//! `chat-server`: a WebSocket chat server with rooms, SQLite history and
-//! optional Redis fan-out between several processes.
+//! `chat-server`: a WebSocket chat server with rooms, stored history
+//! (SQLite or PostgreSQL) and optional Redis fan-out between several nodes.
 //!
-//! The binary (`main.rs`) is a thin command line over these modules:
-//! [`server`] (accept loop, limits, shutdown), [`session`] (one connection),
-//! [`rooms`] (membership and in-order fan-out), [`store`] (SQLite, one writer
-//! with group commit), [`auth`] (argon2 off the runtime), [`broker`] and
-//! [`cluster`] (how events reach other processes), [`admin`] (user
-//! management subcommands).
+//! The binary (`main.rs`) is a thin command line over these modules, started
+//! in this order: [`store`] (the `Store` trait and its backends), [`fanout`]
+//! (local, or [`cluster`] over Redis), [`hub`] (rooms + fan-out + store and
+//! the rules between them), [`server`] (accept loop, limits, shutdown) and
+//! [`session`] (one connection: frames in, hub calls, frames out).
+//! [`rooms`] is this node's membership and in-order delivery, [`auth`]
+//! argon2 off the runtime, [`admin`] the account subcommands and
+//! `migrate-db`.
 
 pub mod admin;
 pub mod auth;
-pub mod broker;
 pub mod cluster;
+pub mod fanout;
+pub mod hub;
 pub mod rooms;
 pub mod server;
 pub mod session;

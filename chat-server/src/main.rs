@@ -1,12 +1,13 @@
 //! The `chat-server` command: `serve` runs the server; `useradd`, `passwd`,
-//! `userdel` and `users` manage accounts in its database.
+//! `userdel` and `users` manage accounts in its database; `migrate-db`
+//! copies a whole database into another (SQLite to PostgreSQL and back).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use chat_server::server::{client_urls, ServeConfig, Server};
+use chat_server::store::Database;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -23,9 +24,10 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct DbArg {
-    /// SQLite database file [default: ~/.local/share/chat-server/chat.db]
+    /// SQLite database file, or postgres://USER@HOST:PORT/NAME
+    /// [default: ~/.local/share/chat-server/chat.db]
     #[arg(long, env = "CHAT_DB", global = true)]
-    db: Option<PathBuf>,
+    db: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -43,7 +45,8 @@ enum Command {
         /// Connections served at once; more are refused with HTTP 503.
         #[arg(long, default_value_t = 20_000)]
         max_connections: usize,
-        /// Redis URL: run as one node of a cluster sharing the database.
+        /// Redis URL: run as one node of a cluster sharing the database
+        /// (a PostgreSQL URL, or one SQLite file on one host).
         #[arg(long, env = "CHAT_REDIS_URL")]
         redis: Option<String>,
         /// Messages per second one connection may send (0: no limit).
@@ -79,15 +82,29 @@ enum Command {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Copy every user, room and message into an empty database (stop the
+    /// servers first).
+    MigrateDb {
+        /// The database to copy: a SQLite file or a postgres:// URL.
+        #[arg(long)]
+        from: String,
+        /// The empty database to fill: a SQLite file or a postgres:// URL.
+        #[arg(long)]
+        to: String,
+    },
 }
 
-fn db_path(arg: DbArg) -> Result<PathBuf> {
+fn db_path(arg: DbArg) -> Result<Database> {
     match arg.db {
-        Some(path) => Ok(path),
+        Some(value) => parse_db(&value),
         None => dirs::data_dir()
-            .map(|dir| dir.join("chat-server").join("chat.db"))
+            .map(|dir| Database::Sqlite(dir.join("chat-server").join("chat.db")))
             .context("no data folder on this system: pass --db PATH"),
     }
+}
+
+fn parse_db(value: &str) -> Result<Database> {
+    Ok(Database::parse(value)?)
 }
 
 fn main() -> ExitCode {
@@ -124,6 +141,9 @@ fn main() -> ExitCode {
             db_path(db).and_then(|db| chat_server::admin::userdel(&db, &name))
         }
         Command::Users { db } => db_path(db).and_then(|db| chat_server::admin::users(&db)),
+        Command::MigrateDb { from, to } => parse_db(&from)
+            .and_then(|from| Ok((from, parse_db(&to)?)))
+            .and_then(|(from, to)| chat_server::admin::migrate_db(&from, &to).map(|_| ())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,12 +206,9 @@ fn serve(listen: SocketAddr, config: ServeConfig) -> Result<()> {
                 );
             }
         }
-        tracing::info!(db = %db.display(), "database");
-        if let Ok(0) = server.state().store.user_count().await {
-            println!(
-                "no users yet: create one with  chat-server useradd NAME --admin --db {}",
-                db.display()
-            );
+        tracing::info!(db = %db, "database");
+        if let Ok(0) = server.state().hub.user_count().await {
+            println!("no users yet: create one with  chat-server useradd NAME --admin --db {db}");
         }
         server.run(listener, shutdown_signal()).await;
         Ok(())

@@ -27,7 +27,7 @@ use chat_proto::{encode, MessageRecord, ServerEvent};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::store::Stored;
+use crate::store::{RoomId, SessionId, Stored};
 
 /// A frame ready to write: JSON text shared by every recipient.
 pub type Frame = Utf8Bytes;
@@ -45,7 +45,7 @@ pub enum Outbound {
     /// `history`, what belongs to a room it has left, and what belongs to an
     /// earlier room of the same name.
     Room {
-        room_id: i64,
+        room_id: RoomId,
         seq: Option<u64>,
         frame: Frame,
     },
@@ -56,7 +56,7 @@ pub enum Outbound {
 /// The part of a session that rooms talk to.
 pub struct SessionHandle {
     /// Unique per connection in this process.
-    pub id: u64,
+    pub id: SessionId,
     /// The logged-in user.
     pub user: Arc<str>,
     outbox: mpsc::Sender<Outbound>,
@@ -69,7 +69,7 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// A handle whose frames go to `outbox`.
-    pub fn new(id: u64, user: Arc<str>, outbox: mpsc::Sender<Outbound>) -> SessionHandle {
+    pub fn new(id: SessionId, user: Arc<str>, outbox: mpsc::Sender<Outbound>) -> SessionHandle {
         SessionHandle {
             id,
             user,
@@ -100,14 +100,14 @@ impl SessionHandle {
 #[derive(Debug)]
 pub struct GapFill {
     pub room: String,
-    pub room_id: i64,
+    pub room_id: RoomId,
     pub after: u64,
     pub upto: u64,
 }
 
 struct RoomState {
     /// The room's id in the store.
-    room_id: i64,
+    room_id: RoomId,
     /// The room's name.
     name: String,
     members: Vec<Arc<SessionHandle>>,
@@ -202,7 +202,7 @@ impl Rooms {
     pub fn join(
         &self,
         room: &str,
-        room_id: i64,
+        room_id: RoomId,
         session: &Arc<SessionHandle>,
         stored_last_seq: u64,
     ) -> Option<JoinPoint> {
@@ -239,7 +239,7 @@ impl Rooms {
 
     /// Removes a session from a room. `None` when it was not a member;
     /// otherwise whether that was the user's last connection in the room.
-    pub fn leave(&self, room: &str, session_id: u64) -> Option<bool> {
+    pub fn leave(&self, room: &str, session_id: SessionId) -> Option<bool> {
         let mut rooms = self.lock();
         let state = rooms.get_mut(room)?;
         let at = state.members.iter().position(|m| m.id == session_id)?;
@@ -254,7 +254,7 @@ impl Rooms {
     }
 
     /// True when the session is a member of the room.
-    pub fn is_member(&self, room: &str, session_id: u64) -> bool {
+    pub fn is_member(&self, room: &str, session_id: SessionId) -> bool {
         self.lock()
             .get(room)
             .is_some_and(|s| s.members.iter().any(|m| m.id == session_id))
@@ -277,7 +277,7 @@ impl Rooms {
     }
 
     /// Names and ids of the rooms that have members on this process.
-    pub fn occupied(&self) -> Vec<(String, i64)> {
+    pub fn occupied(&self) -> Vec<(String, RoomId)> {
         self.lock()
             .iter()
             .map(|(name, s)| (name.clone(), s.room_id))
@@ -293,7 +293,11 @@ impl Rooms {
     }
 
     /// Forgets a room (deleted) and tells its members, but `except_session`.
-    fn drop_room(rooms: &mut HashMap<String, RoomState>, room: &str, except_session: Option<u64>) {
+    fn drop_room(
+        rooms: &mut HashMap<String, RoomState>,
+        room: &str,
+        except_session: Option<SessionId>,
+    ) {
         if let Some(state) = rooms.remove(room) {
             let item = Outbound::Room {
                 room_id: state.room_id,
@@ -313,7 +317,7 @@ impl Rooms {
 
     /// Forgets the deleted room `room_id` (or an older one of that name);
     /// its members (but `except_session`) receive `room_deleted`.
-    pub fn remove(&self, room: &str, room_id: i64, except_session: Option<u64>) {
+    pub fn remove(&self, room: &str, room_id: RoomId, except_session: Option<SessionId>) {
         let mut rooms = self.lock();
         if rooms.get(room).is_some_and(|s| s.room_id <= room_id) {
             Self::drop_room(&mut rooms, room, except_session);
@@ -350,7 +354,7 @@ impl Rooms {
     /// passed to [`Rooms::deliver`]. `complete`: the store answered; what it
     /// did not have (the room was deleted meanwhile) is skipped rather than
     /// waited for. After a store error the fill is requested again.
-    pub fn gap_filled(&self, room: &str, room_id: i64, upto: u64, complete: bool) {
+    pub fn gap_filled(&self, room: &str, room_id: RoomId, upto: u64, complete: bool) {
         let mut rooms = self.lock();
         let Some(state) = rooms.get_mut(room).filter(|s| s.room_id == room_id) else {
             return;
@@ -381,7 +385,7 @@ impl Rooms {
 
     /// Makes sure everything up to `upto` (known to be stored) gets
     /// delivered, reading from the store what has not arrived.
-    pub fn catch_up(&self, room: &str, room_id: i64, upto: u64) {
+    pub fn catch_up(&self, room: &str, room_id: RoomId, upto: u64) {
         let mut rooms = self.lock();
         if let Some(state) = rooms.get_mut(room).filter(|s| s.room_id == room_id) {
             if state.next_seq <= upto {
@@ -410,12 +414,15 @@ mod tests {
 
     fn member(id: u64, user: &str) -> (Arc<SessionHandle>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(4);
-        (Arc::new(SessionHandle::new(id, user.into(), tx)), rx)
+        (
+            Arc::new(SessionHandle::new(SessionId(id), user.into(), tx)),
+            rx,
+        )
     }
 
     fn msg(room_id: i64, seq: u64) -> Stored {
         Stored {
-            room_id,
+            room_id: RoomId(room_id),
             message: MessageRecord {
                 room: "r".into(),
                 seq,
@@ -464,7 +471,7 @@ mod tests {
     fn delivers_in_order_and_drops_duplicates() {
         let (rooms, mut gaps) = Rooms::new();
         let (alice, mut rx) = member(1, "alice");
-        assert_eq!(rooms.join("r", 1, &alice, 2).unwrap().last_seq, 2);
+        assert_eq!(rooms.join("r", RoomId(1), &alice, 2).unwrap().last_seq, 2);
         rooms.deliver(&msg(1, 2)); // older than the join point
         rooms.deliver(&msg(1, 3));
         rooms.deliver(&msg(1, 3));
@@ -475,13 +482,13 @@ mod tests {
         assert_eq!((gap.after, gap.upto), (3, 4));
         assert!(gaps.try_recv().is_err(), "one fill at a time");
         rooms.deliver(&msg(1, 4));
-        rooms.gap_filled("r", 1, 4, true);
+        rooms.gap_filled("r", RoomId(1), 4, true);
         assert_eq!(seqs(&mut rx), vec![4, 5]);
         // 6 is still missing: another fill is asked for.
         let gap = gaps.try_recv().unwrap();
         assert_eq!((gap.after, gap.upto), (5, 6));
         // The store has lost 6 (room deleted): skip rather than stall.
-        rooms.gap_filled("r", 1, 6, true);
+        rooms.gap_filled("r", RoomId(1), 6, true);
         assert_eq!(seqs(&mut rx), vec![7]);
     }
 
@@ -489,17 +496,17 @@ mod tests {
     fn a_failed_fill_is_asked_for_again() {
         let (rooms, mut gaps) = Rooms::new();
         let (alice, mut rx) = member(1, "alice");
-        rooms.join("r", 1, &alice, 0);
-        rooms.catch_up("r", 1, 3);
+        rooms.join("r", RoomId(1), &alice, 0);
+        rooms.catch_up("r", RoomId(1), 3);
         assert_eq!(gaps.try_recv().unwrap().upto, 3);
-        rooms.catch_up("r", 1, 4); // while the first is under way
-        rooms.gap_filled("r", 1, 3, false);
+        rooms.catch_up("r", RoomId(1), 4); // while the first is under way
+        rooms.gap_filled("r", RoomId(1), 3, false);
         let again = gaps.try_recv().unwrap();
         assert_eq!((again.after, again.upto), (0, 4));
         for seq in 1..=4 {
             rooms.deliver(&msg(1, seq));
         }
-        rooms.gap_filled("r", 1, 4, true);
+        rooms.gap_filled("r", RoomId(1), 4, true);
         assert_eq!(seqs(&mut rx), vec![1, 2, 3, 4]);
         assert!(gaps.try_recv().is_err());
     }
@@ -508,18 +515,21 @@ mod tests {
     fn rooms_are_told_apart_by_id() {
         let (rooms, _gaps) = Rooms::new();
         let (alice, mut rx) = member(1, "alice");
-        rooms.join("r", 2, &alice, 10);
+        rooms.join("r", RoomId(2), &alice, 10);
         rooms.deliver(&msg(1, 11)); // from the deleted room 1
         assert!(seqs(&mut rx).is_empty());
-        assert!(rooms.join("r", 1, &alice, 10).is_none(), "stale read");
-        rooms.remove("r", 1, None); // late deletion of room 1
-        assert!(rooms.is_member("r", 1));
+        assert!(
+            rooms.join("r", RoomId(1), &alice, 10).is_none(),
+            "stale read"
+        );
+        rooms.remove("r", RoomId(1), None); // late deletion of room 1
+        assert!(rooms.is_member("r", SessionId(1)));
         rooms.deliver(&msg(3, 1)); // room 2 was deleted, 3 replaced it
         assert!(matches!(
             events(&mut rx).as_slice(),
             [ServerEvent::RoomDeleted { .. }]
         ));
-        assert!(!rooms.is_member("r", 1));
+        assert!(!rooms.is_member("r", SessionId(1)));
     }
 
     #[test]
@@ -527,8 +537,8 @@ mod tests {
         let (rooms, _gaps) = Rooms::new();
         let (slow, _slow_rx) = member(1, "slow");
         let (fast, mut fast_rx) = member(2, "fast");
-        rooms.join("r", 1, &slow, 0);
-        rooms.join("r", 1, &fast, 0);
+        rooms.join("r", RoomId(1), &slow, 0);
+        rooms.join("r", RoomId(1), &fast, 0);
         for seq in 1..=4 {
             rooms.deliver(&msg(1, seq));
             seqs(&mut fast_rx);
@@ -544,15 +554,15 @@ mod tests {
         let (rooms, _gaps) = Rooms::new();
         let (a1, _r1) = member(1, "alice");
         let (a2, _r2) = member(2, "alice");
-        assert!(rooms.join("r", 1, &a1, 0).unwrap().first_local);
-        assert!(!rooms.join("r", 1, &a2, 0).unwrap().first_local);
-        assert!(!rooms.join("r", 1, &a2, 0).unwrap().first_local);
+        assert!(rooms.join("r", RoomId(1), &a1, 0).unwrap().first_local);
+        assert!(!rooms.join("r", RoomId(1), &a2, 0).unwrap().first_local);
+        assert!(!rooms.join("r", RoomId(1), &a2, 0).unwrap().first_local);
         assert_eq!(rooms.local_users("r"), vec!["alice"]);
-        assert_eq!(rooms.leave("r", 1), Some(false));
-        assert_eq!(rooms.leave("r", 1), None);
-        assert_eq!(rooms.leave("r", 2), Some(true));
+        assert_eq!(rooms.leave("r", SessionId(1)), Some(false));
+        assert_eq!(rooms.leave("r", SessionId(1)), None);
+        assert_eq!(rooms.leave("r", SessionId(2)), Some(true));
         assert!(rooms.occupied().is_empty());
         // A later join starts from the store's view, not a stale one.
-        assert_eq!(rooms.join("r", 1, &a1, 40).unwrap().last_seq, 40);
+        assert_eq!(rooms.join("r", RoomId(1), &a1, 40).unwrap().last_seq, 40);
     }
 }

@@ -1,14 +1,13 @@
 //! The server: shared state, the accept loop, and graceful shutdown.
 //!
-//! [`Server::start`] opens the store, connects the broker and returns a
-//! server ready to [`Server::run`] on an already-bound listener (tests bind
-//! port 0). A connection takes a permit of the `--max-connections` semaphore
+//! [`Server::start`] opens the store, starts the fan-out and the hub, and
+//! returns a server ready to [`Server::run`] on an already-bound listener
+//! (tests bind port 0). A connection takes a permit of the `--max-connections` semaphore
 //! before its handshake; without one it is answered with HTTP 503 and
 //! closed. Shutdown stops accepting, closes every session with 1001, waits
 //! for them (bounded), then lets the store writer finish its queue.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +18,17 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::auth::Auth;
-use crate::broker::Broker;
 use crate::cluster::{Cluster, ClusterError};
-use crate::rooms::{GapFill, Rooms};
-use crate::store::{Store, StoreError, Stored};
+use crate::fanout::{Fanout, LocalFanout};
+use crate::hub::Hub;
+use crate::rooms::Rooms;
+use crate::store::{self, Database, StoreError};
 
 /// How the server runs, from the command line.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// SQLite database file.
-    pub db: PathBuf,
+    /// SQLite file or PostgreSQL URL.
+    pub db: Database,
     /// Let anyone create an account with `register`.
     pub open_registration: bool,
     /// Connections served at once; more are refused.
@@ -43,9 +43,7 @@ pub struct ServeConfig {
 /// What every session shares.
 pub struct ServerState {
     pub config: ServeConfig,
-    pub store: Store,
-    pub rooms: Arc<Rooms>,
-    pub broker: Arc<Broker>,
+    pub hub: Arc<Hub>,
     pub auth: Auth,
     pub next_session_id: AtomicU64,
     /// Flips to true when the server shuts down.
@@ -55,8 +53,8 @@ pub struct ServerState {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open database {path}: {source}")]
-    Store { path: PathBuf, source: StoreError },
+    #[error("cannot open database {db}: {source}")]
+    Store { db: Database, source: StoreError },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
@@ -68,30 +66,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store and, in cluster mode, connects to Redis.
+    /// Starts the parts in one direction: the store, then the fan-out
+    /// (local, or Redis in cluster mode), then the hub over both.
     pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
-        let (rooms, gap_requests) = Rooms::new();
-        let rooms = Arc::new(rooms);
-        let cluster = match &config.redis {
-            Some(url) => Some(Cluster::connect(url, rooms.clone()).await?),
-            None => None,
-        };
-        let broker = Arc::new(Broker::new(rooms.clone(), cluster.clone()));
-        let store =
-            Store::open(&config.db, broker.clone()).map_err(|source| StartError::Store {
-                path: config.db.clone(),
+        let (store, feed) = store::open(&config.db)
+            .await
+            .map_err(|source| StartError::Store {
+                db: config.db.clone(),
                 source,
             })?;
-        tokio::spawn(fill_gaps(gap_requests, store.clone(), rooms.clone()));
-        if let Some(cluster) = &cluster {
-            cluster.start(store.clone());
-        }
+        let (rooms, gap_requests) = Rooms::new();
+        let rooms = Arc::new(rooms);
+        let fanout: Arc<dyn Fanout> = match &config.redis {
+            Some(url) => Cluster::connect(url, rooms.clone(), store.clone()).await?,
+            None => Arc::new(LocalFanout::new(rooms.clone())),
+        };
+        let hub = Hub::new(store, feed, rooms, gap_requests, fanout);
         let (stop, shutdown) = watch::channel(false);
         let state = Arc::new(ServerState {
             config,
-            store,
-            rooms,
-            broker,
+            hub,
             auth: Auth::new(),
             next_session_id: AtomicU64::new(1),
             shutdown,
@@ -151,8 +145,7 @@ impl Server {
         if drained.is_err() {
             sessions.abort_all();
         }
-        let store = self.state.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        self.state.hub.close().await;
         tracing::info!("stopped");
     }
 }
@@ -167,44 +160,6 @@ async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
         ),
     )
     .await;
-}
-
-/// Serves gap-fill requests from the rooms: reads the missing messages from
-/// the store and delivers them in order. After a store error the request
-/// comes back (through [`Rooms::gap_filled`]) after a pause.
-async fn fill_gaps(
-    mut requests: tokio::sync::mpsc::UnboundedReceiver<GapFill>,
-    store: Store,
-    rooms: Arc<Rooms>,
-) {
-    while let Some(gap) = requests.recv().await {
-        let mut after = gap.after;
-        let mut complete = true;
-        while after < gap.upto {
-            match store
-                .range(gap.room_id, &gap.room, after, gap.upto, 1000)
-                .await
-            {
-                Ok(messages) if !messages.is_empty() => {
-                    after = messages.last().map_or(gap.upto, |m| m.seq);
-                    for message in messages {
-                        rooms.deliver(&Stored {
-                            room_id: gap.room_id,
-                            message,
-                        });
-                    }
-                }
-                Ok(_) => break,
-                Err(err) => {
-                    tracing::error!(room = %gap.room, error = %err, "reading missing messages failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    complete = false;
-                    break;
-                }
-            }
-        }
-        rooms.gap_filled(&gap.room, gap.room_id, gap.upto, complete);
-    }
 }
 
 /// The URLs clients can use for a listening address: on a wildcard address,

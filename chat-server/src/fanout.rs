@@ -1,0 +1,101 @@
+//! Fan-out: how room events reach members, on this node and on the others.
+//!
+//! One interface, two implementations picked once at start:
+//! - [`LocalFanout`]: a single node; every member is in this process's
+//!   [`Rooms`].
+//! - [`crate::cluster::Cluster`]: one node of several sharing rooms through
+//!   Redis; presence and member lists cover every node.
+//!
+//! Stored messages reach local members through the hub's delivery of the
+//! store's commit feed; [`Fanout::publish`] then carries the same commit to
+//! the other nodes (a no-op when there are none).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chat_proto::{PresenceState, ServerEvent};
+
+use crate::rooms::{frame, Rooms};
+use crate::store::Commit;
+
+/// Where room events go besides this node's members.
+#[async_trait]
+pub trait Fanout: Send + Sync + 'static {
+    /// Makes sure this node hears about the room's events from other nodes
+    /// before a local member joins it.
+    async fn watch_room(&self, room: &str);
+    /// A user's first connection on this node joined `room`: announce it.
+    async fn user_joined(&self, room: &str, user: &str);
+    /// A user's last connection on this node left `room`: announce it.
+    async fn user_left(&self, room: &str, user: &str);
+    /// Users online in the room, on every node, sorted.
+    async fn members(&self, room: &str) -> Vec<String>;
+    /// Online users per room, on every node (rooms with nobody are absent).
+    async fn member_counts(&self) -> HashMap<String, u64>;
+    /// Relays `typing` to the room's other members, here and elsewhere.
+    async fn typing(&self, room: &str, user: &str);
+    /// A commit of this node, already delivered here: tell the other nodes.
+    /// Must not wait (it runs on the delivery path).
+    fn publish(&self, commit: &Commit);
+    /// Bookkeeping after this node deleted a room (its members here were
+    /// told when the deletion committed).
+    async fn room_deleted(&self, room: &str);
+}
+
+/// Fan-out of a single node: everything stays in [`Rooms`].
+pub struct LocalFanout {
+    rooms: Arc<Rooms>,
+}
+
+impl LocalFanout {
+    pub fn new(rooms: Arc<Rooms>) -> LocalFanout {
+        LocalFanout { rooms }
+    }
+
+    fn announce(&self, room: &str, user: &str, state: PresenceState) {
+        let event = ServerEvent::Presence {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            state,
+        };
+        self.rooms.broadcast(room, &frame(&event), Some(user));
+    }
+}
+
+#[async_trait]
+impl Fanout for LocalFanout {
+    async fn watch_room(&self, _room: &str) {}
+
+    async fn user_joined(&self, room: &str, user: &str) {
+        self.announce(room, user, PresenceState::Joined);
+    }
+
+    async fn user_left(&self, room: &str, user: &str) {
+        self.announce(room, user, PresenceState::Left);
+    }
+
+    async fn members(&self, room: &str) -> Vec<String> {
+        self.rooms.local_users(room)
+    }
+
+    async fn member_counts(&self) -> HashMap<String, u64> {
+        self.rooms
+            .local_members()
+            .into_iter()
+            .map(|(room, users)| (room, users.len() as u64))
+            .collect()
+    }
+
+    async fn typing(&self, room: &str, user: &str) {
+        let event = ServerEvent::Typing {
+            room: room.to_owned(),
+            user: user.to_owned(),
+        };
+        self.rooms.broadcast(room, &frame(&event), Some(user));
+    }
+
+    fn publish(&self, _commit: &Commit) {}
+
+    async fn room_deleted(&self, _room: &str) {}
+}

@@ -1,0 +1,312 @@
+//! The hub: rooms, fan-out and store behind one set of chat operations.
+//!
+//! Sessions turn frames into calls on the hub (join, leave, send, history,
+//! delete, typing, the room list, accounts) and its answers back into
+//! frames; they never talk to the store, the rooms or the fan-out directly.
+//! The ordering rules between those three live here and only here:
+//! - a commit is delivered to local members in commit order, then published
+//!   to other nodes ([`Hub::new`] owns the store's commit feed);
+//! - a join registers the member *before* reading the room again, so no
+//!   message falls between the history it gets and the live ones;
+//! - a gap in a room's delivery is filled from the store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_proto::{MessageRecord, RoomSummary};
+use tokio::sync::mpsc;
+
+use crate::fanout::Fanout;
+use crate::rooms::{GapFill, JoinPoint, Rooms, SessionHandle};
+use crate::store::{
+    Appended, Commit, CommitFeed, HistoryPage, RoomId, SessionId, Store, StoreError, Stored,
+    UserRecord,
+};
+
+/// Why the hub did not do what was asked, for the session to put in words.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("no such room")]
+    NoSuchRoom,
+    #[error("not a member of the room")]
+    NotJoined,
+    #[error("the room was deleted while joining")]
+    DeletedWhileJoining,
+    #[error("the name is taken")]
+    UserExists,
+    /// The store failed (logged where it happened); nothing was done, or
+    /// for a send nothing was acknowledged.
+    #[error("store unavailable: {0}")]
+    Unavailable(StoreError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(err: StoreError) -> Refusal {
+        match err {
+            StoreError::NoSuchRoom => Refusal::NoSuchRoom,
+            StoreError::UserExists => Refusal::UserExists,
+            other => Refusal::Unavailable(other),
+        }
+    }
+}
+
+/// A successful join.
+pub struct Joined {
+    pub room_id: RoomId,
+    /// Newest message the joiner gets from the store; later ones come live.
+    pub last_seq: u64,
+    /// Users online in the room, on every node.
+    pub members: Vec<String>,
+}
+
+/// Rooms, fan-out and store, with the rules between them.
+pub struct Hub {
+    store: Arc<dyn Store>,
+    rooms: Arc<Rooms>,
+    fanout: Arc<dyn Fanout>,
+}
+
+impl Hub {
+    /// The hub over an open store (and its commit feed), this node's rooms
+    /// (and their gap-fill requests) and a fan-out. Starts the delivery and
+    /// gap-filling tasks: call inside the runtime.
+    pub fn new(
+        store: Arc<dyn Store>,
+        feed: CommitFeed,
+        rooms: Arc<Rooms>,
+        gap_requests: mpsc::UnboundedReceiver<GapFill>,
+        fanout: Arc<dyn Fanout>,
+    ) -> Arc<Hub> {
+        tokio::spawn(deliver_commits(feed, rooms.clone(), fanout.clone()));
+        tokio::spawn(fill_gaps(gap_requests, store.clone(), rooms.clone()));
+        Arc::new(Hub {
+            store,
+            rooms,
+            fanout,
+        })
+    }
+
+    // ---- Accounts. ----
+
+    /// Looks an account up by name.
+    pub async fn user(&self, name: &str) -> Result<Option<UserRecord>, Refusal> {
+        Ok(self.store.find_user(name).await?)
+    }
+
+    /// Creates a (non-admin) account; `UserExists` when the name is taken.
+    pub async fn register(&self, name: &str, password_hash: &str) -> Result<(), Refusal> {
+        Ok(self.store.create_user(name, password_hash, false).await?)
+    }
+
+    /// Number of accounts.
+    pub async fn user_count(&self) -> Result<u64, Refusal> {
+        Ok(self.store.count_users().await?)
+    }
+
+    // ---- Rooms. ----
+
+    /// Every room with its newest message and how many are online.
+    pub async fn rooms(&self) -> Result<Vec<RoomSummary>, Refusal> {
+        let stored = self.store.list_rooms().await?;
+        let counts: HashMap<String, u64> = self.fanout.member_counts().await;
+        Ok(stored
+            .into_iter()
+            .map(|r| RoomSummary {
+                members: counts.get(&r.name).copied().unwrap_or(0),
+                last_ts: (r.last_seq > 0).then_some(r.last_activity),
+                last_seq: r.last_seq,
+                name: r.name,
+            })
+            .collect())
+    }
+
+    /// Makes `session` a member of `room` (created if needed) and announces
+    /// the user's arrival when it is their first connection there.
+    pub async fn join(&self, session: &Arc<SessionHandle>, room: &str) -> Result<Joined, Refusal> {
+        // A deletion (and re-creation) of the room can race the steps below;
+        // then they are simply taken again.
+        let mut attempts = 0;
+        let (room_id, point) = loop {
+            attempts += 1;
+            let head = self.store.open_room(room).await?;
+            let Some(point) = self.rooms.join(room, head.id, session, head.last_seq) else {
+                continue;
+            };
+            // Subscribed (cluster mode) only now that the room has a member
+            // here, so a concurrent last leave cannot unsubscribe it; then
+            // whatever was stored since the first read, and whose delivery
+            // this node may have missed, is read from the store.
+            self.fanout.watch_room(room).await;
+            match self.store.room(room).await {
+                Ok(Some(now)) if now.id == head.id => {
+                    self.rooms.catch_up(room, head.id, now.last_seq);
+                    break (head.id, point);
+                }
+                Ok(_) => {
+                    self.undo_join(room, session.id, &point);
+                    if attempts >= 3 {
+                        return Err(Refusal::DeletedWhileJoining);
+                    }
+                }
+                Err(err) => {
+                    self.undo_join(room, session.id, &point);
+                    return Err(err.into());
+                }
+            }
+        };
+        if point.first_local {
+            self.fanout.user_joined(room, &session.user).await;
+        }
+        Ok(Joined {
+            room_id,
+            last_seq: point.last_seq,
+            members: self.fanout.members(room).await,
+        })
+    }
+
+    /// Takes back a membership that a failed join added (a session that was
+    /// already a member stays one).
+    fn undo_join(&self, room: &str, session: SessionId, point: &JoinPoint) {
+        if point.added {
+            self.rooms.leave(room, session);
+        }
+    }
+
+    /// Ends `session`'s membership of `room`, announcing the user's
+    /// departure when it was their last connection there.
+    pub async fn leave(&self, room: &str, session: SessionId, user: &str) -> Result<(), Refusal> {
+        match self.rooms.leave(room, session) {
+            None => Err(Refusal::NotJoined),
+            Some(last) => {
+                if last {
+                    self.fanout.user_left(room, user).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// True when `session` is a member of `room` (it may have been deleted
+    /// under the session).
+    pub fn is_member(&self, room: &str, session: SessionId) -> bool {
+        self.rooms.is_member(room, session)
+    }
+
+    /// Deletes a room and its history. Its members are told when the
+    /// deletion commits, except `session`, which asked and gets the answer.
+    pub async fn delete_room(&self, room: &str, session: SessionId) -> Result<(), Refusal> {
+        self.store.delete_room(room, session).await?;
+        self.fanout.room_deleted(room).await;
+        Ok(())
+    }
+
+    /// Relays that `user` is typing in `room` to its other members.
+    pub async fn typing(&self, room: &str, user: &str) {
+        self.fanout.typing(room, user).await;
+    }
+
+    // ---- Messages. ----
+
+    /// Stores a message; resolves once committed (then it is on its way to
+    /// every member). Owns what it needs, so sessions can pipeline sends.
+    pub fn send(
+        self: &Arc<Self>,
+        room: RoomId,
+        user: Arc<str>,
+        text: String,
+    ) -> impl Future<Output = Result<Appended, Refusal>> + Send + 'static {
+        let hub = self.clone();
+        async move { Ok(hub.store.append(room, &user, &text).await?) }
+    }
+
+    /// A page of history before `before` (the newest page without it).
+    pub async fn history(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, Refusal> {
+        Ok(self.store.history(room, before, limit).await?)
+    }
+
+    /// Messages of room `room_id` with `after < seq <= upto`, at most
+    /// `limit`, ascending: a joiner's backlog.
+    pub async fn backlog(
+        &self,
+        room_id: RoomId,
+        room: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, Refusal> {
+        Ok(self.store.range(room_id, room, after, upto, limit).await?)
+    }
+
+    /// Lets the store finish every queued write.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}
+
+/// Delivers the store's commits to local members, then publishes them to
+/// the other nodes, in commit order: one task, one queue.
+async fn deliver_commits(mut feed: CommitFeed, rooms: Arc<Rooms>, fanout: Arc<dyn Fanout>) {
+    while let Some(commit) = feed.recv().await {
+        match &commit {
+            Commit::Messages(messages) => {
+                for stored in messages {
+                    rooms.deliver(stored);
+                }
+            }
+            Commit::RoomDeleted {
+                name,
+                id,
+                requested_by,
+            } => {
+                // The admin who asked is answered directly, with `re`.
+                rooms.remove(name, *id, Some(*requested_by));
+            }
+        }
+        fanout.publish(&commit);
+    }
+}
+
+/// Serves gap-fill requests from the rooms: reads the missing messages from
+/// the store and delivers them in order. After a store error the request
+/// comes back (through [`Rooms::gap_filled`]) after a pause.
+async fn fill_gaps(
+    mut requests: mpsc::UnboundedReceiver<GapFill>,
+    store: Arc<dyn Store>,
+    rooms: Arc<Rooms>,
+) {
+    while let Some(gap) = requests.recv().await {
+        let mut after = gap.after;
+        let mut complete = true;
+        while after < gap.upto {
+            match store
+                .range(gap.room_id, &gap.room, after, gap.upto, 1000)
+                .await
+            {
+                Ok(messages) if !messages.is_empty() => {
+                    after = messages.last().map_or(gap.upto, |m| m.seq);
+                    for message in messages {
+                        rooms.deliver(&Stored {
+                            room_id: gap.room_id,
+                            message,
+                        });
+                    }
+                }
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::error!(room = %gap.room, error = %err, "reading missing messages failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        rooms.gap_filled(&gap.room, gap.room_id, gap.upto, complete);
+    }
+}

@@ -1,0 +1,467 @@
+//! Requests: each client event becomes a call on the hub, and its answer
+//! (or refusal) becomes frames. Nothing here touches the socket beyond
+//! `reply`/`error`, and nothing here knows the store, rooms or fan-out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chat_proto::limits::{close, DEFAULT_PAGE, JOIN_HISTORY, MAX_PAGE};
+use chat_proto::validate::{is_valid_name, is_valid_password, normalize_text, TextError};
+use chat_proto::{
+    decode_client, ClientEvent, ErrorCode, MessageRecord, Request, ServerEvent, PROTOCOL_VERSION,
+};
+
+use super::{Account, Ending, JoinedRoom, Session};
+use crate::hub::Refusal;
+use crate::rooms::SessionHandle;
+use crate::store::RoomId;
+
+/// Token bucket for sends.
+pub(super) struct RateLimit {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    pub(super) fn new(per_sec: u32, burst: u32) -> RateLimit {
+        RateLimit {
+            per_sec: per_sec as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token; false when the bucket is empty. A rate of 0 disables
+    /// the limit.
+    fn allow(&mut self) -> bool {
+        if self.per_sec <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Session {
+    pub(super) async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+        let Request { id, event } = match decode_client(text) {
+            Ok(request) => request,
+            Err(err) => return self.error(ErrorCode::BadRequest, err.reason, err.id).await,
+        };
+        let Some(account) = &self.account else {
+            return match event {
+                ClientEvent::Login { user, password } => self.login(user, password, id).await,
+                ClientEvent::Register { user, password } => self.register(user, password, id).await,
+                _ => {
+                    self.error(ErrorCode::AuthRequired, "log in first", id)
+                        .await
+                }
+            };
+        };
+        let (admin, handle) = (account.admin, account.handle.clone());
+        // Every request that names a room: a malformed name is refused first.
+        let room = match &event {
+            ClientEvent::Join { room, .. }
+            | ClientEvent::Leave { room }
+            | ClientEvent::Send { room, .. }
+            | ClientEvent::History { room, .. }
+            | ClientEvent::Typing { room }
+            | ClientEvent::DeleteRoom { room } => Some(room),
+            _ => None,
+        };
+        if room.is_some_and(|room| !is_valid_name(room)) {
+            return self.invalid_room(id).await;
+        }
+        match event {
+            ClientEvent::Login { .. } | ClientEvent::Register { .. } => {
+                self.error(ErrorCode::BadRequest, "already logged in", id)
+                    .await
+            }
+            ClientEvent::Rooms => self.rooms(id).await,
+            ClientEvent::Join { room, since } => self.join(&handle, room, since, id).await,
+            ClientEvent::Leave { room } => self.leave(&handle, room, id).await,
+            ClientEvent::Send { room, text } => self.send(&handle, room, text, id).await,
+            ClientEvent::History {
+                room,
+                before,
+                limit,
+            } => self.history(room, before, limit, id).await,
+            ClientEvent::Typing { room } => {
+                if !self.state.hub.is_member(&room, self.id) {
+                    return self
+                        .error(ErrorCode::NotJoined, format!("join {room} first"), id)
+                        .await;
+                }
+                self.state.hub.typing(&room, &handle.user).await;
+                Ok(())
+            }
+            ClientEvent::DeleteRoom { room } => self.delete_room(admin, room, id).await,
+            ClientEvent::Ping => self.reply(&ServerEvent::Pong { re: id }).await,
+        }
+    }
+
+    async fn login(
+        &mut self,
+        user: String,
+        password: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        let record = if is_valid_name(&user) {
+            match self.state.hub.user(&user).await {
+                Ok(record) => record,
+                Err(refusal) => return self.refused(refusal, "", id).await,
+            }
+        } else {
+            None
+        };
+        let (hash, admin) = match record {
+            Some(r) => (Some(r.password_hash), r.admin),
+            None => (None, false),
+        };
+        if self.state.auth.verify(password, hash).await {
+            return self.welcome(user, admin, id).await;
+        }
+        self.failures += 1;
+        tracing::info!(peer = %self.peer, user = %user, "login failed");
+        self.error(ErrorCode::AuthFailed, "wrong user name or password", id)
+            .await?;
+        if self.failures >= chat_proto::limits::MAX_LOGIN_FAILURES {
+            return Err(Ending::Close(close::POLICY, "too many failed logins"));
+        }
+        Ok(())
+    }
+
+    async fn register(
+        &mut self,
+        user: String,
+        password: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        if !self.state.config.open_registration {
+            return self
+                .error(
+                    ErrorCode::RegistrationClosed,
+                    "registration is closed: ask an admin for an account",
+                    id,
+                )
+                .await;
+        }
+        if !is_valid_name(&user) {
+            return self
+                .error(
+                    ErrorCode::InvalidName,
+                    "user names are 1 to 32 characters from A-Z a-z 0-9 _ - .",
+                    id,
+                )
+                .await;
+        }
+        if !is_valid_password(&password) {
+            return self
+                .error(ErrorCode::BadRequest, "passwords are 8 to 1024 bytes", id)
+                .await;
+        }
+        let Some(hash) = self.state.auth.hash(password).await else {
+            return self
+                .error(ErrorCode::Internal, "could not hash the password", id)
+                .await;
+        };
+        match self.state.hub.register(&user, &hash).await {
+            Ok(()) => {
+                tracing::info!(peer = %self.peer, user = %user, "user registered");
+                self.welcome(user, false, id).await
+            }
+            Err(refusal) => self.refused(refusal, &user, id).await,
+        }
+    }
+
+    async fn welcome(
+        &mut self,
+        user: String,
+        admin: bool,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        tracing::info!(peer = %self.peer, user = %user, "logged in");
+        let handle = Arc::new(SessionHandle::new(
+            self.id,
+            user.as_str().into(),
+            self.outbox.clone(),
+        ));
+        self.account = Some(Account { admin, handle });
+        self.reply(&ServerEvent::Welcome {
+            user,
+            admin,
+            protocol: PROTOCOL_VERSION,
+            server: format!("chat-server {}", env!("CARGO_PKG_VERSION")),
+            re: id,
+        })
+        .await
+    }
+
+    /// Puts a refusal of the hub in words. `subject` is the room (or the
+    /// user name, for a registration) the request named.
+    async fn refused(
+        &mut self,
+        refusal: Refusal,
+        subject: &str,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        let (code, message) = match refusal {
+            Refusal::NoSuchRoom => (ErrorCode::NoSuchRoom, format!("there is no room {subject}")),
+            Refusal::NotJoined => (ErrorCode::NotJoined, format!("you are not in {subject}")),
+            Refusal::DeletedWhileJoining => (
+                ErrorCode::NoSuchRoom,
+                "the room was deleted while joining".to_owned(),
+            ),
+            Refusal::UserExists => (
+                ErrorCode::UserExists,
+                format!("the name {subject} is taken"),
+            ),
+            Refusal::Unavailable(err) => {
+                tracing::error!(peer = %self.peer, error = %err, "request failed");
+                (
+                    ErrorCode::Internal,
+                    "the server could not complete the request".to_owned(),
+                )
+            }
+        };
+        self.error(code, message, id).await
+    }
+
+    async fn rooms(&mut self, id: Option<String>) -> Result<(), Ending> {
+        match self.state.hub.rooms().await {
+            Ok(rooms) => self.reply(&ServerEvent::Rooms { rooms, re: id }).await,
+            Err(refusal) => self.refused(refusal, "", id).await,
+        }
+    }
+
+    async fn join(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        room: String,
+        since: Option<u64>,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        let joined = match self.state.hub.join(handle, &room).await {
+            Ok(joined) => joined,
+            Err(refusal) => return self.refused(refusal, &room, id).await,
+        };
+        // Live messages up to the join point (or up to what the client says
+        // it holds) are already in the history below: the outbox filter
+        // skips them.
+        self.forget_joined(&room);
+        self.joined.push(JoinedRoom {
+            name: room.clone(),
+            room_id: joined.room_id,
+            newest: joined.last_seq.max(since.unwrap_or(0)),
+        });
+        self.reply(&ServerEvent::Joined {
+            room: room.clone(),
+            last_seq: joined.last_seq,
+            members: joined.members,
+            re: id,
+        })
+        .await?;
+        // Without `since`, the newest page; with it, everything after it.
+        let since = since.unwrap_or(joined.last_seq.saturating_sub(JOIN_HISTORY as u64));
+        self.send_backlog(joined.room_id, &room, since, joined.last_seq)
+            .await
+    }
+
+    fn forget_joined(&mut self, room: &str) {
+        self.joined.retain(|j| j.name != room);
+    }
+
+    /// Every message with `since < seq <= last_seq`, in pages of at most 200.
+    async fn send_backlog(
+        &mut self,
+        room_id: RoomId,
+        room: &str,
+        since: u64,
+        last_seq: u64,
+    ) -> Result<(), Ending> {
+        let mut after = since;
+        loop {
+            let page = match self
+                .state
+                .hub
+                .backlog(room_id, room, after, last_seq, MAX_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(refusal) => return self.refused(refusal, room, None).await,
+            };
+            let Some(newest) = page.last().map(|m| m.seq) else {
+                if after == since {
+                    // Nothing missing: one empty history says so.
+                    return self
+                        .send_history(room, Vec::new(), since > 0 && last_seq > 0)
+                        .await;
+                }
+                return Ok(());
+            };
+            let has_more = page.first().is_some_and(|m| m.seq > 1);
+            self.send_history(room, page, has_more).await?;
+            if newest >= last_seq {
+                return Ok(());
+            }
+            after = newest;
+        }
+    }
+
+    async fn send_history(
+        &mut self,
+        room: &str,
+        messages: Vec<MessageRecord>,
+        has_more: bool,
+    ) -> Result<(), Ending> {
+        self.reply(&ServerEvent::History {
+            room: room.to_owned(),
+            messages,
+            has_more,
+            re: None,
+        })
+        .await
+    }
+
+    async fn invalid_room(&mut self, id: Option<String>) -> Result<(), Ending> {
+        self.error(
+            ErrorCode::InvalidName,
+            "room names are 1 to 32 characters from A-Z a-z 0-9 _ - .",
+            id,
+        )
+        .await
+    }
+
+    async fn leave(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        room: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        self.forget_joined(&room);
+        match self.state.hub.leave(&room, self.id, &handle.user).await {
+            Ok(()) => self.reply(&ServerEvent::Left { room, re: id }).await,
+            Err(refusal) => self.refused(refusal, &room, id).await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        room: String,
+        text: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        let room_id = match self.joined.iter().find(|j| j.name == room) {
+            Some(joined) if self.state.hub.is_member(&room, self.id) => joined.room_id,
+            _ => {
+                return self
+                    .error(
+                        ErrorCode::NotJoined,
+                        format!("join {room} before sending to it"),
+                        id,
+                    )
+                    .await
+            }
+        };
+        let text = match normalize_text(&text) {
+            Ok(text) => text,
+            Err(err @ TextError::TooLarge(_)) => {
+                return self.error(ErrorCode::TooLarge, err.to_string(), id).await
+            }
+            Err(err) => return self.error(ErrorCode::BadRequest, err.to_string(), id).await,
+        };
+        if !self.rate.allow() {
+            let message = format!(
+                "slow down: {} messages per second",
+                self.state.config.send_rate
+            );
+            return self.error(ErrorCode::RateLimited, message, id).await;
+        }
+        let stored = self.state.hub.send(room_id, handle.user.clone(), text);
+        let peer = self.peer;
+        self.pending_acks.push_back(Box::pin(async move {
+            match stored.await {
+                Ok(appended) => ServerEvent::Ack {
+                    re: id,
+                    room,
+                    seq: appended.seq,
+                    ts: appended.ts,
+                },
+                Err(Refusal::NoSuchRoom) => {
+                    ServerEvent::error(ErrorCode::NoSuchRoom, format!("{room} was deleted"), id)
+                }
+                Err(err) => {
+                    tracing::error!(%peer, error = %err, "storing a message failed");
+                    ServerEvent::error(ErrorCode::Internal, "the message could not be stored", id)
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    async fn history(
+        &mut self,
+        room: String,
+        before: Option<u64>,
+        limit: Option<u64>,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        if !is_valid_name(&room) {
+            return self.invalid_room(id).await;
+        }
+        let limit = match limit {
+            None => DEFAULT_PAGE,
+            Some(0) => {
+                return self
+                    .error(ErrorCode::BadRequest, "limit must be at least 1", id)
+                    .await
+            }
+            Some(n) => n.min(MAX_PAGE as u64) as usize,
+        };
+        match self.state.hub.history(&room, before, limit).await {
+            Ok(page) => {
+                self.reply(&ServerEvent::History {
+                    room,
+                    messages: page.messages,
+                    has_more: page.has_more,
+                    re: id,
+                })
+                .await
+            }
+            Err(refusal) => self.refused(refusal, &room, id).await,
+        }
+    }
+
+    async fn delete_room(
+        &mut self,
+        admin: bool,
+        room: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        if !admin {
+            return self
+                .error(ErrorCode::Forbidden, "only admins can delete rooms", id)
+                .await;
+        }
+        match self.state.hub.delete_room(&room, self.id).await {
+            Ok(()) => {
+                tracing::info!(peer = %self.peer, room = %room, "room deleted");
+                self.forget_joined(&room);
+                self.reply(&ServerEvent::RoomDeleted { room, re: id }).await
+            }
+            Err(refusal) => self.refused(refusal, &room, id).await,
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! One client connection, from the WebSocket handshake to the close: this
+//! file moves frames; [`handlers`] turns requests into hub calls.
+//!
+//! A session is a single task running one `select!` over: the socket, its
+//! outbox (frames pushed by rooms), acknowledgements of its own sends coming
+//! back from the store, the keep-alive timer, and the server's shutdown
+//! signal. Requests are answered in the order they arrive, except that sends
+//! are pipelined: the next request is read while a send waits for its commit,
+//! and acks go out in send order.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_proto::limits::close;
+use chat_proto::{ErrorCode, ServerEvent};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Future, FutureExt, SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    ErrorResponse, Request as HttpRequest, Response,
+};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::rooms::{Outbound, SessionHandle};
+use crate::server::ServerState;
+use crate::store::{RoomId, SessionId};
+
+mod handlers;
+use handlers::RateLimit;
+
+/// Frames a session may have queued before it counts as fallen behind.
+const OUTBOX_FRAMES: usize = 4096;
+/// Frames written per flush when draining the outbox.
+const WRITE_BATCH: usize = 256;
+/// A write that makes no progress for this long drops the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for the WebSocket handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive: a ping this often, and a drop after this much silence.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// Sends waiting for their commit before the session stops reading.
+const MAX_PENDING_SENDS: usize = 256;
+
+type Socket = WebSocketStream<TcpStream>;
+type PendingAck = Pin<Box<dyn Future<Output = ServerEvent> + Send>>;
+
+/// WebSocket settings sized for thousands of mostly idle connections.
+pub fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        // Small buffers: the tungstenite defaults (128 KiB each) would cost
+        // gigabytes at 10,000 connections.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(Some(chat_proto::limits::MAX_FRAME_BYTES))
+        .max_frame_size(Some(chat_proto::limits::MAX_FRAME_BYTES))
+}
+
+/// Why the session loop ended, and what the peer is told.
+enum Ending {
+    /// The peer closed or vanished: nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The account a session is logged in as.
+struct Account {
+    admin: bool,
+    handle: Arc<SessionHandle>,
+}
+
+/// Accepts the WebSocket upgrade on `/ws` (or `/`) and runs the session.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
+    let _ = stream.set_nodelay(true);
+    // The callback's error type is tungstenite's HTTP response; its size is
+    // not ours to choose.
+    #[allow(clippy::result_large_err)]
+    let check_path = |request: &HttpRequest, response: Response| match request.uri().path() {
+        "/ws" | "/" => Ok(response),
+        _ => {
+            let mut refusal = ErrorResponse::new(Some("not found: connect to /ws\n".into()));
+            *refusal.status_mut() = StatusCode::NOT_FOUND;
+            Err(refusal)
+        }
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        check_path,
+        Some(websocket_config()),
+    );
+    let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let id = SessionId(state.next_session_id.fetch_add(1, Ordering::Relaxed));
+    let (outbox, inbox) = mpsc::channel(OUTBOX_FRAMES);
+    let session = Session {
+        id,
+        peer,
+        socket,
+        state: state.clone(),
+        account: None,
+        outbox,
+        inbox,
+        failures: 0,
+        rate: RateLimit::new(state.config.send_rate, state.config.send_burst),
+        joined: Vec::new(),
+        pending_acks: FuturesOrdered::new(),
+        last_heard: Instant::now(),
+    };
+    session.run(state.shutdown.clone()).await;
+}
+
+/// A room as this session joined it.
+struct JoinedRoom {
+    name: String,
+    /// Which room of that name (ids are never reused).
+    room_id: RoomId,
+    /// Newest `seq` written to the client.
+    newest: u64,
+}
+
+struct Session {
+    id: SessionId,
+    peer: SocketAddr,
+    socket: Socket,
+    state: Arc<ServerState>,
+    account: Option<Account>,
+    /// Kept to build the handle at login; rooms push into it.
+    outbox: mpsc::Sender<Outbound>,
+    inbox: mpsc::Receiver<Outbound>,
+    failures: u32,
+    rate: RateLimit,
+    /// Rooms this session joined, each with the newest `seq` written to the
+    /// client: messages at or below it (already sent as history) are
+    /// skipped, and so are messages of rooms left. [`crate::rooms::Rooms`]
+    /// is the truth about membership (a room can be deleted under us). A
+    /// short list searched by room id: no hashing on the delivery path.
+    joined: Vec<JoinedRoom>,
+    pending_acks: FuturesOrdered<PendingAck>,
+    last_heard: Instant,
+}
+
+impl Session {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let login_deadline =
+            tokio::time::sleep(Duration::from_secs(chat_proto::limits::LOGIN_TIMEOUT_SECS));
+        tokio::pin!(login_deadline);
+        let mut keepalive = tokio::time::interval(PING_EVERY);
+        keepalive.reset();
+        // Created once, not per turn of the loop: every session waits on the
+        // same watch, and registering with it on each wake-up cost a lock
+        // shared by all of them on the fan-out path.
+        let shutdown = shutdown.changed();
+        tokio::pin!(shutdown);
+        let ending = loop {
+            // A full outbox sets this flag, and a full outbox also makes the
+            // next turn's `inbox.recv()` ready, so a flag read here closes the
+            // session as promptly as awaiting `kicked` would, without
+            // registering a waiter on every wake-up. (A write stalled on a
+            // client that stopped reading watches `kicked` itself.)
+            if self.overflowed() {
+                break Ending::Close(
+                    close::TRY_AGAIN_LATER,
+                    "too far behind: reconnect and join with since",
+                );
+            }
+            let reading = self.pending_acks.len() < MAX_PENDING_SENDS;
+            let step = tokio::select! {
+                _ = &mut shutdown => break self.shutting_down().await,
+                Some(item) = self.inbox.recv() => self.write_outbox(Some(item), None).await,
+                Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => self.write_outbox(None, Some(ack)).await,
+                incoming = self.socket.next(), if reading => self.on_incoming(incoming).await,
+                _ = &mut login_deadline, if self.account.is_none() => Err(Ending::Close(close::POLICY, "login timeout")),
+                _ = keepalive.tick() => self.keepalive().await,
+            };
+            if let Err(ending) = step {
+                break ending;
+            }
+        };
+        self.finish(ending).await;
+    }
+
+    fn overflowed(&self) -> bool {
+        self.account
+            .as_ref()
+            .is_some_and(|account| account.handle.overflowed())
+    }
+
+    /// The server is stopping: sends already taken are still answered (the
+    /// store commits everything queued before it stops), then the client is
+    /// told with 1001.
+    async fn shutting_down(&mut self) -> Ending {
+        let answers = async {
+            while let Some(ack) = self.pending_acks.next().await {
+                if self.write_outbox(None, Some(ack)).await.is_err() {
+                    return;
+                }
+            }
+            while let Ok(item) = self.inbox.try_recv() {
+                if self.write_outbox(Some(item), None).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), answers).await;
+        Ending::Close(close::GOING_AWAY, "server shutting down")
+    }
+
+    async fn finish(mut self, ending: Ending) {
+        if let Ending::Close(code, reason) = ending {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            // Best effort: a peer that stopped reading must not hold us.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.socket.close(Some(frame))).await;
+        }
+        if let Some(account) = &self.account {
+            for room in std::mem::take(&mut self.joined) {
+                let room = room.name;
+                // Not a member any more (the room was deleted) is fine.
+                let _ = self
+                    .state
+                    .hub
+                    .leave(&room, self.id, &account.handle.user)
+                    .await;
+            }
+            tracing::debug!(peer = %self.peer, user = %account.handle.user, "session ended");
+        }
+    }
+
+    async fn keepalive(&mut self) -> Result<(), Ending> {
+        if self.last_heard.elapsed() > SILENCE_LIMIT {
+            return Err(Ending::Gone);
+        }
+        self.write(Message::Ping(Default::default())).await
+    }
+
+    async fn write(&mut self, message: Message) -> Result<(), Ending> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Ending::Gone),
+        }
+    }
+
+    /// Sends an event right away.
+    async fn reply(&mut self, event: &ServerEvent) -> Result<(), Ending> {
+        self.write(Message::Text(chat_proto::encode(event).into()))
+            .await
+    }
+
+    async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        re: Option<String>,
+    ) -> Result<(), Ending> {
+        self.reply(&ServerEvent::error(code, message, re)).await
+    }
+
+    /// Writes an item from the outbox or the answer to one of this session's
+    /// sends, and whatever else of both is ready behind it, with one flush.
+    /// Acks are not flushed one by one: under pipelined sends a commit
+    /// answers dozens at once, and one write for all of them (and for the
+    /// session's own copies of the messages) saves a syscall each.
+    async fn write_outbox(
+        &mut self,
+        item: Option<Outbound>,
+        ack: Option<ServerEvent>,
+    ) -> Result<(), Ending> {
+        let handle = self.account.as_ref().map(|a| a.handle.clone());
+        let kicked = async {
+            match &handle {
+                Some(handle) => handle.kicked.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let batch = async {
+            if let Some(item) = item {
+                self.feed(item).await?;
+            }
+            if let Some(ack) = ack {
+                let text = chat_proto::encode(&ack);
+                self.socket.feed(Message::Text(text.into())).await?;
+            }
+            for _ in 1..WRITE_BATCH {
+                let mut fed = false;
+                if let Ok(item) = self.inbox.try_recv() {
+                    self.feed(item).await?;
+                    fed = true;
+                }
+                // Polled without a waker: the main loop polls `pending_acks`
+                // again with its own before it sleeps. Acks stay in order.
+                if let Some(Some(ack)) = self.pending_acks.next().now_or_never() {
+                    let text = chat_proto::encode(&ack);
+                    self.socket.feed(Message::Text(text.into())).await?;
+                    fed = true;
+                }
+                if !fed {
+                    break;
+                }
+            }
+            self.socket.flush().await
+        };
+
+        tokio::select! {
+            written = tokio::time::timeout(WRITE_TIMEOUT, batch) => match written {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(Ending::Gone),
+            },
+            // The client stopped reading and its outbox overflowed meanwhile:
+            // give up on this write now rather than at the timeout.
+            _ = kicked => Err(Ending::Close(close::TRY_AGAIN_LATER, "too far behind: reconnect and join with since")),
+        }
+    }
+
+    /// Feeds one outbox item to the socket, unless it is a message the
+    /// client already has or no longer wants.
+    async fn feed(&mut self, item: Outbound) -> Result<(), WsError> {
+        let frame = match item {
+            Outbound::Event(frame) => frame,
+            Outbound::Room {
+                room_id,
+                seq,
+                frame,
+                ..
+            } => match self.joined.iter().position(|j| j.room_id == room_id) {
+                Some(at) => match seq {
+                    Some(seq) if seq > self.joined[at].newest => {
+                        self.joined[at].newest = seq;
+                        frame
+                    }
+                    Some(_) => return Ok(()),
+                    None => {
+                        // room_deleted: the session is no longer a member.
+                        self.joined.swap_remove(at);
+                        frame
+                    }
+                },
+                None => return Ok(()),
+            },
+        };
+        self.socket.feed(Message::Text(frame)).await
+    }
+
+    async fn on_incoming(
+        &mut self,
+        incoming: Option<Result<Message, WsError>>,
+    ) -> Result<(), Ending> {
+        let message = match incoming {
+            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                return Err(Ending::Gone)
+            }
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                return Err(Ending::Close(
+                    close::TOO_LARGE,
+                    "message larger than 64 KiB",
+                ))
+            }
+            Some(Err(err)) => {
+                tracing::debug!(peer = %self.peer, error = %err, "connection error");
+                return Err(Ending::Gone);
+            }
+            Some(Ok(message)) => message,
+        };
+        self.last_heard = Instant::now();
+        match message {
+            Message::Text(text) => self.on_text(&text).await,
+            Message::Binary(_) => {
+                self.error(
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported: send JSON text",
+                    None,
+                )
+                .await
+            }
+            Message::Close(_) => Err(Ending::Gone),
+            // Pings are answered by tungstenite; pongs only prove liveness.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+}

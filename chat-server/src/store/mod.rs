@@ -1,0 +1,342 @@
+//! The message store: users, rooms and history, behind one interface with
+//! two backends.
+//!
+//! - [`sqlite`]: one file, zero setup, the default for a single box.
+//! - [`postgres`]: a PostgreSQL server, so that nodes on several hosts share
+//!   one truth.
+//!
+//! Both keep the same promises, and the rest of the server relies on them:
+//! - `seq` is allocated inside the storing transaction, so a room is
+//!   numbered 1, 2, 3, … with no holes even with many writers;
+//! - an [`Store::append`] returns only after its transaction committed
+//!   (acks never run ahead of durability);
+//! - many writes queued together share one transaction (group commit);
+//! - every commit that stored messages or deleted a room is announced on the
+//!   [`CommitFeed`] handed out by [`open`], in commit order, after the
+//!   commit. Delivery reads that feed, so members never see a message that
+//!   is not stored and never see a room's messages reordered.
+//!
+//! [`StoreError`] says nothing of either database: callers map it to a
+//! protocol error, and the backend logs the details.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use chat_proto::MessageRecord;
+use tokio::sync::mpsc;
+
+/// Committed batches waiting for delivery before the store's writer waits:
+/// a delivery backlog slows acks down instead of growing without bound.
+pub const COMMIT_QUEUE: usize = 64;
+
+/// A room's id in the store. Never reused, so it tells a room from a later
+/// one that took its name after a deletion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoomId(pub i64);
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One connection to this server process, from login to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Which room, and how far its messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomHead {
+    pub id: RoomId,
+    /// Newest `seq` stored (0: no messages yet).
+    pub last_seq: u64,
+}
+
+/// Where and when a message was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts: i64,
+}
+
+/// What can go wrong in the store, in the chat's words. The backends log the
+/// database's own error before turning it into [`StoreError::Unavailable`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such room")]
+    NoSuchRoom,
+    #[error("user already exists")]
+    UserExists,
+    #[error("no such user")]
+    NoSuchUser,
+    #[error("the target database is not empty")]
+    NotEmpty,
+    /// The database could not be reached or refused the operation; the
+    /// operation did not happen (or, for a write, its outcome is unknown
+    /// and it was not acknowledged).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database could not be opened or set up at start.
+    #[error("{0}")]
+    Open(String),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// A user account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub admin: bool,
+    /// Milliseconds since the Unix epoch.
+    pub created: i64,
+}
+
+/// A room as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub id: RoomId,
+    pub name: String,
+    pub last_seq: u64,
+    /// Time of the newest message (or of creation), milliseconds.
+    pub last_activity: i64,
+}
+
+/// One page of history, ascending.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub messages: Vec<MessageRecord>,
+    pub has_more: bool,
+}
+
+/// A message as a commit stored it.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub room_id: RoomId,
+    pub message: MessageRecord,
+}
+
+/// One committed transaction's effects, as announced on the feed.
+#[derive(Debug)]
+pub enum Commit {
+    /// Messages just made durable, in `seq` order per room.
+    Messages(Vec<Stored>),
+    /// A room was just deleted; `requested_by` is the session that asked
+    /// (answered directly, so not told again).
+    RoomDeleted {
+        name: String,
+        id: RoomId,
+        requested_by: SessionId,
+    },
+}
+
+/// The stream of commits, in commit order. Whoever opened the store owns
+/// it; dropping it is fine (the admin commands do).
+pub type CommitFeed = mpsc::Receiver<Commit>;
+
+/// Every operation of the store. Both backends implement all of it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // ---- Users. ----
+
+    /// Looks a user up by name.
+    async fn find_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Adds a user; `UserExists` when the name is taken.
+    async fn create_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        admin: bool,
+    ) -> Result<(), StoreError>;
+    /// Replaces a user's password hash; `NoSuchUser` when absent.
+    async fn set_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError>;
+    /// Removes an account (their messages stay); `NoSuchUser` when absent.
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError>;
+    /// Every user, by name.
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// Number of accounts.
+    async fn count_users(&self) -> Result<u64, StoreError>;
+
+    // ---- Rooms. ----
+
+    /// The room's head, creating the room when it does not exist.
+    async fn open_room(&self, name: &str) -> Result<RoomHead, StoreError>;
+    /// The room's head, or `None` when it does not exist.
+    async fn room(&self, name: &str) -> Result<Option<RoomHead>, StoreError>;
+    /// Every room, by name.
+    async fn list_rooms(&self) -> Result<Vec<RoomRecord>, StoreError>;
+    /// Deletes a room and its history; `NoSuchRoom` when absent. The feed
+    /// announces it, in commit order with messages.
+    async fn delete_room(&self, name: &str, requested_by: SessionId) -> Result<RoomId, StoreError>;
+
+    // ---- Messages. ----
+
+    /// Stores a message in the room `room` (by id: a send for a deleted
+    /// room must not land in a new room of the same name). Returns once
+    /// committed; `NoSuchRoom` when the room is gone.
+    async fn append(&self, room: RoomId, user: &str, text: &str) -> Result<Appended, StoreError>;
+    /// Up to `limit` messages of the room named `name` with `seq < before`
+    /// (the newest when `before` is `None`), ascending. `NoSuchRoom` for an
+    /// unknown room.
+    async fn history(
+        &self,
+        name: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError>;
+    /// Messages of room `room` (named `name`) with `after < seq <= upto`,
+    /// ascending, at most `limit`. A deleted room has none.
+    async fn range(
+        &self,
+        room: RoomId,
+        name: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
+
+    // ---- Copying a whole store (`migrate-db`). ----
+
+    /// True when there are no users and no rooms.
+    async fn is_empty(&self) -> Result<bool, StoreError>;
+    /// Adds a user exactly as given (hash, admin flag and creation time).
+    async fn import_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// Adds a room with its counters as given; returns its new id.
+    async fn import_room(&self, room: &RoomRecord) -> Result<RoomId, StoreError>;
+    /// Adds messages (seq and ts kept) to an imported room, in one
+    /// transaction. They never reach the commit feed.
+    async fn import_messages(
+        &self,
+        room: RoomId,
+        messages: &[MessageRecord],
+    ) -> Result<(), StoreError>;
+
+    /// Finishes every queued write, then stops. Later calls get `Closed`.
+    async fn close(&self);
+}
+
+/// Where the data lives, from `--db` / `CHAT_DB`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads a `--db` value: a URL of a supported scheme, or a file path.
+    /// A string that looks like a URL of another scheme is refused rather
+    /// than taken for a file name.
+    pub fn parse(value: &str) -> Result<Database, StoreError> {
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            return Ok(Database::Postgres(value.to_owned()));
+        }
+        if let Some((scheme, _)) = value.split_once("://") {
+            if !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            {
+                return Err(StoreError::Open(format!(
+                    "unsupported database URL scheme {scheme:?}: use a file path or postgres://"
+                )));
+            }
+        }
+        Ok(Database::Sqlite(PathBuf::from(value)))
+    }
+}
+
+impl fmt::Display for Database {
+    /// The path, or the URL without its password: safe for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
+}
+
+/// Opens the store (creating and upgrading its schema as needed) and hands
+/// out its commit feed.
+pub async fn open(db: &Database) -> Result<(Arc<dyn Store>, CommitFeed), StoreError> {
+    let (feed_tx, feed) = mpsc::channel(COMMIT_QUEUE);
+    let store: Arc<dyn Store> = match db {
+        Database::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path, feed_tx)?),
+        Database::Postgres(url) => Arc::new(postgres::PostgresStore::open(url, feed_tx).await?),
+    };
+    Ok((store, feed))
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The history page rule shared by both backends: given the room's newest
+/// `seq`, which range `first..=last` holds the page before `before`.
+/// `None` when the page is empty (then `has_more` is `last > 0`).
+pub fn page_range(last_seq: u64, before: Option<u64>, limit: usize) -> (u64, Option<u64>) {
+    let mut last = last_seq;
+    if let Some(before) = before {
+        last = last.min(before.saturating_sub(1));
+    }
+    if last == 0 || limit == 0 {
+        return (last, None);
+    }
+    // seq has no holes, so the page is a plain range.
+    (last, Some(last.saturating_sub(limit as u64 - 1).max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_db_values() {
+        assert_eq!(
+            Database::parse("/var/lib/chat.db").unwrap(),
+            Database::Sqlite("/var/lib/chat.db".into())
+        );
+        assert_eq!(
+            Database::parse("chat.db").unwrap(),
+            Database::Sqlite("chat.db".into())
+        );
+        assert!(matches!(
+            Database::parse("postgres://u@h/db").unwrap(),
+            Database::Postgres(_)
+        ));
+        assert!(matches!(
+            Database::parse("postgresql://u@h/db").unwrap(),
+            Database::Postgres(_)
+        ));
+        assert!(Database::parse("mysql://u@h/db").is_err());
+    }
+
+    #[test]
+    fn pages_are_ranges() {
+        assert_eq!(page_range(0, None, 50), (0, None));
+        assert_eq!(page_range(120, None, 50), (120, Some(71)));
+        assert_eq!(page_range(120, Some(71), 50), (70, Some(21)));
+        assert_eq!(page_range(120, Some(21), 50), (20, Some(1)));
+        assert_eq!(page_range(120, Some(1), 50), (0, None));
+    }
+}

@@ -1,0 +1,731 @@
+//! The SQLite backend: users, rooms and history in one file, zero setup.
+//!
+//! Every write that a client waits for goes through one writer thread that
+//! batches whatever is queued into a single transaction (group commit):
+//! under load, hundreds of sends share one fsync. A send is answered only
+//! after its transaction committed. Right after each commit the writer puts
+//! the stored messages (and deletions), in commit order, on the commit feed.
+//!
+//! Reads (history pages, backlogs, logins) run on a small pool of read-only
+//! connections on tokio's blocking threads; WAL mode lets them proceed while
+//! the writer commits. Rare writes (account changes from the admin
+//! commands, `migrate-db` imports) take a connection of their own: SQLite's
+//! lock orders them with the writer.
+//!
+//! `seq` is allocated inside the storing transaction from `rooms.last_seq`,
+//! and write transactions start with `BEGIN IMMEDIATE`, so several server
+//! processes sharing the file (the one-host cluster) still number a room
+//! 1, 2, 3, … with no holes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_proto::MessageRecord;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite_migration::{Migrations, M};
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+
+use super::{
+    now_ms, page_range, Appended, Commit, HistoryPage, RoomHead, RoomId, RoomRecord, SessionId,
+    Store, StoreError, Stored, UserRecord,
+};
+
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 1024;
+/// How long a write waits for another process holding the database lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read connections kept open for reuse.
+const READ_POOL: usize = 8;
+
+/// A database error, logged here and reported in the chat's words.
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    tracing::error!(error = %err, "sqlite error");
+    StoreError::Unavailable(err.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> StoreError {
+        unavailable(err)
+    }
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE users (
+             id INTEGER PRIMARY KEY,
+             name TEXT NOT NULL UNIQUE,
+             password_hash TEXT NOT NULL,
+             admin INTEGER NOT NULL DEFAULT 0,
+             created_at INTEGER NOT NULL
+         );
+         CREATE TABLE rooms (
+             id INTEGER PRIMARY KEY,
+             name TEXT NOT NULL UNIQUE,
+             last_seq INTEGER NOT NULL DEFAULT 0,
+             last_activity INTEGER NOT NULL
+         );
+         -- Clustered on (room_id, seq): a history page is one range scan,
+         -- whatever the size of the table.
+         CREATE TABLE messages (
+             room_id INTEGER NOT NULL,
+             seq INTEGER NOT NULL,
+             user TEXT NOT NULL,
+             text TEXT NOT NULL,
+             ts INTEGER NOT NULL,
+             PRIMARY KEY (room_id, seq)
+         ) WITHOUT ROWID;",
+        ),
+        // Room ids must never be reused: a deleted room's id could otherwise
+        // come back for a new room of the same name, and delivery would
+        // mistake one for the other.
+        M::up(
+            "CREATE TABLE rooms_v2 (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT NOT NULL UNIQUE,
+                 last_seq INTEGER NOT NULL DEFAULT 0,
+                 last_activity INTEGER NOT NULL
+             );
+             INSERT INTO rooms_v2 (id, name, last_seq, last_activity)
+                 SELECT id, name, last_seq, last_activity FROM rooms;
+             DROP TABLE rooms;
+             ALTER TABLE rooms_v2 RENAME TO rooms;",
+        ),
+    ])
+}
+
+/// Opens (creating if needed) the database at `path`, upgrades its schema and
+/// sets the connection up for writing.
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let cannot = |what: &dyn std::fmt::Display| {
+        StoreError::Open(format!("cannot open database {}: {what}", path.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Open(format!("cannot use database folder {}: {e}", dir.display()))
+        })?;
+    }
+    let existed = path.exists();
+    let mut conn = Connection::open(path).map_err(|e| cannot(&e))?;
+    if !existed {
+        restrict_permissions(path);
+    }
+    let setup = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // In WAL mode NORMAL still survives a crash of the process (kill -9):
+        // only a power loss can undo the newest commits.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+    };
+    setup(&mut conn).map_err(|e| cannot(&e))?;
+    migrations()
+        .to_latest(&mut conn)
+        .map_err(|e| cannot(&format!("schema upgrade failed: {e}")))?;
+    Ok(conn)
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // The file holds password hashes: owner only.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_path: &Path) {}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+fn user_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        name: row.get(0)?,
+        password_hash: row.get(1)?,
+        admin: row.get(2)?,
+        created: row.get(3)?,
+    })
+}
+
+fn find_user(conn: &Connection, name: &str) -> Result<Option<UserRecord>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT name, password_hash, admin, created_at FROM users WHERE name = ?1")?
+        .query_row([name], user_from_row)
+        .optional()?)
+}
+
+/// Adds a user; `UserExists` when the name is taken.
+fn insert_user(conn: &Connection, user: &UserRecord) -> Result<(), StoreError> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO users (name, password_hash, admin, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name) DO NOTHING",
+        )?
+        .execute(params![
+            user.name,
+            user.password_hash,
+            user.admin,
+            user.created
+        ])?;
+    if inserted == 0 {
+        return Err(StoreError::UserExists);
+    }
+    Ok(())
+}
+
+fn room_head(conn: &Connection, name: &str) -> Result<Option<RoomHead>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT id, last_seq FROM rooms WHERE name = ?1")?
+        .query_row([name], |row| {
+            Ok(RoomHead {
+                id: RoomId(row.get(0)?),
+                last_seq: row.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+fn read_range(
+    conn: &Connection,
+    name: &str,
+    room: RoomId,
+    first: u64,
+    last: u64,
+) -> Result<Vec<MessageRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, user, text, ts FROM messages
+         WHERE room_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![room.0, first, last], |row| {
+        Ok(MessageRecord {
+            room: name.to_owned(),
+            seq: row.get(0)?,
+            user: row.get(1)?,
+            text: row.get(2)?,
+            ts: row.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---- The writer thread. ----
+
+/// A write a client waits for, folded with others into one transaction.
+enum WriteJob {
+    Append {
+        room: RoomId,
+        user: String,
+        text: String,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    OpenRoom {
+        name: String,
+        reply: oneshot::Sender<Result<RoomHead, StoreError>>,
+    },
+    DeleteRoom {
+        name: String,
+        requested_by: SessionId,
+        reply: oneshot::Sender<Result<RoomId, StoreError>>,
+    },
+    CreateUser {
+        user: UserRecord,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// What a job produced inside the transaction, answered after commit.
+enum Outcome {
+    Appended(Appended),
+    Opened(RoomHead),
+    Deleted(RoomId),
+    Done,
+    Refused(StoreError),
+}
+
+/// Adds a stored message to the batch's announcements, after whatever came
+/// before it in the same transaction.
+fn announce_message(commits: &mut Vec<Commit>, stored: Stored) {
+    match commits.last_mut() {
+        Some(Commit::Messages(messages)) => messages.push(stored),
+        _ => commits.push(Commit::Messages(vec![stored])),
+    }
+}
+
+/// Runs one job inside the batch's transaction. What it stored or deleted is
+/// added to `commits`, announced only if the transaction commits.
+fn run_job(
+    tx: &rusqlite::Transaction<'_>,
+    job: &WriteJob,
+    commits: &mut Vec<Commit>,
+) -> Result<Outcome, StoreError> {
+    match job {
+        WriteJob::Append {
+            room, user, text, ..
+        } => {
+            let ts = now_ms();
+            let allocated: Option<(String, u64)> = tx
+                .prepare_cached(
+                    "UPDATE rooms SET last_seq = last_seq + 1, last_activity = ?2
+                     WHERE id = ?1 RETURNING name, last_seq",
+                )?
+                .query_row(params![room.0, ts], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let Some((name, seq)) = allocated else {
+                return Ok(Outcome::Refused(StoreError::NoSuchRoom));
+            };
+            tx.prepare_cached(
+                "INSERT INTO messages (room_id, seq, user, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![room.0, seq, user, text, ts])?;
+            announce_message(
+                commits,
+                Stored {
+                    room_id: *room,
+                    message: MessageRecord {
+                        room: name,
+                        seq,
+                        user: user.clone(),
+                        text: text.clone(),
+                        ts,
+                    },
+                },
+            );
+            Ok(Outcome::Appended(Appended { seq, ts }))
+        }
+        WriteJob::OpenRoom { name, .. } => {
+            tx.prepare_cached(
+                "INSERT INTO rooms (name, last_seq, last_activity) VALUES (?1, 0, ?2)
+                 ON CONFLICT(name) DO NOTHING",
+            )?
+            .execute(params![name, now_ms()])?;
+            match room_head(tx, name)? {
+                Some(head) => Ok(Outcome::Opened(head)),
+                None => Ok(Outcome::Refused(StoreError::NoSuchRoom)),
+            }
+        }
+        WriteJob::DeleteRoom {
+            name, requested_by, ..
+        } => {
+            let Some(head) = room_head(tx, name)? else {
+                return Ok(Outcome::Refused(StoreError::NoSuchRoom));
+            };
+            tx.execute("DELETE FROM messages WHERE room_id = ?1", [head.id.0])?;
+            tx.execute("DELETE FROM rooms WHERE id = ?1", [head.id.0])?;
+            commits.push(Commit::RoomDeleted {
+                name: name.clone(),
+                id: head.id,
+                requested_by: *requested_by,
+            });
+            Ok(Outcome::Deleted(head.id))
+        }
+        WriteJob::CreateUser { user, .. } => match insert_user(tx, user) {
+            Err(StoreError::UserExists) => Ok(Outcome::Refused(StoreError::UserExists)),
+            other => other.map(|()| Outcome::Done),
+        },
+    }
+}
+
+fn answer(job: WriteJob, outcome: Result<Outcome, StoreError>) {
+    // A dropped receiver means the session went away; nothing to tell.
+    let refused = |outcome| match outcome {
+        Ok(Outcome::Refused(e)) | Err(e) => e,
+        Ok(_) => StoreError::Closed,
+    };
+    match job {
+        WriteJob::Append { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Appended(appended)) => Ok(appended),
+                other => Err(refused(other)),
+            });
+        }
+        WriteJob::OpenRoom { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Opened(head)) => Ok(head),
+                other => Err(refused(other)),
+            });
+        }
+        WriteJob::DeleteRoom { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Deleted(id)) => Ok(id),
+                other => Err(refused(other)),
+            });
+        }
+        WriteJob::CreateUser { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Done) => Ok(()),
+                other => Err(refused(other)),
+            });
+        }
+    }
+}
+
+/// What a committed batch answers, and what it announces.
+type BatchResult = (Vec<Result<Outcome, StoreError>>, Vec<Commit>);
+
+/// Runs one batch in one transaction.
+fn commit_batch(conn: &mut Connection, batch: &[WriteJob]) -> Result<BatchResult, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut commits = Vec::new();
+    for job in batch {
+        outcomes.push(Ok(run_job(&tx, job, &mut commits)?));
+    }
+    tx.commit()?;
+    Ok((outcomes, commits))
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<WriteJob>,
+    feed: async_mpsc::Sender<Commit>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match commit_batch(&mut conn, &batch) {
+            Ok((outcomes, commits)) => {
+                // Announced before the acks, in commit order (deletions in
+                // their place among messages). Blocking here (the writer is
+                // a plain thread) when delivery falls behind slows acks
+                // down: backpressure on senders instead of a queue that
+                // grows without bound. A dropped feed (admin commands) is
+                // fine.
+                for commit in commits {
+                    let _ = feed.blocking_send(commit);
+                }
+                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                    answer(job, outcome);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, jobs = batch.len(), "write transaction failed");
+                for job in batch.drain(..) {
+                    answer(job, Err(err.clone()));
+                }
+            }
+        }
+    }
+    tracing::debug!("store writer finished");
+}
+
+// ---- The backend. ----
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteStore {
+    /// Opens the database and starts the writer thread, which announces its
+    /// commits on `feed`.
+    pub fn open(path: &Path, feed: async_mpsc::Sender<Commit>) -> Result<SqliteStore, StoreError> {
+        let conn = open_writer(path)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx, feed))
+            .map_err(|e| StoreError::Open(format!("cannot start the store writer: {e}")))?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteJob,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let jobs = self.jobs.lock().map_err(|_| StoreError::Closed)?;
+            let jobs = jobs.as_ref().ok_or(StoreError::Closed)?;
+            jobs.send(make(reply)).map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().ok().and_then(|mut pool| pool.pop());
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_reader(&path)?,
+            };
+            let result = query(&conn);
+            if let Ok(mut pool) = readers.lock() {
+                if pool.len() < READ_POOL {
+                    pool.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// A rare write on a connection of its own, in one immediate
+    /// transaction.
+    async fn write_alone<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.jobs.lock().map_or(true, |jobs| jobs.is_none()) {
+            return Err(StoreError::Closed);
+        }
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = Connection::open(&path)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn find_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| find_user(conn, &name)).await
+    }
+
+    async fn create_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        admin: bool,
+    ) -> Result<(), StoreError> {
+        let user = UserRecord {
+            name: name.to_owned(),
+            password_hash: password_hash.to_owned(),
+            admin,
+            created: now_ms(),
+        };
+        self.write(|reply| WriteJob::CreateUser { user, reply })
+            .await
+    }
+
+    async fn set_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        let (name, hash) = (name.to_owned(), password_hash.to_owned());
+        self.write_alone(move |tx| {
+            let changed = tx.execute(
+                "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+                params![name, hash],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NoSuchUser);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write_alone(move |tx| {
+            if tx.execute("DELETE FROM users WHERE name = ?1", [&name])? == 0 {
+                return Err(StoreError::NoSuchUser);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, password_hash, admin, created_at FROM users ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], user_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?))
+            .await
+    }
+
+    async fn open_room(&self, name: &str) -> Result<RoomHead, StoreError> {
+        if let Some(head) = self.room(name).await? {
+            return Ok(head);
+        }
+        let name = name.to_owned();
+        self.write(|reply| WriteJob::OpenRoom { name, reply }).await
+    }
+
+    async fn room(&self, name: &str) -> Result<Option<RoomHead>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| room_head(conn, &name)).await
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, last_seq, last_activity FROM rooms ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(RoomRecord {
+                    id: RoomId(row.get(0)?),
+                    name: row.get(1)?,
+                    last_seq: row.get(2)?,
+                    last_activity: row.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn delete_room(&self, name: &str, requested_by: SessionId) -> Result<RoomId, StoreError> {
+        let name = name.to_owned();
+        self.write(|reply| WriteJob::DeleteRoom {
+            name,
+            requested_by,
+            reply,
+        })
+        .await
+    }
+
+    async fn append(&self, room: RoomId, user: &str, text: &str) -> Result<Appended, StoreError> {
+        let (user, text) = (user.to_owned(), text.to_owned());
+        self.write(|reply| WriteJob::Append {
+            room,
+            user,
+            text,
+            reply,
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        name: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            let head = room_head(conn, &name)?.ok_or(StoreError::NoSuchRoom)?;
+            let (last, first) = page_range(head.last_seq, before, limit);
+            let Some(first) = first else {
+                return Ok(HistoryPage {
+                    messages: Vec::new(),
+                    has_more: last > 0,
+                });
+            };
+            let messages = read_range(conn, &name, head.id, first, last)?;
+            Ok(HistoryPage {
+                has_more: messages.first().is_some_and(|m| m.seq > 1),
+                messages,
+            })
+        })
+        .await
+    }
+
+    async fn range(
+        &self,
+        room: RoomId,
+        name: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            let last = upto.min(after.saturating_add(limit as u64));
+            if last <= after {
+                return Ok(Vec::new());
+            }
+            read_range(conn, &name, room, after + 1, last)
+        })
+        .await
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM rooms)",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn import_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.write_alone(move |tx| insert_user(tx, &user)).await
+    }
+
+    async fn import_room(&self, room: &RoomRecord) -> Result<RoomId, StoreError> {
+        let room = room.clone();
+        self.write_alone(move |tx| {
+            let id = tx.query_row(
+                "INSERT INTO rooms (name, last_seq, last_activity) VALUES (?1, ?2, ?3)
+                 RETURNING id",
+                params![room.name, room.last_seq, room.last_activity],
+                |row| row.get(0),
+            )?;
+            Ok(RoomId(id))
+        })
+        .await
+    }
+
+    async fn import_messages(
+        &self,
+        room: RoomId,
+        messages: &[MessageRecord],
+    ) -> Result<(), StoreError> {
+        let messages = messages.to_vec();
+        self.write_alone(move |tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (room_id, seq, user, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for m in &messages {
+                insert.execute(params![room.0, m.seq, m.user, m.text, m.ts])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
