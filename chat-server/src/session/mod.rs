@@ -160,42 +160,70 @@ struct Session {
 
 impl Session {
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let login_deadline =
-            tokio::time::sleep(Duration::from_secs(chat_proto::limits::LOGIN_TIMEOUT_SECS));
-        tokio::pin!(login_deadline);
-        let mut keepalive = tokio::time::interval(PING_EVERY);
-        keepalive.reset();
         // Created once, not per turn of the loop: every session waits on the
         // same watch, and registering with it on each wake-up cost a lock
         // shared by all of them on the fan-out path.
         let shutdown = shutdown.changed();
         tokio::pin!(shutdown);
-        let ending = loop {
+        let ending = match self.log_in(shutdown.as_mut()).await {
+            Ok(()) => self.serve_requests(shutdown).await,
+            Err(ending) => ending,
+        };
+        self.finish(ending).await;
+    }
+
+    /// The first phase: only `login` and `register` are served, until one
+    /// succeeds, within the login deadline. Nothing is queued for a session
+    /// that is not logged in, so only the socket is watched.
+    async fn log_in(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
+    ) -> Result<(), Ending> {
+        let deadline =
+            tokio::time::sleep(Duration::from_secs(chat_proto::limits::LOGIN_TIMEOUT_SECS));
+        tokio::pin!(deadline);
+        while self.account.is_none() {
+            tokio::select! {
+                _ = &mut shutdown => return Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
+                incoming = self.socket.next() => self.on_incoming(incoming).await?,
+                _ = &mut deadline => return Err(Ending::Close(close::POLICY, "login timeout")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The main phase, logged in: requests, deliveries to the outbox, acks
+    /// of pipelined sends, keep-alive and shutdown.
+    async fn serve_requests(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
+    ) -> Ending {
+        let mut keepalive = tokio::time::interval(PING_EVERY);
+        keepalive.reset();
+        loop {
             // A full outbox sets this flag, and a full outbox also makes the
             // next turn's `inbox.recv()` ready, so a flag read here closes the
             // session as promptly as awaiting `kicked` would, without
             // registering a waiter on every wake-up. (A write stalled on a
             // client that stopped reading watches `kicked` itself.)
             if self.overflowed() {
-                break Ending::Close(
+                return Ending::Close(
                     close::TRY_AGAIN_LATER,
                     "too far behind: reconnect and join with since",
                 );
             }
             let reading = self.pending_acks.len() < MAX_PENDING_SENDS;
             let step = tokio::select! {
-                _ = &mut shutdown => break self.shutting_down().await,
+                _ = &mut shutdown => return self.shutting_down().await,
                 Some(item) = self.inbox.recv() => self.write_outbox(Some(item), None).await,
                 Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => self.write_outbox(None, Some(ack)).await,
                 incoming = self.socket.next(), if reading => self.on_incoming(incoming).await,
-                _ = &mut login_deadline, if self.account.is_none() => Err(Ending::Close(close::POLICY, "login timeout")),
                 _ = keepalive.tick() => self.keepalive().await,
             };
             if let Err(ending) = step {
-                break ending;
+                return ending;
             }
-        };
-        self.finish(ending).await;
+        }
     }
 
     fn overflowed(&self) -> bool {
