@@ -320,12 +320,7 @@ return absent",
     }
 
     fn announce_locally(&self, room: &str, user: &str, state: PresenceState) {
-        let event = ServerEvent::Presence {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            state,
-        };
-        self.rooms.broadcast(room, &frame(&event), Some(user));
+        self.rooms.announce_presence(room, user, state);
     }
 
     async fn announce(&self, room: &str, user: &str, state: PresenceState) {
@@ -718,11 +713,7 @@ impl Fanout for Cluster {
     }
 
     async fn typing(&self, room: &str, user: &str) {
-        let event = ServerEvent::Typing {
-            room: room.to_owned(),
-            user: user.to_owned(),
-        };
-        self.rooms.broadcast(room, &frame(&event), Some(user));
+        let event = self.rooms.announce_typing(room, user);
         self.publish_event(room, &event).await;
     }
 

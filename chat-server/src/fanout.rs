@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chat_proto::{PresenceState, ServerEvent};
+use chat_proto::PresenceState;
 
-use crate::rooms::{frame, Rooms};
+use crate::rooms::Rooms;
 use crate::store::Commit;
 
 /// Where room events go besides this node's members.
@@ -52,15 +52,6 @@ impl LocalFanout {
     pub fn new(rooms: Arc<Rooms>) -> LocalFanout {
         LocalFanout { rooms }
     }
-
-    fn announce(&self, room: &str, user: &str, state: PresenceState) {
-        let event = ServerEvent::Presence {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            state,
-        };
-        self.rooms.broadcast(room, &frame(&event), Some(user));
-    }
 }
 
 #[async_trait]
@@ -68,11 +59,13 @@ impl Fanout for LocalFanout {
     async fn watch_room(&self, _room: &str) {}
 
     async fn user_joined(&self, room: &str, user: &str) {
-        self.announce(room, user, PresenceState::Joined);
+        self.rooms
+            .announce_presence(room, user, PresenceState::Joined);
     }
 
     async fn user_left(&self, room: &str, user: &str) {
-        self.announce(room, user, PresenceState::Left);
+        self.rooms
+            .announce_presence(room, user, PresenceState::Left);
     }
 
     async fn members(&self, room: &str) -> Vec<String> {
@@ -88,11 +81,7 @@ impl Fanout for LocalFanout {
     }
 
     async fn typing(&self, room: &str, user: &str) {
-        let event = ServerEvent::Typing {
-            room: room.to_owned(),
-            user: user.to_owned(),
-        };
-        self.rooms.broadcast(room, &frame(&event), Some(user));
+        self.rooms.announce_typing(room, user);
     }
 
     fn publish(&self, _commit: &Commit) {}

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chat_proto::{encode, MessageRecord, ServerEvent};
+use chat_proto::{encode, MessageRecord, PresenceState, ServerEvent};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -290,6 +290,29 @@ impl Rooms {
         if let Some(state) = self.lock().get(room) {
             state.fan_out(frame, except_user);
         }
+    }
+
+    /// Tells the room's other members that `user` arrived or left; returns
+    /// the event (for other nodes).
+    pub fn announce_presence(&self, room: &str, user: &str, state: PresenceState) -> ServerEvent {
+        let event = ServerEvent::Presence {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            state,
+        };
+        self.broadcast(room, &frame(&event), Some(user));
+        event
+    }
+
+    /// Tells the room's other members that `user` is typing; returns the
+    /// event (for other nodes).
+    pub fn announce_typing(&self, room: &str, user: &str) -> ServerEvent {
+        let event = ServerEvent::Typing {
+            room: room.to_owned(),
+            user: user.to_owned(),
+        };
+        self.broadcast(room, &frame(&event), Some(user));
+        event
     }
 
     /// Forgets a room (deleted) and tells its members, but `except_session`.
