@@ -2,13 +2,18 @@
 //! cluster tests, a real `redis-server`) on free ports with temporary
 //! databases, and talks to them over real WebSockets.
 //!
+//! Every server test can run on either store [`Backend`]: a SQLite file in a
+//! temp dir, or a fresh database on a PostgreSQL the harness starts itself
+//! ([`TestPostgres`], in `postgres.rs`). [`backend_tests!`] runs one test
+//! body on both.
+//!
 //! Every wait is bounded by [`TIMEOUT`]; nothing sleeps where an event can
 //! be awaited. Child processes are killed by pid when their handle drops.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +23,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+mod postgres;
+
+pub use postgres::{psql, TestPostgres};
 
 /// Longest any single wait in a test may take.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -65,21 +74,108 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-/// Temporary folder shared by the nodes of a cluster test.
+/// Which store a server under test keeps its data in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the test's temp dir.
+    Sqlite,
+    /// A database of the test's own on the shared [`TestPostgres`].
+    Postgres,
+}
+
+/// The temp dir and the database of one test: servers started on the same
+/// scratch (the nodes of a cluster, a restarted server) share the database.
 pub struct Scratch {
     dir: tempfile::TempDir,
+    backend: Backend,
+    /// The `--db` argument: a file in `dir`, or a PostgreSQL URL.
+    db: String,
 }
 
 impl Scratch {
-    pub fn new() -> Arc<Scratch> {
+    /// A fresh database on `backend`: a SQLite file in a new temp dir, or a
+    /// new database on the PostgreSQL shared by this test process.
+    pub fn new(backend: Backend) -> Arc<Scratch> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = match backend {
+            Backend::Sqlite => dir
+                .path()
+                .join("chat.db")
+                .into_os_string()
+                .into_string()
+                .expect("the temp dir path is UTF-8"),
+            Backend::Postgres => {
+                let postgres = TestPostgres::shared();
+                postgres.url(&postgres.create_database())
+            }
+        };
+        Arc::new(Scratch { dir, backend, db })
+    }
+
+    /// A fresh database on a PostgreSQL the test owns (and may stop and
+    /// restart under the servers).
+    pub fn on(postgres: &TestPostgres) -> Arc<Scratch> {
         Arc::new(Scratch {
             dir: tempfile::tempdir().expect("temp dir"),
+            backend: Backend::Postgres,
+            db: postgres.url(&postgres.create_database()),
         })
     }
 
+    /// The temp dir; servers on this scratch run in it.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The `--db` argument: a SQLite file path or a PostgreSQL URL.
+    pub fn db(&self) -> &str {
+        &self.db
+    }
+}
+
+/// Runs each listed test on both store backends. Each name is an
+/// `async fn NAME(backend: Backend)` of the calling file; the macro makes the
+/// tests `sqlite::NAME` and `postgres::NAME` of it, so that
+/// `cargo test -p chat-e2e postgres::` picks one backend. The bodies stay
+/// plain functions, formatted and checked like any other code.
+///
+/// ```ignore
+/// backend_tests! { history_pages_backwards, admin_commands }
+///
+/// async fn history_pages_backwards(backend: Backend) {
+///     let server = TestServer::with_users(backend, Options::unlimited());
+///     // …
+/// }
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        /// The tests on a SQLite file.
+        mod sqlite {
+            $(
+                $(#[$attr])*
+                #[::tokio::test]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await
+                }
+            )*
+        }
+
+        /// The tests on a PostgreSQL database.
+        mod postgres {
+            $(
+                $(#[$attr])*
+                #[::tokio::test]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await
+                }
+            )*
+        }
+    };
 }
 
 /// How to start a server.
@@ -106,36 +202,33 @@ pub struct TestServer {
     child: Option<Child>,
     port: u16,
     scratch: Arc<Scratch>,
-    db: PathBuf,
     options: Options,
     /// Lines the server printed to stderr (its log), for failure messages.
     log: Arc<std::sync::Mutex<String>>,
 }
 
 impl TestServer {
-    /// A standalone server with a fresh database.
-    pub fn start() -> TestServer {
-        Self::start_with(Scratch::new(), Options::default())
+    /// A standalone server with a fresh database on `backend`.
+    pub fn start(backend: Backend) -> TestServer {
+        Self::start_with(Scratch::new(backend), Options::default())
     }
 
-    /// A server with a fresh database and the users alice, bob and root
-    /// (admin), all with [`PASSWORD`].
-    pub fn with_users(options: Options) -> TestServer {
-        let server = Self::start_with(Scratch::new(), options);
+    /// A server with a fresh database on `backend` and the users alice, bob
+    /// and root (admin), all with [`PASSWORD`].
+    pub fn with_users(backend: Backend, options: Options) -> TestServer {
+        let server = Self::start_with(Scratch::new(backend), options);
         server.add_user("alice", PASSWORD, false);
         server.add_user("bob", PASSWORD, false);
         server.add_user("root", PASSWORD, true);
         server
     }
 
-    /// A server on the database in `scratch` (shared by cluster nodes).
+    /// A server on the database of `scratch` (shared by cluster nodes).
     pub fn start_with(scratch: Arc<Scratch>, options: Options) -> TestServer {
-        let db = scratch.path().join("chat.db");
         let mut server = TestServer {
             child: None,
             port: 0,
             scratch,
-            db,
             options,
             log: Default::default(),
         };
@@ -150,7 +243,8 @@ impl TestServer {
             .arg("--listen")
             .arg(&listen)
             .arg("--db")
-            .arg(&self.db)
+            .arg(self.scratch.db())
+            .current_dir(self.scratch.path())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -195,6 +289,7 @@ impl TestServer {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         self.port = port;
         self.child = Some(child);
+        assert_url_not_taken_for_a_path(self.scratch.path(), self.scratch.db());
     }
 
     /// `ws://127.0.0.1:PORT/ws`.
@@ -206,8 +301,9 @@ impl TestServer {
         self.port
     }
 
-    pub fn db(&self) -> &Path {
-        &self.db
+    /// The `--db` argument: a SQLite file path or a PostgreSQL URL.
+    pub fn db(&self) -> &str {
+        self.scratch.db()
     }
 
     pub fn pid(&self) -> u32 {
@@ -221,7 +317,7 @@ impl TestServer {
 
     /// Creates a user with the `useradd` subcommand (password on stdin).
     pub fn add_user(&self, name: &str, password: &str, admin: bool) {
-        let out = run_admin(&self.db, &["useradd", name], admin, Some(password));
+        let out = run_admin(self.db(), &["useradd", name], admin, Some(password));
         assert!(
             out.status.success(),
             "useradd {name} failed: {}",
@@ -295,13 +391,18 @@ pub struct AdminOutput {
     pub stderr: String,
 }
 
-/// Runs `chat-server ARGS --db DB`, feeding `stdin` as one line.
-pub fn run_admin(db: &Path, args: &[&str], admin: bool, stdin: Option<&str>) -> AdminOutput {
+/// Runs `chat-server ARGS --db DB`, feeding `stdin` as one line. `db` is a
+/// SQLite file path or a PostgreSQL URL ([`Scratch::db`]).
+pub fn run_admin(db: &str, args: &[&str], admin: bool, stdin: Option<&str>) -> AdminOutput {
+    // A relative path, or a URL that a server without PostgreSQL support
+    // takes for one, lands in a folder removed afterwards, never the tree.
+    let cwd = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new(server_binary());
     command
         .args(args)
         .arg("--db")
         .arg(db)
+        .current_dir(cwd.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -314,19 +415,78 @@ pub fn run_admin(db: &Path, args: &[&str], admin: bool, stdin: Option<&str>) -> 
             let _ = writeln!(input, "{line}");
         }
     }
-    let status = wait_exit(&mut child);
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = out.read_to_string(&mut stdout);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut stderr);
-    }
+    let out = finish_within(child, TIMEOUT, "chat-server");
+    assert_url_not_taken_for_a_path(cwd.path(), db);
     AdminOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A server without PostgreSQL support takes `postgres://…` for a relative
+/// SQLite path, creates `postgres:/…` in its working folder and passes every
+/// test on SQLite. That must fail the test instead.
+fn assert_url_not_taken_for_a_path(cwd: &Path, db: &str) {
+    if !db.contains("://") {
+        return;
+    }
+    if let Some(first) = Path::new(db).components().next() {
+        assert!(
+            !cwd.join(first).exists(),
+            "chat-server took --db {db} for a file path (it created {}): \
+             no PostgreSQL support in this build",
+            cwd.join(first).display()
+        );
+    }
+}
+
+/// Runs `command` to its end within `limit`, stdout and stderr captured and
+/// stdin empty; `Err` when it cannot start. See [`finish_within`].
+pub(crate) fn output_within(
+    command: &mut Command,
+    limit: Duration,
+    what: &str,
+) -> std::io::Result<Output> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    Ok(finish_within(child, limit, what))
+}
+
+/// Waits for `child` (stdout and stderr piped) within `limit`, reading both
+/// pipes meanwhile so that it never blocks on a full one; past the limit it
+/// is killed and the test fails.
+pub(crate) fn finish_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within {limit:?}");
+            }
+        }
+    };
+    Output {
         status,
-        stdout,
-        stderr,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     }
 }
 

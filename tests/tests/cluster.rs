@@ -1,20 +1,32 @@
 //! End-to-end tests of cluster mode: several real `chat-server` processes
-//! sharing one SQLite file and a real `redis-server` that the test starts on
-//! a free port.
+//! sharing one database (a SQLite file, or a PostgreSQL database) and a real
+//! `redis-server` that the test starts on a free port.
 
 use std::time::Duration;
 
 use chat_e2e::*;
 use serde_json::{json, Value};
 
+// Each runs as `sqlite::NAME` and `postgres::NAME`.
+backend_tests! {
+    every_client_on_every_node_sees_every_message_once_in_order,
+    members_presence_typing_and_deletion_cross_nodes,
+    redis_outage_loses_nothing_and_duplicates_nothing,
+    a_killed_node_has_its_users_leave_within_30_seconds,
+    bad_or_unreachable_redis_stops_start_up_with_one_line,
+    a_room_emptied_on_a_node_then_joined_again_resumes_from_the_store,
+    a_deletion_during_a_redis_outage_still_reaches_other_nodes,
+}
+
 struct Cluster {
     redis: TestRedis,
     nodes: Vec<TestServer>,
 }
 
-fn cluster(size: usize) -> Cluster {
+/// `size` nodes on one database of `backend`, joined by one redis-server.
+fn cluster(backend: Backend, size: usize) -> Cluster {
     let redis = TestRedis::start();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new(backend);
     let options = Options {
         redis: Some(redis.url()),
         ..Options::unlimited()
@@ -33,9 +45,8 @@ fn is_presence(user: &'static str, state: &'static str) -> impl Fn(&Value) -> bo
     move |e| e["type"] == "presence" && e["user"] == user && e["state"] == state
 }
 
-#[tokio::test]
-async fn every_client_on_every_node_sees_every_message_once_in_order() {
-    let cluster = cluster(3);
+async fn every_client_on_every_node_sees_every_message_once_in_order(backend: Backend) {
+    let cluster = cluster(backend, 3);
     let mut watchers = Vec::new();
     for node in &cluster.nodes {
         let mut watcher = Client::login(&node.url(), "root", PASSWORD).await;
@@ -83,9 +94,8 @@ async fn every_client_on_every_node_sees_every_message_once_in_order() {
     }
 }
 
-#[tokio::test]
-async fn members_presence_typing_and_deletion_cross_nodes() {
-    let cluster = cluster(3);
+async fn members_presence_typing_and_deletion_cross_nodes(backend: Backend) {
+    let cluster = cluster(backend, 3);
     let (one, two, three) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
     let mut alice = Client::login(&one.url(), "alice", PASSWORD).await;
     alice.join("lobby", None).await;
@@ -138,9 +148,8 @@ async fn members_presence_typing_and_deletion_cross_nodes() {
     );
 }
 
-#[tokio::test]
-async fn redis_outage_loses_nothing_and_duplicates_nothing() {
-    let mut cluster = cluster(2);
+async fn redis_outage_loses_nothing_and_duplicates_nothing(backend: Backend) {
+    let mut cluster = cluster(backend, 2);
     let mut sender = Client::login(&cluster.nodes[0].url(), "alice", PASSWORD).await;
     sender.join("steady", None).await;
     let mut local = Client::login(&cluster.nodes[0].url(), "carol", PASSWORD).await;
@@ -172,9 +181,8 @@ async fn redis_outage_loses_nothing_and_duplicates_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_killed_node_has_its_users_leave_within_30_seconds() {
-    let mut cluster = cluster(2);
+async fn a_killed_node_has_its_users_leave_within_30_seconds(backend: Backend) {
+    let mut cluster = cluster(backend, 2);
     let mut alice = Client::login(&cluster.nodes[0].url(), "alice", PASSWORD).await;
     alice.join("watch", None).await;
     let mut bob = Client::login(&cluster.nodes[1].url(), "bob", PASSWORD).await;
@@ -190,14 +198,12 @@ async fn a_killed_node_has_its_users_leave_within_30_seconds() {
     assert_eq!(joined["members"], json!(["alice"]));
 }
 
-#[test]
-fn bad_or_unreachable_redis_stops_start_up_with_one_line() {
-    let scratch = Scratch::new();
-    let db = scratch.path().join("chat.db");
+async fn bad_or_unreachable_redis_stops_start_up_with_one_line(backend: Backend) {
+    let scratch = Scratch::new(backend);
     let unreachable = format!("redis://127.0.0.1:{}/", free_port());
     for url in ["not a url", unreachable.as_str()] {
         let out = run_admin(
-            &db,
+            scratch.db(),
             &["serve", "--listen", "127.0.0.1:0", "--redis", url],
             false,
             None,
@@ -209,9 +215,8 @@ fn bad_or_unreachable_redis_stops_start_up_with_one_line() {
     }
 }
 
-#[tokio::test]
-async fn a_room_emptied_on_a_node_then_joined_again_resumes_from_the_store() {
-    let cluster = cluster(2);
+async fn a_room_emptied_on_a_node_then_joined_again_resumes_from_the_store(backend: Backend) {
+    let cluster = cluster(backend, 2);
     let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
     let mut alice = Client::login(&one.url(), "alice", PASSWORD).await;
     alice.join("quiet", None).await;
@@ -250,9 +255,8 @@ async fn a_room_emptied_on_a_node_then_joined_again_resumes_from_the_store() {
     assert_eq!(seqs(&carol.messages_until("quiet", 3).await), vec![1, 2, 3]);
 }
 
-#[tokio::test]
-async fn a_deletion_during_a_redis_outage_still_reaches_other_nodes() {
-    let mut cluster = cluster(2);
+async fn a_deletion_during_a_redis_outage_still_reaches_other_nodes(backend: Backend) {
+    let mut cluster = cluster(backend, 2);
     let mut carol = Client::login(&cluster.nodes[1].url(), "carol", PASSWORD).await;
     carol.join("gone", None).await;
     let mut root = Client::login(&cluster.nodes[0].url(), "root", PASSWORD).await;

@@ -1,14 +1,36 @@
 //! End-to-end tests of one `chat-server` process: every request, answer and
-//! error code of the protocol, over real WebSockets against the real binary
-//! and a real SQLite file.
+//! error code of the protocol, over real WebSockets against the real binary,
+//! on each store backend: a real SQLite file and a real PostgreSQL database.
 
 use chat_e2e::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
-async fn login_welcome_and_failures() {
-    let server = TestServer::with_users(Options::default());
+// Each runs as `sqlite::NAME` and `postgres::NAME`. Only what is about the
+// SQLite file itself is a plain test further down.
+backend_tests! {
+    login_welcome_and_failures,
+    registration_open_and_closed,
+    rooms_messages_presence_and_typing,
+    history_pages_backwards,
+    resume_with_since_has_no_gap_and_no_duplicate,
+    concurrent_senders_get_contiguous_seqs_seen_once_by_everyone,
+    acked_messages_survive_kill_9,
+    joining_again_on_one_connection_during_traffic_sends_each_message_once,
+    shutdown_answers_every_send_it_stored,
+    sigterm_closes_clients_with_1001_and_exits_0,
+    bad_input_gets_errors_and_the_connection_stays_usable,
+    sends_are_rate_limited,
+    admins_delete_rooms,
+    a_room_deleted_and_joined_again_at_once_is_a_new_room,
+    login_must_come_within_10_seconds,
+    only_ws_paths_upgrade_and_connections_are_capped,
+    a_member_that_stops_reading_is_closed_with_1013_and_the_room_goes_on,
+    admin_commands,
+}
+
+async fn login_welcome_and_failures(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::default());
     let url = server.url();
 
     let mut c = Client::connect(&url).await;
@@ -43,9 +65,8 @@ async fn login_welcome_and_failures() {
     assert_eq!(c.closed().await, Closed::Code(1008));
 }
 
-#[tokio::test]
-async fn registration_open_and_closed() {
-    let closed = TestServer::start();
+async fn registration_open_and_closed(backend: Backend) {
+    let closed = TestServer::start(backend);
     let mut c = Client::connect(&closed.url()).await;
     let answer = c
         .request(json!({"type":"register","user":"carol","password":"battery staple"}))
@@ -53,7 +74,7 @@ async fn registration_open_and_closed() {
     assert_eq!(answer["code"], "registration_closed");
 
     let open = TestServer::start_with(
-        Scratch::new(),
+        Scratch::new(backend),
         Options {
             open_registration: true,
             ..Options::default()
@@ -83,9 +104,8 @@ async fn registration_open_and_closed() {
     Client::login(&open.url(), "carol", "battery staple").await;
 }
 
-#[tokio::test]
-async fn rooms_messages_presence_and_typing() {
-    let server = TestServer::with_users(Options::default());
+async fn rooms_messages_presence_and_typing(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::default());
     let url = server.url();
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
     let mut bob = Client::login(&url, "bob", PASSWORD).await;
@@ -184,9 +204,8 @@ async fn rooms_messages_presence_and_typing() {
     assert_eq!(presence["state"], "left");
 }
 
-#[tokio::test]
-async fn history_pages_backwards() {
-    let server = TestServer::with_users(Options::unlimited());
+async fn history_pages_backwards(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::unlimited());
     let url = server.url();
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
     alice.join("log", None).await;
@@ -246,9 +265,8 @@ async fn history_pages_backwards() {
     assert_eq!(answer["code"], "no_such_room");
 }
 
-#[tokio::test]
-async fn resume_with_since_has_no_gap_and_no_duplicate() {
-    let server = TestServer::with_users(Options::unlimited());
+async fn resume_with_since_has_no_gap_and_no_duplicate(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::unlimited());
     let url = server.url();
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
     alice.join("busy", None).await;
@@ -286,9 +304,8 @@ async fn resume_with_since_has_no_gap_and_no_duplicate() {
     assert_eq!(history["messages"], json!([]));
 }
 
-#[tokio::test]
-async fn concurrent_senders_get_contiguous_seqs_seen_once_by_everyone() {
-    let server = TestServer::with_users(Options::unlimited());
+async fn concurrent_senders_get_contiguous_seqs_seen_once_by_everyone(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::unlimited());
     let url = server.url();
     let mut watcher = Client::login(&url, "root", PASSWORD).await;
     watcher.join("race", None).await;
@@ -317,9 +334,8 @@ async fn concurrent_senders_get_contiguous_seqs_seen_once_by_everyone() {
     assert_eq!(seen, (1..=200).collect::<Vec<_>>(), "each once, in order");
 }
 
-#[tokio::test]
-async fn acked_messages_survive_kill_9() {
-    let mut server = TestServer::with_users(Options::unlimited());
+async fn acked_messages_survive_kill_9(backend: Backend) {
+    let mut server = TestServer::with_users(backend, Options::unlimited());
     let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
     alice.join("durable", None).await;
     // Pipelined sends: many share a commit.
@@ -351,9 +367,8 @@ async fn acked_messages_survive_kill_9() {
     );
 }
 
-#[tokio::test]
-async fn joining_again_on_one_connection_during_traffic_sends_each_message_once() {
-    let server = TestServer::with_users(Options::unlimited());
+async fn joining_again_on_one_connection_during_traffic_sends_each_message_once(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::unlimited());
     let url = server.url();
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
     alice.join("again", None).await;
@@ -390,9 +405,8 @@ async fn joining_again_on_one_connection_during_traffic_sends_each_message_once(
     assert_eq!(bob.recv().await, json!({"type":"pong","re":"after"}));
 }
 
-#[tokio::test]
-async fn shutdown_answers_every_send_it_stored() {
-    let mut server = TestServer::with_users(Options::unlimited());
+async fn shutdown_answers_every_send_it_stored(backend: Backend) {
+    let mut server = TestServer::with_users(backend, Options::unlimited());
     let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
     alice.join("last", None).await;
     for i in 1..=300 {
@@ -424,9 +438,8 @@ async fn shutdown_answers_every_send_it_stored() {
     );
 }
 
-#[tokio::test]
-async fn sigterm_closes_clients_with_1001_and_exits_0() {
-    let mut server = TestServer::with_users(Options::default());
+async fn sigterm_closes_clients_with_1001_and_exits_0(backend: Backend) {
+    let mut server = TestServer::with_users(backend, Options::default());
     let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
     alice.join("general", None).await;
     alice.say("general", "last words").await;
@@ -439,9 +452,8 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
     assert_eq!(history[0]["text"], "last words");
 }
 
-#[tokio::test]
-async fn bad_input_gets_errors_and_the_connection_stays_usable() {
-    let server = TestServer::with_users(Options::default());
+async fn bad_input_gets_errors_and_the_connection_stays_usable(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::default());
     let mut c = Client::login(&server.url(), "alice", PASSWORD).await;
     c.join("general", None).await;
 
@@ -533,9 +545,8 @@ async fn bad_input_gets_errors_and_the_connection_stays_usable() {
     assert_eq!(bob.request(json!({"type":"ping"})).await["type"], "pong");
 }
 
-#[tokio::test]
-async fn sends_are_rate_limited() {
-    let server = TestServer::with_users(Options::default());
+async fn sends_are_rate_limited(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::default());
     let mut c = Client::login(&server.url(), "alice", PASSWORD).await;
     c.join("flood", None).await;
     for i in 0..100 {
@@ -563,9 +574,8 @@ async fn sends_are_rate_limited() {
     assert_eq!(page["messages"].as_array().unwrap().len(), acks);
 }
 
-#[tokio::test]
-async fn admins_delete_rooms() {
-    let server = TestServer::with_users(Options::default());
+async fn admins_delete_rooms(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::default());
     let url = server.url();
     let mut root = Client::login(&url, "root", PASSWORD).await;
     let mut alice = Client::login(&url, "alice", PASSWORD).await;
@@ -608,9 +618,8 @@ async fn admins_delete_rooms() {
     );
 }
 
-#[tokio::test]
-async fn a_room_deleted_and_joined_again_at_once_is_a_new_room() {
-    let server = TestServer::with_users(Options::unlimited());
+async fn a_room_deleted_and_joined_again_at_once_is_a_new_room(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::unlimited());
     let url = server.url();
     for round in 0..5 {
         let room = format!("churn{round}");
@@ -666,19 +675,20 @@ async fn a_room_deleted_and_joined_again_at_once_is_a_new_room() {
     }
 }
 
-#[tokio::test]
-async fn login_must_come_within_10_seconds() {
-    let server = TestServer::start();
+async fn login_must_come_within_10_seconds(backend: Backend) {
+    let server = TestServer::start(backend);
     let mut c = Client::connect(&server.url()).await;
     assert_eq!(c.closed().await, Closed::Code(1008));
 }
 
-#[tokio::test]
-async fn only_ws_paths_upgrade_and_connections_are_capped() {
-    let server = TestServer::with_users(Options {
-        args: vec!["--max-connections".into(), "2".into()],
-        ..Options::default()
-    });
+async fn only_ws_paths_upgrade_and_connections_are_capped(backend: Backend) {
+    let server = TestServer::with_users(
+        backend,
+        Options {
+            args: vec!["--max-connections".into(), "2".into()],
+            ..Options::default()
+        },
+    );
     let root = format!("ws://127.0.0.1:{}/", server.port());
     let _first = Client::login(&root, "alice", PASSWORD).await;
     let other = format!("ws://127.0.0.1:{}/elsewhere", server.port());
@@ -712,9 +722,8 @@ async fn only_ws_paths_upgrade_and_connections_are_capped() {
     }
 }
 
-#[tokio::test]
-async fn a_member_that_stops_reading_is_closed_with_1013_and_the_room_goes_on() {
-    let server = TestServer::with_users(Options::unlimited());
+async fn a_member_that_stops_reading_is_closed_with_1013_and_the_room_goes_on(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::unlimited());
     let url = server.url();
     let mut sleeper = Client::login(&url, "bob", PASSWORD).await;
     sleeper.join("fast", None).await;
@@ -741,49 +750,65 @@ async fn a_member_that_stops_reading_is_closed_with_1013_and_the_room_goes_on() 
     assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
 }
 
-#[test]
-fn admin_commands() {
-    let scratch = Scratch::new();
-    let db = scratch.path().join("nested").join("chat.db");
-    let out = run_admin(&db, &["useradd", "dora"], true, Some("long enough"));
+async fn admin_commands(backend: Backend) {
+    let scratch = Scratch::new(backend);
+    let db = scratch.db();
+    let out = run_admin(db, &["useradd", "dora"], true, Some("long enough"));
     assert!(out.status.success(), "{}", out.stderr);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&db).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-    let out = run_admin(&db, &["useradd", "dora"], false, Some("long enough"));
+    let out = run_admin(db, &["useradd", "dora"], false, Some("long enough"));
     assert!(!out.status.success());
     assert!(out.stderr.contains("already exists"), "{}", out.stderr);
     assert_eq!(out.stderr.lines().count(), 1);
-    let out = run_admin(&db, &["useradd", "bad/name"], false, Some("long enough"));
+    let out = run_admin(db, &["useradd", "bad/name"], false, Some("long enough"));
     assert!(!out.status.success());
     assert!(out.stderr.contains("invalid user name"), "{}", out.stderr);
-    let out = run_admin(&db, &["useradd", "eve"], false, Some("short"));
+    let out = run_admin(db, &["useradd", "eve"], false, Some("short"));
     assert!(!out.status.success());
     assert!(out.stderr.contains("8 to 1024"), "{}", out.stderr);
-    let out = run_admin(&db, &["useradd", "eve"], false, Some("long enough too"));
+    let out = run_admin(db, &["useradd", "eve"], false, Some("long enough too"));
     assert!(out.status.success());
 
-    let out = run_admin(&db, &["users"], false, None);
+    let out = run_admin(db, &["users"], false, None);
     assert!(out.status.success());
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert!(lines[0].starts_with("NAME"));
     assert!(lines[1].starts_with("dora") && lines[1].contains("yes"));
     assert!(lines[2].starts_with("eve") && lines[2].contains("no"));
 
-    let out = run_admin(&db, &["passwd", "eve"], false, Some("a new password"));
+    let out = run_admin(db, &["passwd", "eve"], false, Some("a new password"));
     assert!(out.status.success(), "{}", out.stderr);
-    let out = run_admin(&db, &["userdel", "eve"], false, None);
+    let out = run_admin(db, &["userdel", "eve"], false, None);
     assert!(out.status.success());
-    let out = run_admin(&db, &["userdel", "eve"], false, None);
+    let out = run_admin(db, &["userdel", "eve"], false, None);
     assert!(!out.status.success());
     assert!(out.stderr.contains("no user eve"));
 
-    let out = run_admin(Path::new("/proc/nope/chat.db"), &["users"], false, None);
+    // A store that cannot be opened: one line, and no success.
+    let unreachable = match backend {
+        Backend::Sqlite => "/proc/nope/chat.db".to_owned(),
+        Backend::Postgres => format!("postgres://postgres@127.0.0.1:{}/chat", free_port()),
+    };
+    let out = run_admin(&unreachable, &["users"], false, None);
     assert!(!out.status.success());
     assert!(out.stderr.starts_with("chat-server: "), "{}", out.stderr);
 }
 
-use std::path::Path;
+/// SQLite only: the file itself, created with its folders and readable by
+/// its owner alone (it holds password hashes).
+#[test]
+fn admin_commands_create_the_sqlite_file_private() {
+    let scratch = Scratch::new(Backend::Sqlite);
+    let db = scratch.path().join("nested").join("chat.db");
+    let db = db.to_str().expect("the temp dir path is UTF-8");
+    let out = run_admin(db, &["useradd", "dora"], true, Some("long enough"));
+    assert!(out.status.success(), "{}", out.stderr);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(db)
+            .expect("useradd created the file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

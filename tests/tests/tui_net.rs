@@ -3,6 +3,7 @@
 //! its failures, join, send, receive, paging back through history, and the
 //! promises the app builds on across a server restart: every message once,
 //! in order, with no gap, and lines typed while offline delivered once.
+//! The client cannot tell the store backends apart: these run on SQLite.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -91,7 +92,7 @@ async fn poster(server: &TestServer, user: &str, room: &str) -> Client {
 
 #[tokio::test]
 async fn first_login_failures_are_clear() {
-    let server = TestServer::with_users(Options::default());
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
     let mut wrong = config(&server, "alice");
     wrong.password = "not the password".into();
     let err = NetClient::connect(wrong).await.err().expect("refused");
@@ -122,7 +123,7 @@ async fn first_login_failures_are_clear() {
 
 #[tokio::test]
 async fn join_send_receive_typing_presence() {
-    let server = TestServer::with_users(Options::default());
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
     let mut alice = connect(&server, "alice").await;
     assert_eq!(alice.session.user, "alice");
     assert!(!alice.session.admin);
@@ -212,7 +213,7 @@ async fn join_send_receive_typing_presence() {
 
 #[tokio::test]
 async fn history_pages_back_to_the_first_message() {
-    let server = TestServer::with_users(Options::unlimited());
+    let server = TestServer::with_users(Backend::Sqlite, Options::unlimited());
     let mut bob = poster(&server, "bob", "general").await;
     for i in 1..=120 {
         bob.say("general", &format!("m{i}")).await;
@@ -276,7 +277,7 @@ async fn history_pages_back_to_the_first_message() {
 
 #[tokio::test]
 async fn server_restart_resumes_with_no_gap_and_no_duplicate() {
-    let mut server = TestServer::with_users(Options::unlimited());
+    let mut server = TestServer::with_users(Backend::Sqlite, Options::unlimited());
     let mut config = config(&server, "alice");
     // Alice stays offline until told to reconnect, so that what bob posts
     // meanwhile can only reach her through the resume.
@@ -333,7 +334,7 @@ async fn server_restart_resumes_with_no_gap_and_no_duplicate() {
 
 #[tokio::test]
 async fn lines_typed_offline_are_delivered_once() {
-    let mut server = TestServer::with_users(Options::default());
+    let mut server = TestServer::with_users(Backend::Sqlite, Options::default());
     let mut alice = connect(&server, "alice").await;
     join(&mut alice, "general").await;
     alice.send(NetCommand::Send {
@@ -407,7 +408,7 @@ async fn lines_typed_offline_are_delivered_once() {
 
 #[tokio::test]
 async fn admin_deletes_a_room_members_are_told() {
-    let server = TestServer::with_users(Options::default());
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
     let mut alice = connect(&server, "alice").await;
     join(&mut alice, "doomed").await;
     let mut root = connect(&server, "root").await;
