@@ -11,7 +11,7 @@
 //! be awaited. Child processes are killed by pid when their handle drops.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener as StdListener;
+use std::net::{IpAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -24,8 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod netns;
 mod postgres;
 
+pub use netns::{TestHost, TestHosts};
 pub use postgres::{psql, TestPostgres};
 
 /// Longest any single wait in a test may take.
@@ -122,6 +124,16 @@ impl Scratch {
         })
     }
 
+    /// A temp dir for servers that use the database `db` (a `--db` value
+    /// built by the test, such as a URL reachable from other test hosts).
+    pub fn with_db(backend: Backend, db: String) -> Arc<Scratch> {
+        Arc::new(Scratch {
+            dir: tempfile::tempdir().expect("temp dir"),
+            backend,
+            db,
+        })
+    }
+
     /// The temp dir; servers on this scratch run in it.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -183,6 +195,9 @@ macro_rules! backend_tests {
 pub struct Options {
     pub open_registration: bool,
     pub redis: Option<String>,
+    /// Run it on another test host: inside this network namespace,
+    /// listening on this address of it.
+    pub host: Option<(String, IpAddr)>,
     /// Extra `serve` arguments.
     pub args: Vec<String>,
 }
@@ -232,12 +247,25 @@ impl TestServer {
             options,
             log: Default::default(),
         };
-        server.spawn("127.0.0.1:0".into());
+        let listen = match &server.options.host {
+            Some((_, addr)) => format!("{addr}:0"),
+            None => "127.0.0.1:0".into(),
+        };
+        server.spawn(listen);
         server
     }
 
     fn spawn(&mut self, listen: String) {
-        let mut command = Command::new(server_binary());
+        let mut command = match &self.options.host {
+            // `ip netns exec` execs the server in place: the child's pid
+            // is the server's, to signal and reap as usual.
+            Some((netns, _)) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(server_binary());
+                command
+            }
+            None => Command::new(server_binary()),
+        };
         command
             .arg("serve")
             .arg("--listen")
@@ -292,9 +320,12 @@ impl TestServer {
         assert_url_not_taken_for_a_path(self.scratch.path(), self.scratch.db());
     }
 
-    /// `ws://127.0.0.1:PORT/ws`.
+    /// `ws://127.0.0.1:PORT/ws`, or the address on its test host.
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
+        match &self.options.host {
+            Some((_, addr)) => format!("ws://{addr}:{}/ws", self.port),
+            None => format!("ws://127.0.0.1:{}/ws", self.port),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -494,21 +525,36 @@ pub(crate) fn finish_within(mut child: Child, limit: Duration, what: &str) -> Ou
 pub struct TestRedis {
     child: Option<Child>,
     port: u16,
+    /// Addresses it listens on besides 127.0.0.1.
+    also_listen: Vec<IpAddr>,
 }
 
 impl TestRedis {
     pub fn start() -> TestRedis {
+        Self::start_reachable(&[])
+    }
+
+    /// A redis-server that also listens on `also_listen`, for test hosts in
+    /// network namespaces.
+    pub fn start_reachable(also_listen: &[IpAddr]) -> TestRedis {
         let mut redis = TestRedis {
             child: None,
             port: free_port(),
+            also_listen: also_listen.to_vec(),
         };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
+        let mut bind = vec!["127.0.0.1".to_owned()];
+        bind.extend(self.also_listen.iter().map(IpAddr::to_string));
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
+            .arg("--bind")
+            .args(&bind)
+            // Explicit addresses and no password: protected mode would
+            // refuse the test hosts.
+            .args(["--protected-mode", "no", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -536,6 +582,11 @@ impl TestRedis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL for a client that reaches it at `addr`.
+    pub fn url_at(&self, addr: IpAddr) -> String {
+        format!("redis://{addr}:{}/", self.port)
     }
 
     /// Stops it (SIGKILL): everything it held is gone.

@@ -21,6 +21,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +53,9 @@ pub struct TestPostgres {
     child: Option<Child>,
     /// `uid` and `gid` of the `postgres` OS user when we are root.
     run_as: Option<(u32, u32)>,
+    /// Addresses it listens on besides 127.0.0.1 (for test hosts in network
+    /// namespaces).
+    also_listen: Vec<IpAddr>,
 }
 
 impl TestPostgres {
@@ -69,6 +73,13 @@ impl TestPostgres {
 
     /// A PostgreSQL of the caller's own: a new cluster on a free port.
     pub fn start() -> TestPostgres {
+        Self::start_reachable(&[], None)
+    }
+
+    /// A PostgreSQL of the caller's own that also listens on `also_listen`
+    /// and lets clients from the `clients` network (CIDR) in without a
+    /// password, for test hosts in network namespaces.
+    pub fn start_reachable(also_listen: &[IpAddr], clients: Option<&str>) -> TestPostgres {
         let run_as = server_user();
         let dir = tempfile::Builder::new()
             .prefix("chat-e2e-pg-")
@@ -83,8 +94,15 @@ impl TestPostgres {
             port: free_port(),
             child: None,
             run_as,
+            also_listen: also_listen.to_vec(),
         };
         postgres.initdb();
+        if let Some(clients) = clients {
+            let hba = postgres.data().join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            rules.push_str(&format!("host all all {clients} trust\n"));
+            std::fs::write(&hba, rules).expect("write pg_hba.conf");
+        }
         postgres.spawn();
         postgres
     }
@@ -108,6 +126,12 @@ impl TestPostgres {
     /// `chat-server --db` takes.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// `postgres://postgres@ADDR:PORT/DATABASE`: the URL for a client that
+    /// reaches it at `addr` (one of the addresses it also listens on).
+    pub fn url_at(&self, addr: IpAddr, database: &str) -> String {
+        format!("postgres://{SUPERUSER}@{addr}:{}/{database}", self.port)
     }
 
     /// Creates a database no other test uses; returns its name.
@@ -198,7 +222,14 @@ impl TestPostgres {
             .arg(self.port.to_string())
             .arg("-k")
             .arg(self.dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!(
+                "listen_addresses={}",
+                std::iter::once("127.0.0.1".to_owned())
+                    .chain(self.also_listen.iter().map(IpAddr::to_string))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ))
             .arg("-c")
             .arg(format!("max_connections={MAX_CONNECTIONS}"))
             // No fsync, for speed: the data is thrown away and the machine

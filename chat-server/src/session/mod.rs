@@ -43,6 +43,8 @@ const OUTBOX_FRAMES: usize = 4096;
 const WRITE_BATCH: usize = 256;
 /// A write that makes no progress for this long drops the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a close frame may take to get out.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// Time allowed for the WebSocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep-alive: a ping this often, and a drop after this much silence.
@@ -258,9 +260,12 @@ impl Session {
                 code: CloseCode::from(code),
                 reason: reason.into(),
             };
-            // Best effort: a peer that stopped reading must not hold us.
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), self.socket.close(Some(frame))).await;
+            // Best effort, bounded: a peer that stopped reading must not hold
+            // us for long. The bound is not shorter because the close frame
+            // of a client dropped with 1013 sits behind megabytes of socket
+            // buffers, and is only delivered once the client reads again:
+            // it deserves to learn why (and that it should resume).
+            let _ = tokio::time::timeout(CLOSE_GRACE, self.socket.close(Some(frame))).await;
         }
         if let Some(account) = &self.account {
             for room in std::mem::take(&mut self.joined) {
