@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::fanout::Fanout;
 use crate::rooms::{frame, Rooms};
 use crate::store::{Commit, RoomId, Store, Stored};
+use crate::untrusted::{untrusted, Untrusted};
 
 /// Bound on every Redis round trip: an outage must not stall a session.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -350,7 +351,7 @@ return absent",
         let envelope: Envelope = match serde_json::from_str(payload) {
             Ok(envelope) => envelope,
             Err(err) => {
-                tracing::warn!(error = %err, "ignoring a malformed cluster message");
+                tracing::warn!(error = %untrusted(&err), "ignoring a malformed cluster message");
                 return;
             }
         };
@@ -443,7 +444,7 @@ return absent",
                     }
                     Ok(_) => self.rooms.remove(&room, room_id, None),
                     Err(err) => {
-                        tracing::error!(room = %room, error = %err, "reading a room after reconnecting failed");
+                        tracing::error!(room = %Untrusted(&room), error = %err, "reading a room after reconnecting failed");
                     }
                 }
             }
@@ -581,7 +582,7 @@ return absent",
             if !matches!(lock, Some(Some(_))) {
                 continue; // another node is reaping it
             }
-            tracing::warn!(node = %node, "a cluster node stopped answering; its users are offline");
+            tracing::warn!(node = %Untrusted(&node), "a cluster node stopped answering; its users are offline");
             let rooms: Vec<String> = self
                 .call("reap", conn.smembers(node_rooms_key(&node)))
                 .await

@@ -24,6 +24,7 @@ use crate::store::{
     Appended, Commit, CommitFeed, HistoryPage, RoomId, SessionId, Store, StoreError, Stored,
     UserRecord,
 };
+use crate::untrusted::Untrusted;
 
 /// Why the hub did not do what was asked, for the session to put in words.
 #[derive(Debug, thiserror::Error)]
@@ -300,7 +301,7 @@ async fn fill_gaps(
                 }
                 Ok(_) => break,
                 Err(err) => {
-                    tracing::error!(room = %gap.room, error = %err, "reading missing messages failed; retrying");
+                    tracing::error!(room = %Untrusted(&gap.room), error = %err, "reading missing messages failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     complete = false;
                     break;

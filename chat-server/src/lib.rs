@@ -8,7 +8,7 @@
 //! [`session`] (one connection: frames in, hub calls, frames out).
 //! [`rooms`] is this node's membership and in-order delivery, [`auth`]
 //! argon2 off the runtime, [`admin`] the account subcommands and
-//! `migrate-db`.
+//! `migrate-db`, [`untrusted`] peer text on its way into logs.
 
 pub mod admin;
 pub mod auth;
@@ -19,3 +19,4 @@ pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod untrusted;

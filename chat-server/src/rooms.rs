@@ -385,7 +385,7 @@ impl Rooms {
         state.filling = false;
         if complete && state.next_seq <= upto {
             tracing::warn!(
-                room,
+                room = %crate::untrusted::Untrusted(room),
                 from = state.next_seq,
                 to = upto,
                 "messages missing from the store; skipping"

@@ -15,6 +15,7 @@ use super::{Account, Ending, JoinedRoom, Session};
 use crate::hub::Refusal;
 use crate::rooms::SessionHandle;
 use crate::store::RoomId;
+use crate::untrusted::Untrusted;
 
 /// Token bucket for sends.
 pub(super) struct RateLimit {
@@ -133,7 +134,7 @@ impl Session {
             return self.welcome(user, admin, id).await;
         }
         self.failures += 1;
-        tracing::info!(peer = %self.peer, user = %user, "login failed");
+        tracing::info!(peer = %self.peer, user = %Untrusted(&user), "login failed");
         self.error(ErrorCode::AuthFailed, "wrong user name or password", id)
             .await?;
         if self.failures >= chat_proto::limits::MAX_LOGIN_FAILURES {
@@ -178,7 +179,7 @@ impl Session {
         };
         match self.state.hub.register(&user, &hash).await {
             Ok(()) => {
-                tracing::info!(peer = %self.peer, user = %user, "user registered");
+                tracing::info!(peer = %self.peer, user = %Untrusted(&user), "user registered");
                 self.welcome(user, false, id).await
             }
             Err(refusal) => self.refused(refusal, &user, id).await,
@@ -191,7 +192,7 @@ impl Session {
         admin: bool,
         id: Option<String>,
     ) -> Result<(), Ending> {
-        tracing::info!(peer = %self.peer, user = %user, "logged in");
+        tracing::info!(peer = %self.peer, user = %Untrusted(&user), "logged in");
         let handle = Arc::new(SessionHandle::new(
             self.id,
             user.as_str().into(),
@@ -457,7 +458,7 @@ impl Session {
         }
         match self.state.hub.delete_room(&room, self.id).await {
             Ok(()) => {
-                tracing::info!(peer = %self.peer, room = %room, "room deleted");
+                tracing::info!(peer = %self.peer, room = %Untrusted(&room), "room deleted");
                 self.forget_joined(&room);
                 self.reply(&ServerEvent::RoomDeleted { room, re: id }).await
             }

@@ -33,6 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::rooms::{Outbound, SessionHandle};
 use crate::server::ServerState;
 use crate::store::{RoomId, SessionId};
+use crate::untrusted::{untrusted, Untrusted};
 
 mod handlers;
 use handlers::RateLimit;
@@ -103,7 +104,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
     let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(err)) => {
-            tracing::debug!(%peer, error = %err, "handshake refused");
+            tracing::debug!(%peer, error = %untrusted(&err), "handshake refused");
             return;
         }
         Err(_) => {
@@ -277,7 +278,7 @@ impl Session {
                     .leave(&room, self.id, &account.handle.user)
                     .await;
             }
-            tracing::debug!(peer = %self.peer, user = %account.handle.user, "session ended");
+            tracing::debug!(peer = %self.peer, user = %Untrusted(&account.handle.user), "session ended");
         }
     }
 
@@ -410,7 +411,7 @@ impl Session {
                 ))
             }
             Some(Err(err)) => {
-                tracing::debug!(peer = %self.peer, error = %err, "connection error");
+                tracing::debug!(peer = %self.peer, error = %untrusted(&err), "connection error");
                 return Err(Ending::Gone);
             }
             Some(Ok(message)) => message,
