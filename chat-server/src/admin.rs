@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use chat_proto::validate::{is_valid_name, is_valid_password};
 
 use crate::auth::hash_password;
-use crate::store::{self, Database, Store, StoreError};
+use crate::store::{self, Database, Durability, Store, StoreError};
 
 /// Runs an admin command's body on a small runtime of its own.
 fn block_on<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -23,7 +23,7 @@ fn block_on<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> 
 
 async fn open(db: &Database) -> Result<Arc<dyn Store>> {
     // The commit feed is for delivery to members: nobody listens here.
-    let (store, _feed) = store::open(db)
+    let (store, _feed) = store::open(db, Durability::Full)
         .await
         .with_context(|| format!("cannot open database {db}"))?;
     Ok(store)

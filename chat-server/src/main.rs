@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use chat_server::server::{client_urls, ServeConfig, Server};
-use chat_server::store::Database;
+use chat_server::store::{Database, Durability};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +52,10 @@ enum Command {
         /// Messages per second one connection may send (0: no limit).
         #[arg(long, default_value_t = chat_proto::limits::SEND_RATE_PER_SEC)]
         send_rate: u32,
+        /// full: an acknowledged message survives a power cut; relaxed: it
+        /// survives a crash of the server, and commits are cheaper.
+        #[arg(long, value_enum, default_value_t = Durability::Full)]
+        durability: Durability,
         /// Burst of messages above the rate.
         #[arg(long, default_value_t = chat_proto::limits::SEND_BURST)]
         send_burst: u32,
@@ -118,11 +122,13 @@ fn main() -> ExitCode {
             redis,
             send_rate,
             send_burst,
+            durability,
         } => db_path(db).and_then(|db| {
             serve(
                 listen,
                 ServeConfig {
                     db,
+                    durability,
                     open_registration,
                     max_connections,
                     send_rate,

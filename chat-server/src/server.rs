@@ -22,13 +22,15 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::fanout::{Fanout, LocalFanout};
 use crate::hub::Hub;
 use crate::rooms::Rooms;
-use crate::store::{self, Database, StoreError};
+use crate::store::{self, Database, Durability, StoreError};
 
 /// How the server runs, from the command line.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// SQLite file or PostgreSQL URL.
     pub db: Database,
+    /// Whether an ack waits for the commit to survive a power cut.
+    pub durability: Durability,
     /// Let anyone create an account with `register`.
     pub open_registration: bool,
     /// Connections served at once; more are refused.
@@ -69,7 +71,7 @@ impl Server {
     /// Starts the parts in one direction: the store, then the fan-out
     /// (local, or Redis in cluster mode), then the hub over both.
     pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
-        let (store, feed) = store::open(&config.db)
+        let (store, feed) = store::open(&config.db, config.durability)
             .await
             .map_err(|source| StartError::Store {
                 db: config.db.clone(),

@@ -230,6 +230,19 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// How hard a commit works before a send is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Durability {
+    /// An acknowledged message survives a power cut (the default: acked
+    /// means durably stored).
+    #[default]
+    Full,
+    /// An acknowledged message survives a crash of the server, but a power
+    /// cut may lose the newest ones (SQLite `synchronous=NORMAL`,
+    /// PostgreSQL `synchronous_commit=off`). Faster on slow disks.
+    Relaxed,
+}
+
 /// Where the data lives, from `--db` / `CHAT_DB`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
@@ -274,10 +287,13 @@ impl fmt::Display for Database {
 
 /// Opens the store (creating and upgrading its schema as needed) and hands
 /// out its commit feed.
-pub async fn open(db: &Database) -> Result<(Arc<dyn Store>, CommitFeed), StoreError> {
+pub async fn open(
+    db: &Database,
+    durability: Durability,
+) -> Result<(Arc<dyn Store>, CommitFeed), StoreError> {
     let (feed_tx, feed) = mpsc::channel(COMMIT_QUEUE);
     let store: Arc<dyn Store> = match db {
-        Database::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path, feed_tx)?),
+        Database::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path, durability, feed_tx)?),
         Database::Postgres(url) => Arc::new(postgres::PostgresStore::open(url, feed_tx).await?),
     };
     Ok((store, feed))

@@ -29,8 +29,8 @@ use rusqlite_migration::{Migrations, M};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::{
-    now_ms, page_range, Appended, Commit, HistoryPage, RoomHead, RoomId, RoomRecord, SessionId,
-    Store, StoreError, Stored, UserRecord,
+    now_ms, page_range, Appended, Commit, Durability, HistoryPage, RoomHead, RoomId, RoomRecord,
+    SessionId, Store, StoreError, Stored, UserRecord,
 };
 
 /// Most jobs folded into one transaction.
@@ -99,26 +99,28 @@ fn migrations() -> Migrations<'static> {
 
 /// Opens (creating if needed) the database at `path`, upgrades its schema and
 /// sets the connection up for writing.
-fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
     let cannot = |what: &dyn std::fmt::Display| {
         StoreError::Open(format!("cannot open database {}: {what}", path.display()))
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Open(format!("cannot use database folder {}: {e}", dir.display()))
-        })?;
-    }
-    let existed = path.exists();
+    prepare_file(path)?;
     let mut conn = Connection::open(path).map_err(|e| cannot(&e))?;
-    if !existed {
-        restrict_permissions(path);
-    }
     let setup = |conn: &mut Connection| -> Result<(), rusqlite::Error> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // In WAL mode NORMAL still survives a crash of the process (kill -9):
-        // only a power loss can undo the newest commits.
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        // FULL syncs the WAL at every commit: an acknowledged message
+        // survives a power cut, so its seq is never handed out twice. Group
+        // commit pays for it (one sync per batch). NORMAL survives a crash
+        // of the process (kill -9) but a power cut may undo the newest
+        // commits.
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match durability {
+                Durability::Full => "FULL",
+                Durability::Relaxed => "NORMAL",
+            },
+        )
     };
     setup(&mut conn).map_err(|e| cannot(&e))?;
     migrations()
@@ -127,15 +129,69 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// The file holds password hashes: its folder, when we create it, is the
+/// owner's only (0700), and the file is created 0600 from its first byte
+/// (an empty file is a valid new database). An existing file that others
+/// can read is tightened, with a warning.
 #[cfg(unix)]
-fn restrict_permissions(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    // The file holds password hashes: owner only.
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let fail = |what: &str, e: std::io::Error| {
+        StoreError::Open(format!("cannot {what} {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    StoreError::Open(format!(
+                        "cannot create database folder {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+        }
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(path)
+                .map_err(|e| fail("read the permissions of", e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail("make private", e))?;
+                tracing::warn!(
+                    db = %path.display(),
+                    was = format!("{:o}", mode & 0o777),
+                    "the database was readable by other users; made it private (0600)"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(fail("create", e)),
+    }
 }
 
 #[cfg(not(unix))]
-fn restrict_permissions(_path: &Path) {}
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Open(format!(
+                "cannot create database folder {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
@@ -419,6 +475,12 @@ fn writer_loop(
             }
         }
     }
+    // Everything in the WAL goes into the database file, and the WAL is
+    // emptied: once the server has stopped, the file alone is complete (a
+    // copy of it is a backup).
+    if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %err, "could not checkpoint the database at shutdown");
+    }
     tracing::debug!("store writer finished");
 }
 
@@ -435,8 +497,12 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens the database and starts the writer thread, which announces its
     /// commits on `feed`.
-    pub fn open(path: &Path, feed: async_mpsc::Sender<Commit>) -> Result<SqliteStore, StoreError> {
-        let conn = open_writer(path)?;
+    pub fn open(
+        path: &Path,
+        durability: Durability,
+        feed: async_mpsc::Sender<Commit>,
+    ) -> Result<SqliteStore, StoreError> {
+        let conn = open_writer(path, durability)?;
         let (tx, rx) = mpsc::channel();
         let writer = thread::Builder::new()
             .name("store-writer".into())
