@@ -713,9 +713,10 @@ impl Fanout for Cluster {
             .collect()
     }
 
-    async fn typing(&self, room: &str, user: &str) {
-        let event = self.rooms.announce_typing(room, user);
-        self.publish_event(room, &event).await;
+    async fn typing(&self, room: &str, room_id: RoomId, user: &Arc<str>) {
+        if let Some(event) = self.rooms.announce_typing(room, room_id, user) {
+            self.publish_event(room, &event).await;
+        }
     }
 
     fn publish(&self, commit: &Commit) {

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chat_proto::PresenceState;
 
 use crate::rooms::Rooms;
-use crate::store::Commit;
+use crate::store::{Commit, RoomId};
 
 /// Where room events go besides this node's members.
 #[async_trait]
@@ -33,8 +33,9 @@ pub trait Fanout: Send + Sync + 'static {
     async fn members(&self, room: &str) -> Vec<String>;
     /// Online users per room, on every node (rooms with nobody are absent).
     async fn member_counts(&self) -> HashMap<String, u64>;
-    /// Relays `typing` to the room's other members, here and elsewhere.
-    async fn typing(&self, room: &str, user: &str);
+    /// Relays `typing` to the other members of room `room_id`, here and
+    /// elsewhere, at most once per user per [`crate::rooms::TYPING_EVERY`].
+    async fn typing(&self, room: &str, room_id: RoomId, user: &Arc<str>);
     /// A commit of this node, already delivered here: tell the other nodes.
     /// Must not wait (it runs on the delivery path).
     fn publish(&self, commit: &Commit);
@@ -80,8 +81,8 @@ impl Fanout for LocalFanout {
             .collect()
     }
 
-    async fn typing(&self, room: &str, user: &str) {
-        self.rooms.announce_typing(room, user);
+    async fn typing(&self, room: &str, room_id: RoomId, user: &Arc<str>) {
+        self.rooms.announce_typing(room, room_id, user);
     }
 
     fn publish(&self, _commit: &Commit) {}

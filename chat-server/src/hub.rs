@@ -189,12 +189,6 @@ impl Hub {
         }
     }
 
-    /// True when `session` is a member of `room` (it may have been deleted
-    /// under the session).
-    pub fn is_member(&self, room: &str, session: SessionId) -> bool {
-        self.rooms.is_member(room, session)
-    }
-
     /// Deletes a room and its history. Its members are told when the
     /// deletion commits, except `session`, which asked and gets the answer.
     pub async fn delete_room(&self, room: &str, session: SessionId) -> Result<(), Refusal> {
@@ -203,9 +197,11 @@ impl Hub {
         Ok(())
     }
 
-    /// Relays that `user` is typing in `room` to its other members.
-    pub async fn typing(&self, room: &str, user: &str) {
-        self.fanout.typing(room, user).await;
+    /// Relays that `user` is typing in room `room_id` to its other members
+    /// (at most once per user per [`crate::rooms::TYPING_EVERY`]; the rest
+    /// are dropped).
+    pub async fn typing(&self, room: &str, room_id: RoomId, user: &Arc<str>) {
+        self.fanout.typing(room, room_id, user).await;
     }
 
     // ---- Messages. ----

@@ -22,12 +22,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chat_proto::{encode, MessageRecord, PresenceState, ServerEvent};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::{RoomId, SessionId, Stored};
+
+/// Shortest time between two `typing` relays of one user in one room.
+pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 
 /// A frame ready to write: JSON text shared by every recipient.
 pub type Frame = Utf8Bytes;
@@ -119,6 +123,9 @@ struct RoomState {
     filling: bool,
     /// Everything up to here is known to be stored and must be delivered.
     fill_upto: u64,
+    /// When each user's last `typing` was relayed: at most one per
+    /// [`TYPING_EVERY`], so a client cannot make the room fan out at will.
+    typing: HashMap<Arc<str>, Instant>,
 }
 
 impl RoomState {
@@ -224,6 +231,7 @@ impl Rooms {
             ahead: BTreeMap::new(),
             filling: false,
             fill_upto: 0,
+            typing: HashMap::new(),
         });
         let first_local = !state.has_user(&session.user);
         let added = !state.members.iter().any(|m| m.id == session.id);
@@ -245,6 +253,9 @@ impl Rooms {
         let at = state.members.iter().position(|m| m.id == session_id)?;
         let gone = state.members.swap_remove(at);
         let last_of_user = !state.has_user(&gone.user);
+        if last_of_user {
+            state.typing.remove(&gone.user);
+        }
         if state.members.is_empty() {
             // Nobody left to deliver to: a later join starts afresh from the
             // store instead of from a delivery point that stopped moving.
@@ -254,6 +265,7 @@ impl Rooms {
     }
 
     /// True when the session is a member of the room.
+    #[cfg(test)]
     pub fn is_member(&self, room: &str, session_id: SessionId) -> bool {
         self.lock()
             .get(room)
@@ -304,15 +316,32 @@ impl Rooms {
         event
     }
 
-    /// Tells the room's other members that `user` is typing; returns the
-    /// event (for other nodes).
-    pub fn announce_typing(&self, room: &str, user: &str) -> ServerEvent {
+    /// Tells the other members of room `room_id` that `user` is typing,
+    /// unless they were told less than [`TYPING_EVERY`] ago; returns the
+    /// event when it was relayed (for other nodes).
+    pub fn announce_typing(
+        &self,
+        room: &str,
+        room_id: RoomId,
+        user: &Arc<str>,
+    ) -> Option<ServerEvent> {
+        let mut rooms = self.lock();
+        let state = rooms.get_mut(room).filter(|s| s.room_id == room_id)?;
+        let now = Instant::now();
+        if state
+            .typing
+            .get(user)
+            .is_some_and(|last| now.duration_since(*last) < TYPING_EVERY)
+        {
+            return None;
+        }
+        state.typing.insert(user.clone(), now);
         let event = ServerEvent::Typing {
             room: room.to_owned(),
-            user: user.to_owned(),
+            user: user.to_string(),
         };
-        self.broadcast(room, &frame(&event), Some(user));
-        event
+        state.fan_out(&frame(&event), Some(user));
+        Some(event)
     }
 
     /// Forgets a room (deleted) and tells its members, but `except_session`.

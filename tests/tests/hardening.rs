@@ -96,3 +96,32 @@ async fn the_database_is_private_and_complete_on_its_own_after_a_clean_stop() {
     assert_eq!(joined["last_seq"], 11);
     assert_eq!(history.len(), 11);
 }
+
+#[tokio::test]
+async fn typing_is_relayed_at_most_once_per_two_seconds_per_user() {
+    let server = TestServer::with_users(Backend::Sqlite, Options::unlimited());
+    let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+    alice.join("quiet", None).await;
+    bob.join("quiet", None).await;
+    for _ in 0..50 {
+        alice.send(json!({"type":"typing","room":"quiet"})).await;
+    }
+    // A marker behind the flood: everything relayed of it arrived before.
+    alice.say("quiet", "marker").await;
+    let mut typing = 0;
+    loop {
+        let event = bob.recv().await;
+        match event["type"].as_str() {
+            Some("typing") => typing += 1,
+            Some("message") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(typing, 1, "one relayed, the rest dropped silently");
+    // Typing in a room one is not in is refused.
+    let answer = alice
+        .request(json!({"type":"typing","room":"elsewhere"}))
+        .await;
+    assert_eq!(answer["code"], "not_joined");
+}

@@ -99,12 +99,12 @@ impl Session {
                 limit,
             } => self.history(room, before, limit, id).await,
             ClientEvent::Typing { room } => {
-                if !self.state.hub.is_member(&room, self.id) {
+                let Some(room_id) = self.joined_room(&room) else {
                     return self
                         .error(ErrorCode::NotJoined, format!("join {room} first"), id)
                         .await;
-                }
-                self.state.hub.typing(&room, &handle.user).await;
+                };
+                self.state.hub.typing(&room, room_id, &handle.user).await;
                 Ok(())
             }
             ClientEvent::DeleteRoom { room } => self.delete_room(admin, room, id).await,
@@ -279,6 +279,17 @@ impl Session {
             .await
     }
 
+    /// The room's id when this session is a member. The session's own list
+    /// is enough: leaving removes a room from it, and so does a deletion
+    /// (when its notice passes through the outbox); a send that races a
+    /// deletion is refused by the store, which appends by room id.
+    fn joined_room(&self, room: &str) -> Option<RoomId> {
+        self.joined
+            .iter()
+            .find(|j| j.name == room)
+            .map(|j| j.room_id)
+    }
+
     fn forget_joined(&mut self, room: &str) {
         self.joined.retain(|j| j.name != room);
     }
@@ -364,9 +375,9 @@ impl Session {
         text: String,
         id: Option<String>,
     ) -> Result<(), Ending> {
-        let room_id = match self.joined.iter().find(|j| j.name == room) {
-            Some(joined) if self.state.hub.is_member(&room, self.id) => joined.room_id,
-            _ => {
+        let room_id = match self.joined_room(&room) {
+            Some(room_id) => room_id,
+            None => {
                 return self
                     .error(
                         ErrorCode::NotJoined,
