@@ -205,6 +205,9 @@ pub enum ErrorCode {
     Forbidden,
     RateLimited,
     Internal,
+    /// The server cannot take this request now (too many logins waiting):
+    /// try again in a moment. The connection stays open.
+    Busy,
 }
 
 impl ErrorCode {
@@ -223,6 +226,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::Busy => "busy",
         }
     }
 }

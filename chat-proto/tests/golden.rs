@@ -242,6 +242,7 @@ fn every_error_code_has_its_documented_name() {
         (ErrorCode::Forbidden, "forbidden"),
         (ErrorCode::RateLimited, "rate_limited"),
         (ErrorCode::Internal, "internal"),
+        (ErrorCode::Busy, "busy"),
     ];
     for (code, name) in codes {
         assert_eq!(wire(&code), json!(name));

@@ -45,6 +45,10 @@ enum Command {
         /// Connections served at once; more are refused with HTTP 503.
         #[arg(long, default_value_t = 20_000)]
         max_connections: usize,
+        /// Connections served at once from one address (IPv6: one /64);
+        /// 0 for no limit.
+        #[arg(long, default_value_t = 64)]
+        max_connections_per_ip: usize,
         /// Redis URL: run as one node of a cluster sharing the database
         /// (a PostgreSQL URL, or one SQLite file on one host).
         #[arg(long, env = "CHAT_REDIS_URL")]
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             db,
             open_registration,
             max_connections,
+            max_connections_per_ip,
             redis,
             send_rate,
             send_burst,
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
                     durability,
                     open_registration,
                     max_connections,
+                    max_connections_per_ip,
                     send_rate,
                     send_burst,
                     redis,

@@ -7,7 +7,8 @@
 //! closed. Shutdown stops accepting, closes every session with 1001, waits
 //! for them (bounded), then lets the store writer finish its queue.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub struct ServeConfig {
     pub open_registration: bool,
     /// Connections served at once; more are refused.
     pub max_connections: usize,
+    /// Connections served at once from one address (IPv6: one /64); 0 for
+    /// no limit.
+    pub max_connections_per_ip: usize,
     /// Sends per second per connection (0: unlimited), and the burst.
     pub send_rate: u32,
     pub send_burst: u32,
@@ -104,6 +108,7 @@ impl Server {
     /// down gracefully.
     pub async fn run(self, listener: TcpListener, stop: impl std::future::Future<Output = ()>) {
         let permits = Arc::new(Semaphore::new(self.state.config.max_connections));
+        let per_address = Arc::new(AddressSlots::new(self.state.config.max_connections_per_ip));
         let mut sessions = JoinSet::new();
         tokio::pin!(stop);
         loop {
@@ -111,16 +116,23 @@ impl Server {
                 _ = &mut stop => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Some(slot) = AddressSlots::take(&per_address, peer.ip()) else {
+                            tracing::debug!(%peer, "connection refused: --max-connections-per-ip reached");
+                            tokio::spawn(refuse(stream, TOO_MANY_FROM_ADDRESS));
+                            continue;
+                        };
                         match permits.clone().try_acquire_owned() {
                             Ok(permit) => {
                                 let state = self.state.clone();
                                 sessions.spawn(async move {
                                     crate::session::serve(stream, peer, state).await;
                                     drop(permit);
+                                    drop(slot);
                                 });
                             }
                             Err(_) => {
-                                tokio::spawn(refuse_busy(stream, peer));
+                                tracing::warn!(%peer, "connection refused: --max-connections reached");
+                                tokio::spawn(refuse(stream, SERVER_FULL));
                             }
                         }
                     }
@@ -152,16 +164,63 @@ impl Server {
     }
 }
 
-/// Answers a connection over the limit with HTTP 503.
-async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
-    tracing::warn!(%peer, "connection refused: --max-connections reached");
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        stream.write_all(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 33\r\nConnection: close\r\n\r\nserver full: too many connections",
-        ),
-    )
-    .await;
+/// The answer to a connection over `--max-connections`.
+const SERVER_FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 33\r\nConnection: close\r\n\r\nserver full: too many connections";
+/// The answer to a connection over `--max-connections-per-ip`.
+const TOO_MANY_FROM_ADDRESS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 39\r\nConnection: close\r\n\r\ntoo many connections from your address";
+
+/// Answers a connection over a limit with an HTTP error and closes it.
+async fn refuse(mut stream: TcpStream, answer: &'static [u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(answer)).await;
+}
+
+/// Open connections per source address (IPv6 per /64), bounded.
+struct AddressSlots {
+    limit: usize,
+    open: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection of an address; frees its slot when dropped.
+struct AddressSlot {
+    slots: Arc<AddressSlots>,
+    key: IpAddr,
+}
+
+impl AddressSlots {
+    fn new(limit: usize) -> AddressSlots {
+        AddressSlots {
+            limit,
+            open: Default::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, unless it has the most
+    /// it may have. A limit of 0 means none.
+    fn take(slots: &Arc<AddressSlots>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = crate::auth::address_key(ip);
+        let mut open = slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if slots.limit > 0 && *count >= slots.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            slots: slots.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The URLs clients can use for a listening address: on a wildcard address,

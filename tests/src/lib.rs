@@ -634,6 +634,36 @@ impl Client {
         Client { socket }
     }
 
+    /// Connects to `url` (a `ws://127.0.0.1:PORT/…` one) from another
+    /// loopback address, such as 127.0.0.2: another "machine" to the
+    /// server's per-address limits. Says why the server refused.
+    pub async fn try_connect_from(
+        url: &str,
+        local: std::net::Ipv4Addr,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let port: u16 = url
+            .trim_start_matches("ws://127.0.0.1:")
+            .split('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a ws://127.0.0.1:PORT URL");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind((local, 0).into())
+            .expect("bind a local loopback address");
+        let stream = tokio::time::timeout(TIMEOUT, socket.connect(([127, 0, 0, 1], port).into()))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let (socket, _) = tokio::time::timeout(
+            TIMEOUT,
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("handshake timed out")?;
+        Ok(Client { socket })
+    }
+
     /// Connects, or says why the server refused.
     pub async fn try_connect(url: &str) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let (socket, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))

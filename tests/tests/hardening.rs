@@ -125,3 +125,130 @@ async fn typing_is_relayed_at_most_once_per_two_seconds_per_user() {
         .await;
     assert_eq!(answer["code"], "not_joined");
 }
+
+/// Another "machine": the per-address limits apply to it, not to 127.0.0.1.
+const ATTACKER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+#[tokio::test]
+async fn logins_of_closed_connections_are_dropped_and_one_address_cannot_lock_out_another() {
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
+    // A burst of connections that each pipeline three wrong logins and hang
+    // up at once.
+    for _ in 0..40 {
+        let mut attacker = Client::try_connect_from(&server.url(), ATTACKER)
+            .await
+            .expect("connect");
+        for _ in 0..3 {
+            attacker
+                .send(json!({"type":"login","user":"alice","password":"wrong guess"}))
+                .await;
+        }
+        drop(attacker);
+    }
+    // A real user from another address gets in.
+    let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+    // Of the 120 wrong passwords, only a bounded few were ever checked:
+    // logins of closed connections are dropped, and the address ran out of
+    // failures (10 a minute, plus at most 8 already under way).
+    let log = server.log();
+    let checked = log
+        .lines()
+        .filter(|l| l.contains("login failed") && l.contains("127.0.0.2"))
+        .count();
+    assert!(checked <= 18, "{checked} wrong passwords hashed:\n{log}");
+}
+
+#[tokio::test]
+async fn an_address_out_of_failures_gets_busy_and_keeps_its_connection() {
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
+    let mut answers = Vec::new();
+    // Two wrong logins per connection (three would close it).
+    while answers.len() < 12 {
+        let mut attacker = Client::try_connect_from(&server.url(), ATTACKER)
+            .await
+            .expect("connect");
+        for _ in 0..2 {
+            let answer = attacker
+                .request(json!({"type":"login","user":"bob","password":"wrong guess"}))
+                .await;
+            answers.push(answer["code"].as_str().unwrap_or_default().to_owned());
+        }
+        if answers.last().map(String::as_str) == Some("busy") {
+            // Busy leaves the connection open; even the right password
+            // waits for the budget to refill.
+            let answer = attacker
+                .request(json!({"type":"login","user":"bob","password":PASSWORD}))
+                .await;
+            assert_eq!(answer["code"], "busy", "{answer}");
+        }
+    }
+    assert_eq!(&answers[..10], vec!["auth_failed"; 10].as_slice());
+    assert_eq!(&answers[10..], ["busy", "busy"]);
+    // Bob, from his own address, logs in at once.
+    Client::login(&server.url(), "bob", PASSWORD).await;
+}
+
+#[tokio::test]
+async fn connections_are_limited_per_address() {
+    let server = TestServer::with_users(
+        Backend::Sqlite,
+        Options {
+            args: vec!["--max-connections-per-ip".into(), "3".into()],
+            ..Options::default()
+        },
+    );
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            Client::try_connect_from(&server.url(), ATTACKER)
+                .await
+                .expect("under the limit"),
+        );
+    }
+    match Client::try_connect_from(&server.url(), ATTACKER).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        Err(other) => panic!("expected HTTP 503, got {other}"),
+        Ok(_) => panic!("a fourth connection from one address was let in"),
+    }
+    // Other addresses are not affected.
+    Client::login(&server.url(), "alice", PASSWORD).await;
+    // A closed connection frees its slot.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + chat_e2e::TIMEOUT;
+    while Client::try_connect_from(&server.url(), ATTACKER)
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn registration_checks_the_name_first_and_counts_failures() {
+    let server = TestServer::with_users(
+        Backend::Sqlite,
+        Options {
+            open_registration: true,
+            ..Options::default()
+        },
+    );
+    let mut mallory = Client::connect(&server.url()).await;
+    for _ in 0..2 {
+        let answer = mallory
+            .request(json!({"type":"register","user":"alice","password":"long enough"}))
+            .await;
+        assert_eq!(answer["code"], "user_exists", "{answer}");
+    }
+    mallory
+        .send(json!({"type":"register","user":"bob","password":"long enough"}))
+        .await;
+    assert_eq!(mallory.recv().await["code"], "user_exists");
+    assert_eq!(mallory.closed().await, chat_e2e::Closed::Code(1008));
+}

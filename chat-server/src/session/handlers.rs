@@ -12,6 +12,7 @@ use chat_proto::{
 };
 
 use super::{Account, Ending, JoinedRoom, Session};
+use crate::auth::NotAdmitted;
 use crate::hub::Refusal;
 use crate::rooms::SessionHandle;
 use crate::store::RoomId;
@@ -118,29 +119,66 @@ impl Session {
         password: String,
         id: Option<String>,
     ) -> Result<(), Ending> {
-        let record = if is_valid_name(&user) {
-            match self.state.hub.user(&user).await {
-                Ok(record) => record,
-                Err(refusal) => return self.refused(refusal, "", id).await,
+        let state = self.state.clone();
+        let admission = match state.auth.admit(self.peer.ip()) {
+            Ok(admission) => admission,
+            Err(why) => return self.not_admitted(why, id).await,
+        };
+        let check = async {
+            let record = if is_valid_name(&user) {
+                state.hub.user(&user).await?
+            } else {
+                None
+            };
+            let (hash, admin) = match record {
+                Some(r) => (Some(r.password_hash), r.admin),
+                None => (None, false),
+            };
+            Ok::<_, Refusal>(admission.verify(password, hash).await.then_some(admin))
+        };
+        match self.while_logging_in(check).await? {
+            Ok(Some(admin)) => self.welcome(user, admin, id).await,
+            Ok(None) => {
+                tracing::info!(peer = %self.peer, user = %Untrusted(&user), "login failed");
+                self.failed_login(
+                    ErrorCode::AuthFailed,
+                    "wrong user name or password".into(),
+                    id,
+                )
+                .await
             }
-        } else {
-            None
-        };
-        let (hash, admin) = match record {
-            Some(r) => (Some(r.password_hash), r.admin),
-            None => (None, false),
-        };
-        if self.state.auth.verify(password, hash).await {
-            return self.welcome(user, admin, id).await;
+            Err(refusal) => self.refused(refusal, "", id).await,
         }
+    }
+
+    /// Answers a failed login or registration, counting it against this
+    /// connection and its address.
+    async fn failed_login(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
         self.failures += 1;
-        tracing::info!(peer = %self.peer, user = %Untrusted(&user), "login failed");
-        self.error(ErrorCode::AuthFailed, "wrong user name or password", id)
-            .await?;
+        self.state.auth.failed(self.peer.ip());
+        self.error(code, message, id).await?;
         if self.failures >= chat_proto::limits::MAX_LOGIN_FAILURES {
             return Err(Ending::Close(close::POLICY, "too many failed logins"));
         }
         Ok(())
+    }
+
+    /// Answers a login that was not admitted to the hashing queue.
+    async fn not_admitted(&mut self, why: NotAdmitted, id: Option<String>) -> Result<(), Ending> {
+        let message = match why {
+            NotAdmitted::QueueFull | NotAdmitted::AddressBusy => {
+                "too many logins waiting: try again in a moment"
+            }
+            NotAdmitted::TooManyFailures => {
+                "too many failed logins from your address: try again in a minute"
+            }
+        };
+        self.error(ErrorCode::Busy, message, id).await
     }
 
     async fn register(
@@ -160,27 +198,48 @@ impl Session {
         }
         if !is_valid_name(&user) {
             return self
-                .error(
+                .failed_login(
                     ErrorCode::InvalidName,
-                    "user names are 1 to 32 characters from A-Z a-z 0-9 _ - .",
+                    "user names are 1 to 32 characters from A-Z a-z 0-9 _ - .".into(),
                     id,
                 )
                 .await;
         }
         if !is_valid_password(&password) {
             return self
-                .error(ErrorCode::BadRequest, "passwords are 8 to 1024 bytes", id)
+                .failed_login(
+                    ErrorCode::BadRequest,
+                    "passwords are 8 to 1024 bytes".into(),
+                    id,
+                )
                 .await;
         }
-        let Some(hash) = self.state.auth.hash(password).await else {
-            return self
-                .error(ErrorCode::Internal, "could not hash the password", id)
-                .await;
+        let state = self.state.clone();
+        let admission = match state.auth.admit(self.peer.ip()) {
+            Ok(admission) => admission,
+            Err(why) => return self.not_admitted(why, id).await,
         };
-        match self.state.hub.register(&user, &hash).await {
+        // The name is checked before the (costly) hash; the store still
+        // refuses a name taken meanwhile.
+        let create = async {
+            if state.hub.user(&user).await?.is_some() {
+                return Err(Refusal::UserExists);
+            }
+            let hash = admission.hash(password).await.ok_or_else(|| {
+                Refusal::Unavailable(crate::store::StoreError::Unavailable(
+                    "could not hash the password".into(),
+                ))
+            })?;
+            state.hub.register(&user, &hash).await
+        };
+        match self.while_logging_in(create).await? {
             Ok(()) => {
                 tracing::info!(peer = %self.peer, user = %Untrusted(&user), "user registered");
                 self.welcome(user, false, id).await
+            }
+            Err(Refusal::UserExists) => {
+                let message = format!("the name {user} is taken");
+                self.failed_login(ErrorCode::UserExists, message, id).await
             }
             Err(refusal) => self.refused(refusal, &user, id).await,
         }

@@ -8,6 +8,7 @@
 //! are pipelined: the next request is read while a send waits for its commit,
 //! and acks go out in send order.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -51,6 +52,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep-alive: a ping this often, and a drop after this much silence.
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// Frames read and held while a login is checked.
+const MAX_HELD: usize = 4;
 /// Sends waiting for their commit before the session stops reading.
 const MAX_PENDING_SENDS: usize = 256;
 
@@ -127,6 +130,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
         joined: Vec::new(),
         pending_acks: FuturesOrdered::new(),
         last_heard: Instant::now(),
+        login_deadline: tokio::time::Instant::now()
+            + Duration::from_secs(chat_proto::limits::LOGIN_TIMEOUT_SECS),
+        held: VecDeque::new(),
     };
     session.run(state.shutdown.clone()).await;
 }
@@ -159,6 +165,11 @@ struct Session {
     joined: Vec<JoinedRoom>,
     pending_acks: FuturesOrdered<PendingAck>,
     last_heard: Instant,
+    /// A login must succeed before this.
+    login_deadline: tokio::time::Instant,
+    /// Frames read while a login was being checked (to notice the
+    /// connection closing), answered after it in order.
+    held: VecDeque<Message>,
 }
 
 impl Session {
@@ -182,10 +193,13 @@ impl Session {
         &mut self,
         mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
     ) -> Result<(), Ending> {
-        let deadline =
-            tokio::time::sleep(Duration::from_secs(chat_proto::limits::LOGIN_TIMEOUT_SECS));
+        let deadline = tokio::time::sleep_until(self.login_deadline);
         tokio::pin!(deadline);
         while self.account.is_none() {
+            if let Some(message) = self.held.pop_front() {
+                self.on_message(message).await?;
+                continue;
+            }
             tokio::select! {
                 _ = &mut shutdown => return Err(Ending::Close(close::GOING_AWAY, "server shutting down")),
                 incoming = self.socket.next() => self.on_incoming(incoming).await?,
@@ -201,6 +215,12 @@ impl Session {
         &mut self,
         mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
     ) -> Ending {
+        // Requests that came in behind the login, answered in order.
+        while let Some(message) = self.held.pop_front() {
+            if let Err(ending) = self.on_message(message).await {
+                return ending;
+            }
+        }
         let mut keepalive = tokio::time::interval(PING_EVERY);
         keepalive.reset();
         loop {
@@ -225,6 +245,30 @@ impl Session {
             };
             if let Err(ending) = step {
                 return ending;
+            }
+        }
+    }
+
+    /// Runs a login's slow part (waiting for and doing the password hash)
+    /// while watching the connection and the login deadline: a login whose
+    /// connection closed or whose time ran out is dropped, unhashed if it
+    /// was still waiting. Frames read meanwhile are held (a few at most:
+    /// then reading pauses) and answered after it.
+    async fn while_logging_in<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Ending> {
+        tokio::pin!(work);
+        let deadline = tokio::time::sleep_until(self.login_deadline);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                _ = &mut deadline => return Err(Ending::Close(close::POLICY, "login timeout")),
+                incoming = self.socket.next(), if self.held.len() < MAX_HELD => {
+                    let message = self.frame_or_ending(incoming)?;
+                    if let Message::Close(_) = message {
+                        return Err(Ending::Gone);
+                    }
+                    self.held.push_back(message);
+                }
             }
         }
     }
@@ -400,6 +444,15 @@ impl Session {
         &mut self,
         incoming: Option<Result<Message, WsError>>,
     ) -> Result<(), Ending> {
+        let message = self.frame_or_ending(incoming)?;
+        self.on_message(message).await
+    }
+
+    /// A frame read from the socket, or how the connection ended.
+    fn frame_or_ending(
+        &mut self,
+        incoming: Option<Result<Message, WsError>>,
+    ) -> Result<Message, Ending> {
         let message = match incoming {
             None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
                 return Err(Ending::Gone)
@@ -417,6 +470,10 @@ impl Session {
             Some(Ok(message)) => message,
         };
         self.last_heard = Instant::now();
+        Ok(message)
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
         match message {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
