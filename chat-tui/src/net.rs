@@ -30,7 +30,7 @@ use chat_proto::{
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
@@ -326,6 +326,9 @@ impl NetClient {
 
 /// Dials the server and logs in (or registers).
 async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectError> {
+    // The server's reason, while it answers `busy`.
+    let mut busy_message: Option<String> = None;
+    let busy = &mut busy_message;
     let attempt = async {
         let (mut ws, _response) = connect_async(config.url.as_str())
             .await
@@ -341,12 +344,11 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
                 password: config.password.clone(),
             }
         };
-        ws.send(Message::text(encode(&Request::with_id(
-            credentials,
-            "login",
-        ))))
-        .await
-        .map_err(|err| ConnectError::Closed(err.to_string()))?;
+        let login = Message::text(encode(&Request::with_id(credentials, "login")));
+        ws.send(login.clone())
+            .await
+            .map_err(|err| ConnectError::Closed(err.to_string()))?;
+        let mut tries: u32 = 0;
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(text))) => match decode_server(text.as_str()) {
@@ -369,6 +371,21 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
                         code: ErrorCode::AuthFailed,
                         ..
                     }) => return Err(ConnectError::AuthFailed),
+                    Ok(ServerEvent::Error {
+                        code: ErrorCode::Busy,
+                        message,
+                        ..
+                    }) => {
+                        // Too many logins waiting at the server: ask again
+                        // on the same connection after a growing pause,
+                        // within this attempt's time limit.
+                        tries += 1;
+                        *busy = Some(message);
+                        sleep(busy_backoff(tries)).await;
+                        ws.send(login.clone())
+                            .await
+                            .map_err(|err| ConnectError::Closed(err.to_string()))?;
+                    }
                     Ok(ServerEvent::Error { code, message, .. }) => {
                         return Err(ConnectError::Refused(code, message))
                     }
@@ -384,9 +401,22 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
             }
         }
     };
-    timeout(config.timeout, attempt)
-        .await
-        .map_err(|_| ConnectError::Timeout(config.timeout))?
+    let result = timeout(config.timeout, attempt).await;
+    match (result, busy_message) {
+        (Ok(done), _) => done,
+        (Err(_), Some(message)) => Err(ConnectError::Refused(ErrorCode::Busy, message)),
+        (Err(_), None) => Err(ConnectError::Timeout(config.timeout)),
+    }
+}
+
+/// The pause before asking again after `busy` answer number `tries`:
+/// 250 ms doubling to 4 s, with ±20% jitter so that clients turned away
+/// together do not come back together.
+pub fn busy_backoff(tries: u32) -> Duration {
+    let base = Duration::from_millis(250)
+        .saturating_mul(1u32 << tries.saturating_sub(1).min(4))
+        .min(Duration::from_secs(4));
+    base.mul_f64(0.8 + 0.4 * random_unit())
 }
 
 fn connect_error(err: tungstenite::Error) -> ConnectError {

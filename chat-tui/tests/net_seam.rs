@@ -296,3 +296,49 @@ async fn backlog_overlapping_live_messages_is_not_delivered_twice() {
         .expect("server done")
         .expect("server ok");
 }
+
+#[tokio::test]
+async fn a_busy_server_is_asked_again_after_a_pause() {
+    let (listener, config) = start().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        for _ in 0..2 {
+            let login = recv(&mut ws).await;
+            assert!(matches!(login.event, ClientEvent::Login { .. }));
+            send(
+                &mut ws,
+                ServerEvent::error(
+                    chat_proto::ErrorCode::Busy,
+                    "too many logins waiting: try again in a moment",
+                    login.id,
+                ),
+            )
+            .await;
+        }
+        // The third time, on the same connection, it works.
+        let login = recv(&mut ws).await;
+        assert!(matches!(login.event, ClientEvent::Login { .. }));
+        send(
+            &mut ws,
+            ServerEvent::Welcome {
+                user: "alice".into(),
+                admin: false,
+                protocol: 1,
+                server: "fake".into(),
+                re: login.id,
+            },
+        )
+        .await;
+        ws
+    });
+    let started = std::time::Instant::now();
+    let client = timeout(LIMIT, NetClient::connect(config))
+        .await
+        .expect("connect in time")
+        .expect("logged in after two busy answers");
+    // Two pauses of 250 ms and 500 ms (-20% at least) came before the third
+    // try: a lower bound, which a slow machine can only exceed.
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    assert_eq!(client.session.user, "alice");
+    let _ws = server.await.expect("server script");
+}
