@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chat_proto::validate::{is_valid_name, normalize_text};
 use chat_proto::{MessageRecord, PresenceState, ServerEvent};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
@@ -39,6 +40,8 @@ use crate::untrusted::{untrusted, Untrusted};
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 const NODE_TTL_MS: u64 = 15_000;
+/// Envelopes waiting for the publisher before new ones are dropped.
+const PUBLISH_QUEUE: usize = 65_536;
 /// Most messages published in one pipeline.
 const PUBLISH_BATCH: usize = 512;
 
@@ -93,7 +96,9 @@ pub struct Cluster {
     conn: ConnectionManager,
     rooms: Arc<Rooms>,
     /// Messages to publish, queued from the delivery path (never waits).
-    publish: mpsc::UnboundedSender<(String, String)>,
+    publish: mpsc::Sender<(String, String)>,
+    /// Set while the publish queue is full, so that is logged once.
+    publish_full: AtomicBool,
     /// Requests to the subscriber task.
     subscriptions: mpsc::UnboundedSender<Subscription>,
     /// Set while Redis is unreachable, so the outage is logged once.
@@ -101,6 +106,58 @@ pub struct Cluster {
     join_script: Script,
     leave_script: Script,
     reap_script: Script,
+}
+
+/// What is wrong with an envelope that arrived on the channel of `room`.
+fn check_envelope(envelope: &Envelope, room: &str) -> Result<(), &'static str> {
+    let name = |name: &str, what: &'static str| {
+        if is_valid_name(name) {
+            Ok(())
+        } else {
+            Err(what)
+        }
+    };
+    name(room, "not a room's channel")?;
+    match envelope {
+        Envelope::Message { message, .. } => {
+            if message.room != room {
+                return Err("a message for another room");
+            }
+            name(&message.user, "invalid user name")?;
+            if message.seq == 0 {
+                return Err("seq 0");
+            }
+            // Text a client could not have sent (control characters,
+            // oversized) is refused, not repaired.
+            if normalize_text(&message.text).as_deref() != Ok(message.text.as_str()) {
+                return Err("invalid text");
+            }
+            Ok(())
+        }
+        Envelope::Event {
+            event, except_user, ..
+        } => {
+            if let Some(user) = except_user {
+                name(user, "invalid user name")?;
+            }
+            match event {
+                ServerEvent::Presence { room: r, user, .. }
+                | ServerEvent::Typing { room: r, user } => {
+                    if r != room {
+                        return Err("an event for another room");
+                    }
+                    name(user, "invalid user name")
+                }
+                _ => Err("not a room event"),
+            }
+        }
+        Envelope::Deleted { room: r, .. } => {
+            if r != room {
+                return Err("a deletion for another room");
+            }
+            Ok(())
+        }
+    }
 }
 
 fn room_channel(room: &str) -> String {
@@ -156,7 +213,7 @@ impl Cluster {
                 .await
                 .map_err(|_| unreachable("timed out".into()))?
                 .map_err(|e| unreachable(e.to_string()))?;
-        let (publish, publish_queue) = mpsc::unbounded_channel();
+        let (publish, publish_queue) = mpsc::channel(PUBLISH_QUEUE);
         let (subscriptions, subscription_queue) = mpsc::unbounded_channel();
         let node = format!("{:016x}", rand::random::<u64>());
         tracing::info!(node = %node, redis = %url, "cluster mode: connected to Redis");
@@ -167,6 +224,7 @@ impl Cluster {
             conn,
             rooms,
             publish,
+            publish_full: AtomicBool::new(false),
             subscriptions,
             down: AtomicBool::new(false),
             join_script: Script::new(&format!(
@@ -259,7 +317,7 @@ return absent",
                 message: stored.message.clone(),
             };
             let channel = room_channel(&stored.message.room);
-            let _ = self.publish.send((channel, Self::envelope_text(&envelope)));
+            self.queue_publish(channel, Self::envelope_text(&envelope));
         }
     }
 
@@ -270,12 +328,33 @@ return absent",
             room: room.to_owned(),
             room_id: room_id.0,
         };
-        let _ = self
-            .publish
-            .send((room_channel(room), Self::envelope_text(&envelope)));
+        self.queue_publish(room_channel(room), Self::envelope_text(&envelope));
     }
 
-    async fn publisher(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<(String, String)>) {
+    /// Queues one envelope for the publisher without waiting. A full queue
+    /// (Redis far slower than this node's commits) drops it: the other
+    /// nodes read what they missed from the store when the room's next
+    /// message shows them the gap.
+    fn queue_publish(&self, channel: String, text: String) {
+        match self.publish.try_send((channel, text)) {
+            Ok(()) => {
+                if self.publish_full.swap(false, Ordering::Relaxed) {
+                    tracing::info!("cluster publish queue drained");
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.publish_full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        queued = PUBLISH_QUEUE,
+                        "cluster publish queue full: dropping notifications (other nodes catch up from the store)"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    async fn publisher(self: Arc<Self>, mut queue: mpsc::Receiver<(String, String)>) {
         let mut conn = self.conn.clone();
         while let Some((channel, text)) = queue.recv().await {
             // Everything queued meanwhile goes in one pipeline: one round
@@ -347,7 +426,10 @@ return absent",
             .filter_map(|f| f.split_once('|').map(|(_, user)| user.to_owned()))
     }
 
-    fn on_envelope(&self, payload: &str) {
+    /// Handles what arrived on `channel`. Envelopes are checked like client
+    /// input before anything is delivered: whatever can write to Redis must
+    /// not be able to put malformed names or text on clients' screens.
+    fn on_envelope(&self, channel: &str, payload: &str) {
         let envelope: Envelope = match serde_json::from_str(payload) {
             Ok(envelope) => envelope,
             Err(err) => {
@@ -355,6 +437,15 @@ return absent",
                 return;
             }
         };
+        let room = channel.strip_prefix("chat:room:").unwrap_or_default();
+        if let Err(problem) = check_envelope(&envelope, room) {
+            tracing::warn!(
+                channel = %Untrusted(channel),
+                problem,
+                "ignoring an invalid cluster message"
+            );
+            return;
+        }
         match envelope {
             Envelope::Message {
                 origin,
@@ -474,7 +565,7 @@ return absent",
                     message = stream.next() => match message {
                         Some(message) => {
                             if let Ok(payload) = message.get_payload::<String>() {
-                                self.on_envelope(&payload);
+                                self.on_envelope(message.get_channel_name(), &payload);
                             }
                         }
                         None => break,

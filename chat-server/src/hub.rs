@@ -19,7 +19,7 @@ use chat_proto::{MessageRecord, RoomSummary};
 use tokio::sync::mpsc;
 
 use crate::fanout::Fanout;
-use crate::rooms::{GapFill, JoinPoint, Rooms, SessionHandle};
+use crate::rooms::{FillOutcome, GapFill, JoinPoint, Rooms, SessionHandle};
 use crate::store::{
     Appended, Commit, CommitFeed, HistoryPage, RoomId, SessionId, Store, StoreError, Stored,
     UserRecord,
@@ -279,31 +279,48 @@ async fn fill_gaps(
     rooms: Arc<Rooms>,
 ) {
     while let Some(gap) = requests.recv().await {
-        let mut after = gap.after;
-        let mut complete = true;
-        while after < gap.upto {
-            match store
-                .range(gap.room_id, &gap.room, after, gap.upto, 1000)
-                .await
-            {
-                Ok(messages) if !messages.is_empty() => {
-                    after = messages.last().map_or(gap.upto, |m| m.seq);
-                    for message in messages {
-                        rooms.deliver(&Stored {
-                            room_id: gap.room_id,
-                            message,
-                        });
-                    }
-                }
-                Ok(_) => break,
-                Err(err) => {
-                    tracing::error!(room = %Untrusted(&gap.room), error = %err, "reading missing messages failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    complete = false;
-                    break;
-                }
+        let outcome = match fill_gap(&gap, store.as_ref(), &rooms).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                tracing::error!(room = %Untrusted(&gap.room), error = %err, "reading missing messages failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                FillOutcome::Failed
             }
-        }
-        rooms.gap_filled(&gap.room, gap.room_id, gap.upto, complete);
+        };
+        rooms.gap_filled(&gap.room, gap.room_id, gap.upto, outcome);
     }
+}
+
+/// Reads and delivers one gap. When the store lacks part of it, the room's
+/// newest stored seq is read too, so the rooms can tell a deleted room from
+/// a message nobody stored.
+async fn fill_gap(
+    gap: &GapFill,
+    store: &dyn Store,
+    rooms: &Rooms,
+) -> Result<FillOutcome, StoreError> {
+    let mut after = gap.after;
+    while after < gap.upto {
+        let messages = store
+            .range(gap.room_id, &gap.room, after, gap.upto, 1000)
+            .await?;
+        let Some(last) = messages.last().map(|m| m.seq) else {
+            break;
+        };
+        after = last;
+        for message in messages {
+            rooms.deliver(&Stored {
+                room_id: gap.room_id,
+                message,
+            });
+        }
+    }
+    if after >= gap.upto {
+        return Ok(FillOutcome::Read { stored_last: None });
+    }
+    let stored_last = match store.room(&gap.room).await? {
+        Some(head) if head.id == gap.room_id => Some(head.last_seq),
+        _ => None,
+    };
+    Ok(FillOutcome::Read { stored_last })
 }

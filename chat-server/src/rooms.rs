@@ -167,6 +167,18 @@ impl RoomState {
     }
 }
 
+/// How a gap fill ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FillOutcome {
+    /// The store could not be read: the fill is asked for again.
+    Failed,
+    /// Everything the store had in the range was delivered. `stored_last`
+    /// is the room's newest stored `seq`, read after the range when the
+    /// store lacked part of it (`None`: the room is gone, or nothing was
+    /// missing).
+    Read { stored_last: Option<u64> },
+}
+
 /// What [`Rooms::join`] tells the session.
 pub struct JoinPoint {
     /// Newest message the joiner gets from the store; later ones come live.
@@ -403,26 +415,53 @@ impl Rooms {
     }
 
     /// Called when a gap fill up to `upto` finished, its messages already
-    /// passed to [`Rooms::deliver`]. `complete`: the store answered; what it
-    /// did not have (the room was deleted meanwhile) is skipped rather than
-    /// waited for. After a store error the fill is requested again.
-    pub fn gap_filled(&self, room: &str, room_id: RoomId, upto: u64, complete: bool) {
+    /// passed to [`Rooms::deliver`]. After a store error the fill is
+    /// requested again. What the store did not have is settled by
+    /// [`FillOutcome::Read`].
+    pub fn gap_filled(&self, room: &str, room_id: RoomId, upto: u64, outcome: FillOutcome) {
         let mut rooms = self.lock();
         let Some(state) = rooms.get_mut(room).filter(|s| s.room_id == room_id) else {
             return;
         };
         state.filling = false;
-        if complete && state.next_seq <= upto {
-            tracing::warn!(
-                room = %crate::untrusted::Untrusted(room),
-                from = state.next_seq,
-                to = upto,
-                "messages missing from the store; skipping"
-            );
-            state.next_seq = upto + 1;
-            let next = state.next_seq;
-            state.ahead.retain(|&seq, _| seq >= next);
-            state.flush_ahead();
+        match outcome {
+            FillOutcome::Failed => {}
+            FillOutcome::Read { stored_last } => {
+                // Up to here the store has (or had) every message.
+                let stored_upto = stored_last.map_or(upto, |last| last.min(upto));
+                if state.next_seq <= stored_upto {
+                    tracing::warn!(
+                        room = %crate::untrusted::Untrusted(room),
+                        from = state.next_seq,
+                        to = stored_upto,
+                        "messages missing from the store; skipping"
+                    );
+                    state.next_seq = stored_upto + 1;
+                    let next = state.next_seq;
+                    state.ahead.retain(|&seq, _| seq >= next);
+                    state.flush_ahead();
+                }
+                if let Some(last) = stored_last.filter(|&last| last <= upto) {
+                    // The message that asked for this fill (seq upto + 1)
+                    // arrived before the fill began, yet the store, read
+                    // after, does not have it: nobody stored it. Dropped,
+                    // or a forged seq far ahead would make the room skip
+                    // the real messages it claims to be after.
+                    if state.ahead.remove(&(upto + 1)).is_some() {
+                        tracing::warn!(
+                            room = %crate::untrusted::Untrusted(room),
+                            seq = upto + 1,
+                            stored = last,
+                            "discarding a message the store does not have"
+                        );
+                    }
+                    // A wider fill asked for meanwhile (by a join that read a
+                    // newer head) stands.
+                    if state.fill_upto <= upto {
+                        state.fill_upto = state.fill_upto.min(last);
+                    }
+                }
+            }
         }
         let wanted = state
             .ahead
@@ -534,13 +573,13 @@ mod tests {
         assert_eq!((gap.after, gap.upto), (3, 4));
         assert!(gaps.try_recv().is_err(), "one fill at a time");
         rooms.deliver(&msg(1, 4));
-        rooms.gap_filled("r", RoomId(1), 4, true);
+        rooms.gap_filled("r", RoomId(1), 4, FillOutcome::Read { stored_last: None });
         assert_eq!(seqs(&mut rx), vec![4, 5]);
         // 6 is still missing: another fill is asked for.
         let gap = gaps.try_recv().unwrap();
         assert_eq!((gap.after, gap.upto), (5, 6));
         // The store has lost 6 (room deleted): skip rather than stall.
-        rooms.gap_filled("r", RoomId(1), 6, true);
+        rooms.gap_filled("r", RoomId(1), 6, FillOutcome::Read { stored_last: None });
         assert_eq!(seqs(&mut rx), vec![7]);
     }
 
@@ -552,15 +591,42 @@ mod tests {
         rooms.catch_up("r", RoomId(1), 3);
         assert_eq!(gaps.try_recv().unwrap().upto, 3);
         rooms.catch_up("r", RoomId(1), 4); // while the first is under way
-        rooms.gap_filled("r", RoomId(1), 3, false);
+        rooms.gap_filled("r", RoomId(1), 3, FillOutcome::Failed);
         let again = gaps.try_recv().unwrap();
         assert_eq!((again.after, again.upto), (0, 4));
         for seq in 1..=4 {
             rooms.deliver(&msg(1, seq));
         }
-        rooms.gap_filled("r", RoomId(1), 4, true);
+        rooms.gap_filled("r", RoomId(1), 4, FillOutcome::Read { stored_last: None });
         assert_eq!(seqs(&mut rx), vec![1, 2, 3, 4]);
         assert!(gaps.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_message_the_store_does_not_have_cannot_make_the_room_skip() {
+        let (rooms, mut gaps) = Rooms::new();
+        let (alice, mut rx) = member(1, "alice");
+        rooms.join("r", RoomId(1), &alice, 2);
+        // A forged seq far ahead (from a hostile Redis).
+        rooms.deliver(&msg(1, 1000));
+        let gap = gaps.try_recv().unwrap();
+        assert_eq!((gap.after, gap.upto), (2, 999));
+        // The store has nothing past 2: the forged message is dropped and
+        // nothing is skipped.
+        rooms.gap_filled(
+            "r",
+            RoomId(1),
+            999,
+            FillOutcome::Read {
+                stored_last: Some(2),
+            },
+        );
+        assert!(gaps.try_recv().is_err(), "nothing left to fill");
+        rooms.deliver(&msg(1, 3));
+        rooms.deliver(&msg(1, 4));
+        assert_eq!(seqs(&mut rx), vec![3, 4]);
+        rooms.deliver(&msg(1, 1000));
+        assert!(seqs(&mut rx).is_empty());
     }
 
     #[test]

@@ -584,6 +584,29 @@ impl TestRedis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Publishes `payload` on `channel`, as anything that can write to
+    /// Redis could; returns the number of subscribers that got it.
+    pub fn publish(&self, channel: &str, payload: &str) -> u64 {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        let command = format!(
+            "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+            channel.len(),
+            payload.len()
+        );
+        stream.write_all(command.as_bytes()).expect("send PUBLISH");
+        let mut reply = String::new();
+        BufReader::new(stream)
+            .read_line(&mut reply)
+            .expect("PUBLISH reply");
+        reply
+            .trim()
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected PUBLISH reply {reply:?}"))
+    }
+
     /// The URL for a client that reaches it at `addr`.
     pub fn url_at(&self, addr: IpAddr) -> String {
         format!("redis://{addr}:{}/", self.port)

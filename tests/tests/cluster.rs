@@ -16,6 +16,7 @@ backend_tests! {
     bad_or_unreachable_redis_stops_start_up_with_one_line,
     a_room_emptied_on_a_node_then_joined_again_resumes_from_the_store,
     a_deletion_during_a_redis_outage_still_reaches_other_nodes,
+    forged_envelopes_from_redis_are_refused_and_skip_nothing,
 }
 
 struct Cluster {
@@ -274,4 +275,58 @@ async fn a_deletion_during_a_redis_outage_still_reaches_other_nodes(backend: Bac
         .request(json!({"type":"send","room":"gone","text":"anyone?"}))
         .await;
     assert_eq!(answer["code"], "not_joined");
+}
+
+/// Polls a node's log until it contains `needle` (bounded).
+async fn log_shows(node: &TestServer, needle: &str, times: usize) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while node.log().matches(needle).count() < times {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in the log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn forged_envelopes_from_redis_are_refused_and_skip_nothing(backend: Backend) {
+    let cluster = cluster(backend, 1);
+    let node = &cluster.nodes[0];
+    // Bob only watches; alice talks.
+    let mut bob = Client::login(&node.url(), "bob", PASSWORD).await;
+    bob.join("lan", None).await;
+    let mut alice = Client::login(&node.url(), "alice", PASSWORD).await;
+    alice.join("lan", None).await;
+    alice.say("lan", "one").await;
+    alice.say("lan", "two").await;
+    let forge = |message: Value| {
+        json!({"kind":"message","origin":"mallory","room_id":1,"message":message}).to_string()
+    };
+    // Malformed names and text are refused outright.
+    let bad_user = forge(json!({"room":"lan","seq":3,"user":"m\u{1b}[2J","text":"x","ts":0}));
+    let bad_text =
+        forge(json!({"room":"lan","seq":3,"user":"mallory","text":"\u{1b}]52;c;aGk=\u{7}","ts":0}));
+    let other_room = forge(json!({"room":"elsewhere","seq":3,"user":"mallory","text":"x","ts":0}));
+    for payload in [bad_user, bad_text, other_room] {
+        assert_eq!(cluster.redis.publish("chat:room:lan", &payload), 1);
+    }
+    log_shows(node, "ignoring an invalid cluster message", 3).await;
+    // A well-formed message far ahead, that nobody stored: dropped once the
+    // store says so, instead of making the room skip to it.
+    let ahead = forge(json!({"room":"lan","seq":1000,"user":"mallory","text":"forged","ts":0}));
+    assert_eq!(cluster.redis.publish("chat:room:lan", &ahead), 1);
+    log_shows(node, "discarding a message the store does not have", 1).await;
+    assert_eq!(alice.say("lan", "three").await["seq"], 3);
+    assert_eq!(alice.say("lan", "four").await["seq"], 4);
+    // Bob saw every real message once, in order, and nothing forged.
+    let mut seen = Vec::new();
+    while seen.last().and_then(|m: &Value| m["seq"].as_u64()) != Some(4) {
+        let event = bob.recv().await;
+        assert_ne!(event["user"], "mallory", "{event}");
+        if event["type"] == "message" {
+            seen.push(event);
+        }
+    }
+    assert_eq!(seqs(&seen), vec![1, 2, 3, 4]);
 }
