@@ -117,6 +117,7 @@ fn push_line(text: &str, range: Range<usize>, lines: &mut Vec<Range<usize>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sanitize::sanitize;
 
     fn lines(text: &str, first: usize, rest: usize) -> Vec<&str> {
         wrap(text, first, rest)
@@ -189,5 +190,53 @@ mod tests {
                 assert!(width(&text[r]) <= w, "width {w}");
             }
         }
+    }
+
+    // Text from other users reaches `wrap` sanitized; these check that what
+    // is wrapped is then what is drawn.
+
+    #[test]
+    fn line_separators_break_once_sanitized() {
+        let text = sanitize("one\u{2028}two\u{2029}three", true);
+        assert_eq!(lines(&text, 20, 20), ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn invisible_characters_take_no_part_in_lines() {
+        // Zero-width spaces, a bidi override, tags and a word joiner inside
+        // words: the lines are the visible words.
+        let text = sanitize(
+            "ab\u{200b}cd \u{202e}ef\u{e0041}\u{e0042}gh \u{2060}ij",
+            true,
+        );
+        assert_eq!(lines(&text, 5, 5), ["abcd", "efgh", "ij"]);
+    }
+
+    #[test]
+    fn combining_floods_wrap_by_their_bases() {
+        let zalgo = |base: &str| format!("{base}{}", "\u{301}\u{316}".repeat(40));
+        let word: String = ["a", "b", "c"].map(zalgo).concat();
+        let text = sanitize(&format!("{word} {word} {word}"), true);
+        let got = lines(&text, 7, 7);
+        assert_eq!(got.len(), 2);
+        for line in got {
+            assert!(width(line) <= 7);
+            // Each base keeps its allowance and no more.
+            assert!(line.chars().count() <= width(line) * 4, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn sanitized_width_is_the_sum_of_what_is_drawn() {
+        // A soft hyphen and a Hangul filler measure 0 but many terminals
+        // draw them a cell or two wide, and a run of six joined men measures
+        // 2 where a terminal that does not know it draws 12: sanitized, the
+        // fillers are gone and the men are two pictures, so the width ratatui
+        // reserves is the width drawn.
+        let men = ["👨"; 6].join("\u{200d}");
+        let text = sanitize(&format!("x{men}y\u{ad}z\u{3164}"), true);
+        let drawn: usize = graphemes(&text).iter().map(|&(_, _, w)| w).sum();
+        assert_eq!(width(&text), drawn);
+        assert_eq!(width(&text), 1 + 2 + 2 + 1 + 1);
     }
 }
