@@ -188,7 +188,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a message in the room `room` (by id: a send for a deleted
     /// room must not land in a new room of the same name). Returns once
-    /// committed; `NoSuchRoom` when the room is gone.
+    /// committed; `NoSuchRoom` when the room is gone. The write is
+    /// queued, without waiting, the first time the future is polled, so
+    /// appends first polled in order (a session's pipelined sends) get
+    /// increasing seqs. When the outcome is unknown (the database stopped
+    /// answering mid-commit) the error is `Unavailable` and the message may
+    /// still be in history; delivery then finds it through `range`.
     async fn append(&self, room: RoomId, user: &str, text: &str) -> Result<Appended, StoreError>;
     /// Up to `limit` messages of the room named `name` with `seq < before`
     /// (the newest when `before` is `None`), ascending. `NoSuchRoom` for an
@@ -226,7 +231,8 @@ pub trait Store: Send + Sync + 'static {
         messages: &[MessageRecord],
     ) -> Result<(), StoreError>;
 
-    /// Finishes every queued write, then stops. Later calls get `Closed`.
+    /// Finishes every queued write, then stops. Later calls get `Closed`
+    /// (reads too).
     async fn close(&self);
 }
 
@@ -294,7 +300,9 @@ pub async fn open(
     let (feed_tx, feed) = mpsc::channel(COMMIT_QUEUE);
     let store: Arc<dyn Store> = match db {
         Database::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path, durability, feed_tx)?),
-        Database::Postgres(url) => Arc::new(postgres::PostgresStore::open(url, feed_tx).await?),
+        Database::Postgres(url) => {
+            Arc::new(postgres::PostgresStore::open_with(url, durability, feed_tx).await?)
+        }
     };
     Ok((store, feed))
 }

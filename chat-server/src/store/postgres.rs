@@ -1,113 +1,2013 @@
-//! The PostgreSQL backend (being written).
+//! The PostgreSQL backend: one database shared by every node of a cluster.
+//!
+//! **Group commit.** Every write a client waits for (a send, creating or
+//! deleting a room, registering) is queued to one writer task per node. The
+//! writer takes everything queued, up to [`MAX_BATCH`] jobs, and commits it
+//! in one transaction: a commit costs a WAL flush and a round trip, so under
+//! load hundreds of sends share one, while an idle server still commits a
+//! lone send at once (nothing waits for a batch to fill).
+//!
+//! **One round trip a batch.** The whole transaction goes out as one
+//! pipeline: `BEGIN`, one statement that locks the batch's rooms, one
+//! statement that stores every message of the batch, a statement or two per
+//! rare job, `COMMIT`. tokio-postgres writes them back to back and
+//! PostgreSQL answers them in order, so the writer waits for the network
+//! once. That works because no statement needs an answer to an earlier one
+//! on this side: the database itself computes each message's `seq` (see
+//! [`STORE_MESSAGES`]). Acks wait for `COMMIT`'s answer.
+//!
+//! **How `seq` stays contiguous.** A room's messages are numbered from
+//! `rooms.last_seq`, which the same statement that stores them bumps by
+//! their count (`UPDATE … RETURNING` feeding the `INSERT`). The `UPDATE`
+//! holds the room's row lock until `COMMIT`: a writer on another node
+//! appending to the same room waits, then sees the bumped value. Numbers are
+//! handed out in commit order, no two transactions get the same one, and a
+//! transaction that rolls back gives its numbers back with its `UPDATE`.
+//!
+//! **Lock order.** A batch may touch many rooms, and so may another node's.
+//! The batch's first statement locks all the rooms it appends to or deletes
+//! in id order (`ORDER BY id FOR UPDATE`), so two writers take the rows they
+//! share in the same order and cannot deadlock on them; new room and user
+//! names are inserted in name order for the same reason. A deadlock that
+//! happens anyway (a room created and deleted by two nodes at once) rolls
+//! the transaction back, and the batch is retried.
+//!
+//! **The commit feed.** After `COMMIT`, the stored messages and deletions
+//! go on the feed in commit order, then the jobs are answered, as in the
+//! SQLite backend.
+//!
+//! **One bad job.** A batch that fails on one job's data (a constraint or
+//! a value PostgreSQL refuses) is split in halves and committed again until
+//! that job stands alone: it gets the error, the others commit.
+//!
+//! **Reads and rare writes** (logins, history, room lists, account changes
+//! from the admin commands, `migrate-db` imports) take a connection from the
+//! pool directly: each is one statement, atomic on its own.
+//!
+//! **Losing the database.** Connecting, waiting for a pooled connection and
+//! every answer are bounded in time (and the server aborts statements that
+//! run too long), so an operation fails with [`StoreError::Unavailable`]
+//! instead of hanging. The writer answers a failed batch and goes on (and
+//! when that took a full timeout, answers the jobs queued behind it at
+//! once rather than have each wait for its own); the pool makes new
+//! connections once the database is back. The outage is logged once when
+//! it starts and once when it ends, not per request.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::error::Error as _;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chat_proto::MessageRecord;
-use tokio::sync::mpsc;
+use deadpool_postgres::tokio_postgres::error::SqlState;
+use deadpool_postgres::tokio_postgres::{self, Client, Config, NoTls, Row, Statement};
+use deadpool_postgres::{
+    ClientWrapper, Connect, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod,
+    Runtime, TimeoutType,
+};
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
 
 use super::{
-    Appended, Commit, HistoryPage, RoomHead, RoomId, RoomRecord, SessionId, Store, StoreError,
-    UserRecord,
+    now_ms, page_range, Appended, Commit, Durability, HistoryPage, RoomHead, RoomId, RoomRecord,
+    SessionId, Store, StoreError, Stored, UserRecord,
 };
 
-/// The URL without its password, for logs and messages.
-pub fn redact(url: &str) -> String {
-    url.to_owned()
+type PgError = tokio_postgres::Error;
+
+/// Most jobs folded into one transaction.
+const MAX_BATCH: usize = 1024;
+/// Connections kept to the database (the writer holds one).
+const POOL_SIZE: usize = 16;
+/// Reaching the server, per address tried (unless the URL says otherwise).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Waiting for a pooled connection when all are busy.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Opening a new connection: connecting plus authentication.
+const POOL_CREATE: Duration = Duration::from_secs(10);
+/// Checking a pooled connection before reuse (no I/O with `Fast`).
+const POOL_RECYCLE: Duration = Duration::from_secs(2);
+/// The server cancels any statement running longer, so that a stuck
+/// statement cannot hold row locks the other nodes wait for.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server ends a session left idle inside a transaction (a node that
+/// vanished mid-transaction) and releases its locks.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long this side waits for answers: past [`STATEMENT_TIMEOUT`], so it
+/// only fires when the server or the network went silent.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deleting a room deletes its history, which may be millions of rows: a
+/// batch that deletes gets this much time instead.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Waiting for another node's schema upgrade, and running ours.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// TCP keepalive probes find a dead idle connection in about a minute.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Unacknowledged data on a connection for this long kills it.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+/// A batch that took this long to find the database unreachable makes the
+/// writer answer the jobs queued behind it at once (see [`Writer::run`]).
+const SLOW_FAILURE: Duration = Duration::from_secs(1);
+/// Tries for a batch rolled back by a deadlock or serialization failure.
+const MAX_ATTEMPTS: u32 = 5;
+/// The advisory lock held while the schema is upgraded ("chatserv").
+const SCHEMA_LOCK: i64 = 0x6368_6174_7365_7276;
+
+// ---- Schema. ----
+
+/// Schema changes, in order: version `n` is `MIGRATIONS[n - 1]`, and
+/// `schema_version` records which ran. Append only; never edit a released
+/// one.
+const MIGRATIONS: &[&str] = &[
+    // Room ids come from an identity and are never reused: a room deleted
+    // and created again under the same name is another room to delivery.
+    // Every append rewrites its room's row; the free space left on each page
+    // (fillfactor) lets PostgreSQL update it in place (HOT) without touching
+    // the indexes. Messages are keyed (room_id, seq): a history page is one
+    // range scan of the primary key, whatever the size of the table. No
+    // foreign key: deleting a room deletes its messages explicitly, and an
+    // append already holds the room's row lock.
+    "CREATE TABLE users (
+         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         name text NOT NULL UNIQUE,
+         password_hash text NOT NULL,
+         admin boolean NOT NULL DEFAULT false,
+         created_at bigint NOT NULL
+     );
+     CREATE TABLE rooms (
+         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         name text NOT NULL UNIQUE,
+         last_seq bigint NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+         last_activity bigint NOT NULL
+     ) WITH (fillfactor = 50);
+     CREATE TABLE messages (
+         room_id bigint NOT NULL,
+         seq bigint NOT NULL,
+         \"user\" text NOT NULL,
+         text text NOT NULL,
+         ts bigint NOT NULL,
+         PRIMARY KEY (room_id, seq)
+     );",
+];
+
+/// Why the schema could not be brought up to date.
+enum MigrateError {
+    Db(PgError),
+    /// The database was upgraded by a newer build of the server.
+    Newer {
+        current: usize,
+        known: usize,
+    },
 }
 
+impl From<PgError> for MigrateError {
+    fn from(err: PgError) -> MigrateError {
+        MigrateError::Db(err)
+    }
+}
+
+impl MigrateError {
+    fn reason(&self) -> String {
+        match self {
+            MigrateError::Db(err) => reason(err),
+            MigrateError::Newer { current, known } => format!(
+                "its schema version {current} is newer than this server knows ({known}): \
+                 upgrade chat-server"
+            ),
+        }
+    }
+}
+
+/// Brings the schema up to date. Runs under an advisory lock, so that nodes
+/// starting together upgrade one after the other. The lock belongs to the
+/// session, which the caller ends afterwards: even a failed upgrade cannot
+/// leave it held.
+async fn migrate(conn: &mut ClientWrapper) -> Result<(), MigrateError> {
+    conn.batch_execute(&format!(
+        "SET statement_timeout = {}",
+        MIGRATION_TIMEOUT.as_millis()
+    ))
+    .await?;
+    conn.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    conn.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version integer PRIMARY KEY,
+             applied_at bigint NOT NULL
+         )",
+    )
+    .await?;
+    let current: i32 = conn
+        .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        .await?
+        .try_get(0)?;
+    let current = usize::try_from(current).unwrap_or(0);
+    let known = MIGRATIONS.len();
+    if current > known {
+        // Tables changed by a newer build may not mean what this one thinks.
+        return Err(MigrateError::Newer { current, known });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
+        let tx = conn.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)",
+            &[&version, &now_ms()],
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::debug!(version, "upgraded the PostgreSQL schema");
+    }
+    conn.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    Ok(())
+}
+
+// ---- Connecting. ----
+
+/// The URL without its password, for logs and messages.
+///
+/// Covers the forms tokio-postgres reads: `postgres://user:password@host`,
+/// a `password=` query parameter, and `key=value` strings. A password
+/// should be percent-encoded, but one that is not may hold `@`, `/` or `?`:
+/// the credentials are taken to end at the last `@` (of the part before the
+/// query, when that part has one), so an odd URL is over-redacted rather
+/// than leaked.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_key_values(url);
+    };
+    let before_query = rest.split('?').next().unwrap_or(rest);
+    let at = before_query.rfind('@').or_else(|| rest.rfind('@'));
+    let rest = match at.map(|at| (&rest[..at], &rest[at + 1..])) {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, password)) if !password.is_empty() => format!("{user}:***@{host}"),
+            _ => rest.to_owned(),
+        },
+        None => rest.to_owned(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<&str> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("password", _)) => "password=***",
+                    _ => pair,
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
+}
+
+/// `password=…` in a `key=value` connection string, quoted or not.
+fn redact_key_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("password") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let starts_word = before.is_empty() || before.ends_with(char::is_whitespace);
+        let after_key = &from["password".len()..];
+        let value = after_key.trim_start();
+        match value.strip_prefix('=') {
+            Some(value) if starts_word => {
+                out.push_str("password=***");
+                let value = value.trim_start();
+                rest = match value.strip_prefix('\'') {
+                    // A quoted value ends at the first unescaped quote.
+                    Some(quoted) => {
+                        let mut escaped = false;
+                        let end = quoted
+                            .char_indices()
+                            .find(|&(_, c)| {
+                                let closes = c == '\'' && !escaped;
+                                escaped = c == '\\' && !escaped;
+                                closes
+                            })
+                            .map_or(quoted.len(), |(i, _)| i + 1);
+                        &quoted[end..]
+                    }
+                    None => {
+                        let end = value.find(char::is_whitespace).unwrap_or(value.len());
+                        &value[end..]
+                    }
+                };
+            }
+            _ => {
+                out.push_str("password");
+                rest = after_key;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The server settings every session starts with; the URL's own `options`
+/// come after them, so they win.
+fn session_options(from_url: Option<&str>, durability: Durability) -> String {
+    let mut ours = format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        STATEMENT_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    );
+    if durability == Durability::Relaxed {
+        // COMMIT returns before its WAL reaches the disk: a crash of
+        // PostgreSQL's machine may lose the newest acked messages, but
+        // never leaves a hole or half a batch.
+        ours.push_str(" -c synchronous_commit=off");
+    }
+    match from_url.map(str::trim).filter(|o| !o.is_empty()) {
+        Some(theirs) => format!("{ours} {theirs}"),
+        None => ours,
+    }
+}
+
+/// Reads the URL and adds the timeouts that keep a lost database from
+/// hanging anything.
+fn configure(url: &str, durability: Durability) -> Result<Config, StoreError> {
+    let mut config: Config = url.parse().map_err(|err: PgError| {
+        let why = err
+            .source()
+            .map_or_else(|| err.to_string(), |s| s.to_string());
+        StoreError::Open(format!("invalid PostgreSQL URL {}: {why}", redact(url)))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("chat-server");
+    }
+    let options = session_options(config.get_options(), durability);
+    config
+        .options(options)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
+    Ok(config)
+}
+
+/// Opens connections for the pool. deadpool's own connector logs every
+/// connection that ends with an error as a warning, which during an outage
+/// is one line per pooled connection; the store reports the outage once
+/// instead.
+struct Connector;
+
+impl Connect for Connector {
+    fn connect(&self, config: &Config) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), PgError>> {
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(error = %reason(&err), "PostgreSQL connection ended");
+                }
+            });
+            Ok((client, task))
+        })
+    }
+}
+
+// ---- Errors. ----
+
+/// One line saying why a database call failed, without the driver's
+/// wrapping ("db error", "error connecting to server").
+fn reason(err: &PgError) -> String {
+    if let Some(db) = err.as_db_error() {
+        return db.message().to_owned();
+    }
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        if let Some(io) = inner.downcast_ref::<io::Error>() {
+            return io_reason(io);
+        }
+        cause = inner.source();
+    }
+    match err.source() {
+        Some(inner) => format!("{err}: {inner}"),
+        None => err.to_string(),
+    }
+}
+
+/// "connection refused" rather than "Connection refused (os error 111)".
+fn io_reason(err: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match err.kind() {
+        ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | BrokenPipe
+        | UnexpectedEof | HostUnreachable | NetworkUnreachable => err.kind().to_string(),
+        _ => err.to_string(),
+    }
+}
+
+/// The connection, not the statement, failed: the server went away, shut
+/// down, or could not be reached.
+fn is_connection_error(err: &PgError) -> bool {
+    match err.code() {
+        Some(code) => code.code().starts_with("08") || code.code().starts_with("57P"),
+        None => {
+            let mut cause = err.source();
+            while let Some(inner) = cause {
+                if inner.is::<io::Error>() {
+                    return true;
+                }
+                cause = inner.source();
+            }
+            err.is_closed()
+        }
+    }
+}
+
+/// The transaction was rolled back by a conflict with another one; running
+/// it again may well succeed.
+fn is_retryable(code: &SqlState) -> bool {
+    *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+}
+
+/// Data exceptions and integrity violations come from one job's values
+/// (say, a row that should not be there), not from the database's state:
+/// worth isolating that job so the rest of its batch still commits.
+fn is_job_specific(code: &SqlState) -> bool {
+    code.code().starts_with("22") || code.code().starts_with("23")
+}
+
+/// How an operation failed, before it is put in the chat's words.
+enum Failure {
+    /// The database answered with an error.
+    Db(PgError),
+    /// The database could not be reached or did not answer in time.
+    Lost(String),
+    /// A refusal in the chat's words (`NoSuchRoom`, `Closed`, …).
+    Refused(StoreError),
+}
+
+impl From<PgError> for Failure {
+    fn from(err: PgError) -> Failure {
+        Failure::Db(err)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Failure {
+        Failure::Refused(err)
+    }
+}
+
+fn pool_failure(err: PoolError) -> Failure {
+    match err {
+        PoolError::Closed => Failure::Refused(StoreError::Closed),
+        PoolError::Timeout(TimeoutType::Wait) => {
+            Failure::Lost("every database connection stayed busy".into())
+        }
+        PoolError::Timeout(TimeoutType::Create) => {
+            Failure::Lost("timed out connecting to the server".into())
+        }
+        PoolError::Timeout(TimeoutType::Recycle) => {
+            Failure::Lost("timed out checking a connection".into())
+        }
+        PoolError::Backend(err) => Failure::Lost(reason(&err)),
+        other => Failure::Lost(other.to_string()),
+    }
+}
+
+/// Whether the database is reachable, so that an outage is logged when it
+/// starts and when it ends rather than once per request.
+struct Health {
+    /// Where the database is, password redacted.
+    shown: String,
+    down: AtomicBool,
+}
+
+impl Health {
+    /// An operation got an answer from the database.
+    fn up(&self) {
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
+            tracing::info!(db = %self.shown, "PostgreSQL is back");
+        }
+    }
+
+    fn lost(&self, why: &str) {
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::error!(db = %self.shown, "lost PostgreSQL: {why}");
+        }
+    }
+
+    /// Puts a failure in the chat's words, logging it once: an outage by
+    /// [`Health::lost`], any other database error here.
+    fn settle(&self, failure: Failure) -> StoreError {
+        match failure {
+            Failure::Refused(err) => {
+                self.up();
+                err
+            }
+            Failure::Lost(why) => {
+                self.lost(&why);
+                StoreError::Unavailable(why)
+            }
+            Failure::Db(err) => {
+                let why = reason(&err);
+                if is_connection_error(&err) {
+                    self.lost(&why);
+                } else {
+                    self.up();
+                    let code = err.code().map_or("", SqlState::code);
+                    tracing::error!(code, error = %why, "PostgreSQL error");
+                }
+                StoreError::Unavailable(why)
+            }
+        }
+    }
+}
+
+/// `u64` counters are `bigint` columns; they never get near the limit.
+fn to_db(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn from_db(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+// ---- Statements. ----
+
+/// Locks, in id order, every room the batch appends to ($1) or deletes
+/// ($2): writers on several nodes then take shared rooms in the same order.
+const LOCK_ROOMS: &str = "SELECT id FROM rooms
+     WHERE id = ANY($1::bigint[]) OR name = ANY($2::text[])
+     ORDER BY id
+     FOR UPDATE";
+
+/// Stores every message of a batch. `$1`/`$2`: each room appended to and
+/// its number of messages; `$3`: the time; `$4`..`$7`: per message, its
+/// room, its place among that room's messages in this batch (1, 2, …), its
+/// author and text. Each room's counter moves by its count and the messages
+/// take the numbers just below the new value, in order. A room that no
+/// longer exists matches no row: its messages are not stored, and it is
+/// missing from the answer (`NoSuchRoom` for those jobs).
+const STORE_MESSAGES: &str = "WITH counts AS (
+         SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS c(room_id, n)
+     ), bumped AS (
+         UPDATE rooms AS r
+            SET last_seq = r.last_seq + c.n, last_activity = $3::bigint
+           FROM counts AS c
+          WHERE r.id = c.room_id
+      RETURNING r.id, r.name, r.last_seq - c.n AS base
+     ), stored AS (
+         INSERT INTO messages (room_id, seq, \"user\", text, ts)
+         SELECT m.room_id, b.base + m.place, m.author, m.body, $3::bigint
+           FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::text[])
+                AS m(room_id, place, author, body)
+           JOIN bumped AS b ON b.id = m.room_id
+     )
+     SELECT id, name, base FROM bumped";
+
+const CREATE_ROOM: &str = "INSERT INTO rooms (name, last_activity) VALUES ($1, $2)
+     ON CONFLICT (name) DO NOTHING";
+
+/// Run as its own statement after [`CREATE_ROOM`]: a statement's snapshot
+/// predates the statement, so one that also read the room would miss a
+/// room another node created meanwhile (which made the insert do nothing).
+const ROOM_HEAD: &str = "SELECT id, last_seq FROM rooms WHERE name = $1";
+
+const CREATE_USER: &str =
+    "INSERT INTO users (name, password_hash, admin, created_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (name) DO NOTHING";
+
+/// Waits for the writers appending to the room. The deletion that follows
+/// then starts from a snapshot that has all their messages, and nobody can
+/// add one before it commits: no message outlives its room.
+const LOCK_ROOM: &str = "SELECT id FROM rooms WHERE name = $1 FOR UPDATE";
+
+const DELETE_ROOM: &str = "WITH gone AS (
+         DELETE FROM rooms WHERE name = $1 RETURNING id
+     ), history AS (
+         DELETE FROM messages WHERE room_id IN (SELECT id FROM gone)
+     )
+     SELECT id FROM gone";
+
+const FIND_USER: &str = "SELECT name, password_hash, admin, created_at FROM users WHERE name = $1";
+
+/// `COLLATE "C"`: by code point, as SQLite orders them, whatever the
+/// database's locale.
+const LIST_USERS: &str =
+    "SELECT name, password_hash, admin, created_at FROM users ORDER BY name COLLATE \"C\"";
+
+const LIST_ROOMS: &str =
+    "SELECT id, name, last_seq, last_activity FROM rooms ORDER BY name COLLATE \"C\"";
+
+const READ_RANGE: &str = "SELECT seq, \"user\", text, ts FROM messages
+     WHERE room_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq";
+
+const IMPORT_MESSAGES: &str = "INSERT INTO messages (room_id, seq, \"user\", text, ts)
+     SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[])";
+
+fn user_from_row(row: &Row) -> Result<UserRecord, PgError> {
+    Ok(UserRecord {
+        name: row.try_get(0)?,
+        password_hash: row.try_get(1)?,
+        admin: row.try_get(2)?,
+        created: row.try_get(3)?,
+    })
+}
+
+async fn room_head(conn: &ClientWrapper, name: &str) -> Result<Option<RoomHead>, PgError> {
+    let statement = conn.prepare_cached(ROOM_HEAD).await?;
+    let Some(row) = conn.query_opt(&statement, &[&name]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(RoomHead {
+        id: RoomId(row.try_get(0)?),
+        last_seq: from_db(row.try_get(1)?),
+    }))
+}
+
+async fn read_range(
+    conn: &ClientWrapper,
+    name: &str,
+    room: RoomId,
+    first: u64,
+    last: u64,
+) -> Result<Vec<MessageRecord>, PgError> {
+    let statement = conn.prepare_cached(READ_RANGE).await?;
+    let rows = conn
+        .query(&statement, &[&room.0, &to_db(first), &to_db(last)])
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(MessageRecord {
+                room: name.to_owned(),
+                seq: from_db(row.try_get(0)?),
+                user: row.try_get(1)?,
+                text: row.try_get(2)?,
+                ts: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+// ---- The writer task. ----
+
+/// A write a client waits for, folded with others into one transaction.
+enum WriteJob {
+    Append {
+        room: RoomId,
+        user: String,
+        text: String,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    OpenRoom {
+        name: String,
+        reply: oneshot::Sender<Result<RoomHead, StoreError>>,
+    },
+    DeleteRoom {
+        name: String,
+        requested_by: SessionId,
+        reply: oneshot::Sender<Result<RoomId, StoreError>>,
+    },
+    CreateUser {
+        user: UserRecord,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// What a job produced inside the transaction, answered after commit.
+#[derive(Debug)]
+enum Outcome {
+    Appended(Appended),
+    Opened(RoomHead),
+    Deleted(RoomId),
+    Done,
+    Refused(StoreError),
+}
+
+fn answer(job: WriteJob, outcome: Result<Outcome, StoreError>) {
+    // A dropped receiver means the session went away; nothing to tell.
+    let refused = |outcome| match outcome {
+        Ok(Outcome::Refused(e)) | Err(e) => e,
+        Ok(_) => StoreError::Closed,
+    };
+    match job {
+        WriteJob::Append { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Appended(appended)) => Ok(appended),
+                other => Err(refused(other)),
+            });
+        }
+        WriteJob::OpenRoom { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Opened(head)) => Ok(head),
+                other => Err(refused(other)),
+            });
+        }
+        WriteJob::DeleteRoom { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Deleted(id)) => Ok(id),
+                other => Err(refused(other)),
+            });
+        }
+        WriteJob::CreateUser { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Done) => Ok(()),
+                other => Err(refused(other)),
+            });
+        }
+    }
+}
+
+/// A batch's appends laid out as the arrays [`STORE_MESSAGES`] takes, and
+/// the rooms it locks.
+#[derive(Debug, Default, PartialEq)]
+struct Plan<'a> {
+    /// The rooms appended to, ascending, and how many messages each gets.
+    rooms: Vec<i64>,
+    counts: Vec<i64>,
+    /// One entry per append, in queue order: its room, and its place among
+    /// that room's messages in this batch (1, 2, …), which keeps a room's
+    /// messages in queue order.
+    message_rooms: Vec<i64>,
+    places: Vec<i64>,
+    users: Vec<&'a str>,
+    texts: Vec<&'a str>,
+    /// The rooms the batch deletes, locked along with the appends' rooms.
+    deleted: Vec<&'a str>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(jobs: &'a [WriteJob]) -> Plan<'a> {
+        let mut plan = Plan::default();
+        let mut per_room: BTreeMap<i64, i64> = BTreeMap::new();
+        for job in jobs {
+            match job {
+                WriteJob::Append {
+                    room, user, text, ..
+                } => {
+                    let count = per_room.entry(room.0).or_insert(0);
+                    *count += 1;
+                    plan.message_rooms.push(room.0);
+                    plan.places.push(*count);
+                    plan.users.push(user);
+                    plan.texts.push(text);
+                }
+                WriteJob::DeleteRoom { name, .. } => plan.deleted.push(name),
+                WriteJob::OpenRoom { .. } | WriteJob::CreateUser { .. } => {}
+            }
+        }
+        (plan.rooms, plan.counts) = per_room.into_iter().unzip();
+        plan
+    }
+
+    /// Each append's outcome, in queue order, and the messages stored, from
+    /// what [`STORE_MESSAGES`] returned per room: its name and the `seq`
+    /// just before this batch's messages.
+    fn place(&self, bumped: &HashMap<i64, (String, u64)>, ts: i64) -> (Vec<Outcome>, Vec<Stored>) {
+        let mut outcomes = Vec::with_capacity(self.message_rooms.len());
+        let mut stored = Vec::with_capacity(self.message_rooms.len());
+        for (i, &room) in self.message_rooms.iter().enumerate() {
+            let Some((name, base)) = bumped.get(&room) else {
+                outcomes.push(Outcome::Refused(StoreError::NoSuchRoom));
+                continue;
+            };
+            let seq = base + from_db(self.places[i]);
+            outcomes.push(Outcome::Appended(Appended { seq, ts }));
+            stored.push(Stored {
+                room_id: RoomId(room),
+                message: MessageRecord {
+                    room: name.clone(),
+                    seq,
+                    user: self.users[i].to_owned(),
+                    text: self.texts[i].to_owned(),
+                    ts,
+                },
+            });
+        }
+        (outcomes, stored)
+    }
+}
+
+/// The writer's statements, prepared once per connection.
+struct WriterStatements {
+    lock_rooms: Statement,
+    store_messages: Statement,
+    create_room: Statement,
+    room_head: Statement,
+    create_user: Statement,
+    lock_room: Statement,
+    delete_room: Statement,
+}
+
+impl WriterStatements {
+    async fn prepare(conn: &Client) -> Result<WriterStatements, PgError> {
+        // Pipelined too: one round trip for all seven.
+        let (
+            lock_rooms,
+            store_messages,
+            create_room,
+            room_head,
+            create_user,
+            lock_room,
+            delete_room,
+        ) = tokio::try_join!(
+            conn.prepare(LOCK_ROOMS),
+            conn.prepare(STORE_MESSAGES),
+            conn.prepare(CREATE_ROOM),
+            conn.prepare(ROOM_HEAD),
+            conn.prepare(CREATE_USER),
+            conn.prepare(LOCK_ROOM),
+            conn.prepare(DELETE_ROOM),
+        )?;
+        Ok(WriterStatements {
+            lock_rooms,
+            store_messages,
+            create_room,
+            room_head,
+            create_user,
+            lock_room,
+            delete_room,
+        })
+    }
+}
+
+/// One statement of a batch's pipeline, and the job it answers for (by
+/// index in the batch).
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Begin,
+    Settings,
+    LockRooms,
+    StoreMessages,
+    CreateRoom,
+    RoomHead(usize),
+    CreateUser(usize),
+    LockRoom,
+    DeleteRoom(usize),
+    Commit,
+}
+
+/// What a statement answered.
+enum Reply {
+    Done,
+    Count(u64),
+    Rows(Vec<Row>),
+}
+
+type Pending<'a> = BoxFuture<'a, Result<Reply, PgError>>;
+
+/// A batch's statements, to be sent back to back.
+#[derive(Default)]
+struct Pipeline<'a> {
+    steps: Vec<Step>,
+    pending: Vec<Pending<'a>>,
+}
+
+impl<'a> Pipeline<'a> {
+    fn push(
+        &mut self,
+        step: Step,
+        statement: impl Future<Output = Result<Reply, PgError>> + Send + 'a,
+    ) {
+        self.steps.push(step);
+        self.pending.push(Box::pin(statement));
+    }
+
+    /// Lays out one transaction storing `jobs`: appends first (in one
+    /// statement, after locking every room involved), then the rare jobs in
+    /// [`rare_job_order`]. Jobs in one batch were all in flight at once, so
+    /// any order between them is one the clients could have seen; the
+    /// commit feed reports the order used.
+    fn build(
+        conn: &'a Client,
+        statements: &'a WriterStatements,
+        jobs: &'a [WriteJob],
+        plan: &'a Plan<'a>,
+        ts: &'a i64,
+    ) -> Pipeline<'a> {
+        let st = statements;
+        let mut pipeline = Pipeline::default();
+        pipeline.push(Step::Begin, async move {
+            conn.batch_execute("BEGIN").await.map(|()| Reply::Done)
+        });
+        if !plan.deleted.is_empty() {
+            pipeline.push(Step::Settings, async move {
+                let sql = format!(
+                    "SET LOCAL statement_timeout = {}",
+                    DELETE_TIMEOUT.as_millis()
+                );
+                conn.batch_execute(&sql).await.map(|()| Reply::Done)
+            });
+        }
+        if !plan.rooms.is_empty() || !plan.deleted.is_empty() {
+            pipeline.push(Step::LockRooms, async move {
+                conn.execute(&st.lock_rooms, &[&plan.rooms, &plan.deleted])
+                    .await
+                    .map(Reply::Count)
+            });
+        }
+        if !plan.rooms.is_empty() {
+            pipeline.push(Step::StoreMessages, async move {
+                conn.query(
+                    &st.store_messages,
+                    &[
+                        &plan.rooms,
+                        &plan.counts,
+                        ts,
+                        &plan.message_rooms,
+                        &plan.places,
+                        &plan.users,
+                        &plan.texts,
+                    ],
+                )
+                .await
+                .map(Reply::Rows)
+            });
+        }
+        for index in rare_job_order(jobs) {
+            match &jobs[index] {
+                WriteJob::Append { .. } => {}
+                WriteJob::DeleteRoom { name, .. } => {
+                    pipeline.push(Step::LockRoom, async move {
+                        conn.execute(&st.lock_room, &[name]).await.map(Reply::Count)
+                    });
+                    pipeline.push(Step::DeleteRoom(index), async move {
+                        conn.query(&st.delete_room, &[name]).await.map(Reply::Rows)
+                    });
+                }
+                WriteJob::OpenRoom { name, .. } => {
+                    pipeline.push(Step::CreateRoom, async move {
+                        conn.execute(&st.create_room, &[name, ts])
+                            .await
+                            .map(Reply::Count)
+                    });
+                    pipeline.push(Step::RoomHead(index), async move {
+                        conn.query(&st.room_head, &[name]).await.map(Reply::Rows)
+                    });
+                }
+                WriteJob::CreateUser { user, .. } => {
+                    pipeline.push(Step::CreateUser(index), async move {
+                        conn.execute(
+                            &st.create_user,
+                            &[&user.name, &user.password_hash, &user.admin, &user.created],
+                        )
+                        .await
+                        .map(Reply::Count)
+                    });
+                }
+            }
+        }
+        // In an aborted transaction COMMIT rolls back and still answers
+        // without error: success is every statement's, not COMMIT's alone.
+        pipeline.push(Step::Commit, async move {
+            conn.batch_execute("COMMIT").await.map(|()| Reply::Done)
+        });
+        pipeline
+    }
+}
+
+/// The order in which a batch's rare jobs run (indices into the batch):
+/// deletions in queue order, then room creations by name, then new users
+/// by name. Inserting a name that another node's open transaction also
+/// inserts waits for that transaction; with names taken in one global
+/// order by every writer, two writers can never each wait for the other.
+fn rare_job_order(jobs: &[WriteJob]) -> Vec<usize> {
+    let mut deletions = Vec::new();
+    let mut rooms = Vec::new();
+    let mut users = Vec::new();
+    for (index, job) in jobs.iter().enumerate() {
+        match job {
+            WriteJob::Append { .. } => {}
+            WriteJob::DeleteRoom { .. } => deletions.push(index),
+            WriteJob::OpenRoom { name, .. } => rooms.push((name.as_str(), index)),
+            WriteJob::CreateUser { user, .. } => users.push((user.name.as_str(), index)),
+        }
+    }
+    rooms.sort_unstable();
+    users.sort_unstable();
+    deletions
+        .into_iter()
+        .chain(rooms.into_iter().map(|(_, index)| index))
+        .chain(users.into_iter().map(|(_, index)| index))
+        .collect()
+}
+
+/// Runs the futures with every request sent before any answer is awaited.
+/// A tokio-postgres future writes its request when first polled; polling
+/// each once, in order, puts the statements on the wire in order, then the
+/// answers are collected as they arrive (also in order).
+async fn pipelined<T>(futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    let mut slots: Vec<(BoxFuture<'_, T>, Option<T>)> =
+        futures.into_iter().map(|f| (f, None)).collect();
+    poll_fn(|cx| {
+        for (future, output) in slots.iter_mut() {
+            if let Poll::Ready(value) = future.as_mut().poll(cx) {
+                *output = Some(value);
+            }
+        }
+        Poll::Ready(())
+    })
+    .await;
+    let mut outputs = Vec::with_capacity(slots.len());
+    for (future, output) in slots {
+        outputs.push(match output {
+            Some(value) => value,
+            None => future.await,
+        });
+    }
+    outputs
+}
+
+/// A committed batch: each job's outcome, in batch order, and what to
+/// announce.
+struct Committed {
+    outcomes: Vec<Outcome>,
+    commits: Vec<Commit>,
+}
+
+/// Reads a committed batch's answers.
+fn read_replies(
+    jobs: &[WriteJob],
+    plan: &Plan<'_>,
+    steps: &[Step],
+    replies: Vec<Reply>,
+    ts: i64,
+) -> Result<Committed, PgError> {
+    let mut bumped = HashMap::new();
+    let mut rare: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
+    for (step, reply) in steps.iter().zip(replies) {
+        match (*step, reply) {
+            (Step::StoreMessages, Reply::Rows(rows)) => {
+                for row in &rows {
+                    let name: String = row.try_get(1)?;
+                    bumped.insert(row.try_get(0)?, (name, from_db(row.try_get(2)?)));
+                }
+            }
+            (Step::RoomHead(index), Reply::Rows(rows)) => {
+                rare[index] = Some(match rows.first() {
+                    Some(row) => Outcome::Opened(RoomHead {
+                        id: RoomId(row.try_get(0)?),
+                        last_seq: from_db(row.try_get(1)?),
+                    }),
+                    // Deleted by another node between the two statements.
+                    None => Outcome::Refused(StoreError::NoSuchRoom),
+                });
+            }
+            (Step::CreateUser(index), Reply::Count(inserted)) => {
+                rare[index] = Some(if inserted > 0 {
+                    Outcome::Done
+                } else {
+                    Outcome::Refused(StoreError::UserExists)
+                });
+            }
+            (Step::DeleteRoom(index), Reply::Rows(rows)) => {
+                rare[index] = Some(match rows.first() {
+                    Some(row) => Outcome::Deleted(RoomId(row.try_get(0)?)),
+                    None => Outcome::Refused(StoreError::NoSuchRoom),
+                });
+            }
+            _ => {}
+        }
+    }
+    let (appended, stored) = plan.place(&bumped, ts);
+    let mut appended = appended.into_iter();
+    let mut commits = Vec::new();
+    if !stored.is_empty() {
+        commits.push(Commit::Messages(stored));
+    }
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (job, rare) in jobs.iter().zip(rare) {
+        let outcome = match job {
+            WriteJob::Append { .. } => appended.next(),
+            _ => rare,
+        };
+        // Every job has a statement whose answer gave it an outcome.
+        let outcome = outcome.unwrap_or(Outcome::Refused(StoreError::Closed));
+        if let (
+            WriteJob::DeleteRoom {
+                name, requested_by, ..
+            },
+            Outcome::Deleted(id),
+        ) = (job, &outcome)
+        {
+            commits.push(Commit::RoomDeleted {
+                name: name.clone(),
+                id: *id,
+                requested_by: *requested_by,
+            });
+        }
+        outcomes.push(outcome);
+    }
+    Ok(Committed { outcomes, commits })
+}
+
+/// The writer's connection, kept across batches while it works.
+struct WriterConn {
+    conn: Object,
+    statements: WriterStatements,
+}
+
+struct Writer {
+    pool: Pool,
+    conn: Option<WriterConn>,
+    health: Arc<Health>,
+    feed: mpsc::Sender<Commit>,
+}
+
+impl Writer {
+    async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<WriteJob>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let started = Instant::now();
+            let (commits, outcomes, lost) = self.store(&batch).await;
+            // Announced before the acks, in commit order. Waiting here when
+            // delivery falls behind slows acks down (backpressure on
+            // senders) instead of growing a queue. A dropped feed (admin
+            // commands) is fine.
+            for commit in commits {
+                let _ = self.feed.send(commit).await;
+            }
+            for (job, outcome) in batch.drain(..).zip(outcomes) {
+                answer(job, outcome);
+            }
+            // A database that went silent costs each batch a full timeout,
+            // and the jobs queued behind would wait for theirs in turn. Once
+            // a batch has waited that long for nothing, the ones already
+            // queued are answered at once; the next job tries again.
+            if let Some(err) = lost.filter(|_| started.elapsed() >= SLOW_FAILURE) {
+                while let Ok(job) = jobs.try_recv() {
+                    answer(job, Err(err.clone()));
+                }
+            }
+        }
+        tracing::debug!("store writer finished");
+    }
+
+    /// Commits a batch, and answers for each job. A batch that fails on one
+    /// job's data is split in halves until that job stands alone, so that
+    /// one bad job cannot keep everyone else's from committing.
+    ///
+    /// Also says, when the database could not be reached, what the jobs
+    /// were answered.
+    async fn store(
+        &mut self,
+        batch: &[WriteJob],
+    ) -> (
+        Vec<Commit>,
+        Vec<Result<Outcome, StoreError>>,
+        Option<StoreError>,
+    ) {
+        let mut lost = None;
+        let mut outcomes: Vec<Option<Result<Outcome, StoreError>>> =
+            batch.iter().map(|_| None).collect();
+        let mut commits = Vec::new();
+        let mut todo = VecDeque::new();
+        todo.push_back(0..batch.len());
+        while let Some(range) = todo.pop_front() {
+            match self.commit(&batch[range.clone()]).await {
+                Ok(done) => {
+                    self.health.up();
+                    commits.extend(done.commits);
+                    for (slot, outcome) in outcomes[range].iter_mut().zip(done.outcomes) {
+                        *slot = Some(Ok(outcome));
+                    }
+                }
+                Err(Failure::Db(err))
+                    if range.len() > 1 && err.code().is_some_and(is_job_specific) =>
+                {
+                    tracing::debug!(error = %reason(&err), jobs = range.len(), "splitting a failed batch");
+                    let middle = range.start + range.len() / 2;
+                    todo.push_front(middle..range.end);
+                    todo.push_front(range.start..middle);
+                }
+                Err(failure) => {
+                    let unreachable = match &failure {
+                        Failure::Lost(_) => true,
+                        Failure::Db(err) => is_connection_error(err),
+                        Failure::Refused(_) => false,
+                    };
+                    let err = self.health.settle(failure);
+                    if unreachable {
+                        lost = Some(err.clone());
+                    }
+                    for slot in &mut outcomes[range] {
+                        *slot = Some(Err(err.clone()));
+                    }
+                }
+            }
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Err(StoreError::Closed)))
+            .collect();
+        (commits, outcomes, lost)
+    }
+
+    /// One transaction, tried again when a conflict with another node's
+    /// transaction rolled it back.
+    async fn commit(&mut self, jobs: &[WriteJob]) -> Result<Committed, Failure> {
+        let plan = Plan::new(jobs);
+        let mut attempt = 1;
+        loop {
+            match self.try_commit(jobs, &plan).await {
+                Err(Failure::Db(err))
+                    if attempt < MAX_ATTEMPTS && err.code().is_some_and(is_retryable) =>
+                {
+                    tracing::warn!(attempt, error = %reason(&err), "write transaction rolled back; retrying");
+                    // Staggered, so that the two sides of a deadlock do not
+                    // meet again at once.
+                    let jitter = rand::random::<u64>() % 20;
+                    let pause = Duration::from_millis(10 * u64::from(attempt) + jitter);
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_commit(
+        &mut self,
+        jobs: &[WriteJob],
+        plan: &Plan<'_>,
+    ) -> Result<Committed, Failure> {
+        let writer = self.connection().await?;
+        let ts = now_ms();
+        let limit = if plan.deleted.is_empty() {
+            ANSWER_TIMEOUT
+        } else {
+            DELETE_TIMEOUT + ANSWER_TIMEOUT
+        };
+        let Pipeline { steps, pending } =
+            Pipeline::build(&writer.conn, &writer.statements, jobs, plan, &ts);
+        let answers = timeout(limit, pipelined(pending)).await;
+        let Ok(answers) = answers else {
+            // Whether it committed is unknown, and so is the connection's
+            // state: drop it.
+            self.discard();
+            return Err(Failure::Lost(format!(
+                "no answer within {} s",
+                limit.as_secs()
+            )));
+        };
+        let mut replies = Vec::with_capacity(answers.len());
+        for answer in answers {
+            match answer {
+                Ok(reply) => replies.push(reply),
+                // The first error is the cause; those after it only say the
+                // transaction was already aborted.
+                Err(err) => {
+                    if err.as_db_error().is_none() {
+                        self.discard();
+                    }
+                    return Err(Failure::Db(err));
+                }
+            }
+        }
+        Ok(read_replies(jobs, plan, &steps, replies, ts)?)
+    }
+
+    /// The writer's connection: the one it had if still open, else a new
+    /// one from the pool with the statements prepared.
+    async fn connection(&mut self) -> Result<&mut WriterConn, Failure> {
+        let writer = match self.conn.take() {
+            Some(writer) if !writer.conn.is_closed() => writer,
+            stale => {
+                if let Some(stale) = stale {
+                    drop(Object::take(stale.conn));
+                }
+                let conn = self.pool.get().await.map_err(pool_failure)?;
+                let prepared = timeout(ANSWER_TIMEOUT, WriterStatements::prepare(&conn)).await;
+                let statements = match prepared {
+                    Ok(statements) => statements?,
+                    Err(_) => {
+                        drop(Object::take(conn));
+                        return Err(Failure::Lost("no answer while preparing statements".into()));
+                    }
+                };
+                WriterConn { conn, statements }
+            }
+        };
+        Ok(self.conn.insert(writer))
+    }
+
+    /// Forgets the connection: its state is unknown, so it does not go back
+    /// to the pool.
+    fn discard(&mut self) {
+        if let Some(writer) = self.conn.take() {
+            drop(Object::take(writer.conn));
+        }
+    }
+}
+
+// ---- The backend. ----
+
 /// The PostgreSQL store.
-pub struct PostgresStore;
+pub struct PostgresStore {
+    pool: Pool,
+    health: Arc<Health>,
+    /// The writer's queue; `None` once closed. Unbounded, so that a job is
+    /// queued in the first poll of the call that makes it, without waiting:
+    /// a session's sends then reach the writer, and get their `seq`, in the
+    /// order it made them. (Waiting for room in a bounded queue can yield,
+    /// if only to tokio's cooperative budget, and let a later send of the
+    /// same session overtake.) What bounds it is the sessions' own limit on
+    /// sends in flight.
+    jobs: Mutex<Option<mpsc::UnboundedSender<WriteJob>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
 
 impl PostgresStore {
-    pub async fn open(
-        _url: &str,
-        _feed: mpsc::Sender<Commit>,
+    /// Connects to the database at `url`, upgrades its schema and starts the
+    /// writer task, which announces its commits on `feed`. Fails with
+    /// [`StoreError::Open`] and one line saying why when the URL is invalid,
+    /// the server cannot be reached in time, or the schema cannot be set up.
+    pub async fn open(url: &str, feed: mpsc::Sender<Commit>) -> Result<PostgresStore, StoreError> {
+        PostgresStore::open_with(url, Durability::Full, feed).await
+    }
+
+    /// [`PostgresStore::open`], with commits made as durable as `durability`
+    /// says.
+    pub async fn open_with(
+        url: &str,
+        durability: Durability,
+        feed: mpsc::Sender<Commit>,
     ) -> Result<PostgresStore, StoreError> {
-        Err(StoreError::Open("not yet".into()))
+        let shown = redact(url);
+        let config = configure(url, durability)?;
+        let manager = Manager::from_connect(
+            config,
+            Connector,
+            ManagerConfig {
+                // No round trip per checkout: a connection the server closed
+                // is noticed by its task and skipped; one that dies silently
+                // fails its operation and is dropped.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_CREATE))
+            .recycle_timeout(Some(POOL_RECYCLE))
+            .build()
+            .map_err(|e| StoreError::Open(format!("cannot set up PostgreSQL connections: {e}")))?;
+
+        let cannot_connect = |why: String| {
+            StoreError::Open(format!("cannot connect to PostgreSQL at {shown}: {why}"))
+        };
+        let mut conn = pool.get().await.map_err(|err| match pool_failure(err) {
+            Failure::Lost(why) => cannot_connect(why),
+            Failure::Db(err) => cannot_connect(reason(&err)),
+            Failure::Refused(err) => err,
+        })?;
+        let upgraded = timeout(MIGRATION_TIMEOUT + ANSWER_TIMEOUT, migrate(&mut conn)).await;
+        // The session holds the schema lock and its own statement timeout:
+        // end it rather than return it to the pool.
+        drop(Object::take(conn));
+        let cannot_upgrade = |why: String| {
+            StoreError::Open(format!(
+                "cannot set up the schema in PostgreSQL at {shown}: {why}"
+            ))
+        };
+        match upgraded {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(cannot_upgrade(err.reason())),
+            Err(_) => return Err(cannot_upgrade("timed out".into())),
+        }
+
+        let health = Arc::new(Health {
+            shown,
+            down: AtomicBool::new(false),
+        });
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let writer = Writer {
+            pool: pool.clone(),
+            conn: None,
+            health: health.clone(),
+            feed,
+        };
+        let writer = tokio::spawn(writer.run(queue));
+        Ok(PostgresStore {
+            pool,
+            health,
+            jobs: Mutex::new(Some(jobs)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.jobs.lock().map_or(true, |jobs| jobs.is_none())
+    }
+
+    /// Queues a job for the writer and waits for its answer.
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteJob,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let jobs = self.jobs.lock().map_err(|_| StoreError::Closed)?;
+            let jobs = jobs.as_ref().ok_or(StoreError::Closed)?;
+            jobs.send(make(reply)).map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `work` on a pooled connection, within `limit`.
+    async fn with_conn<T: Send>(
+        &self,
+        limit: Duration,
+        work: impl for<'c> FnOnce(&'c ClientWrapper) -> BoxFuture<'c, Result<T, Failure>> + Send,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|err| self.health.settle(pool_failure(err)))?;
+        let outcome = timeout(limit, work(&conn)).await;
+        match outcome {
+            Ok(Ok(value)) => {
+                self.health.up();
+                Ok(value)
+            }
+            Ok(Err(failure)) => Err(self.health.settle(failure)),
+            Err(_) => {
+                // The connection may still be busy with the request: drop it.
+                drop(Object::take(conn));
+                let why = format!("no answer within {} s", limit.as_secs());
+                Err(self.health.settle(Failure::Lost(why)))
+            }
+        }
+    }
+
+    /// A rare write on a pooled connection of its own, refused once closed.
+    async fn write_alone<T: Send>(
+        &self,
+        work: impl for<'c> FnOnce(&'c ClientWrapper) -> BoxFuture<'c, Result<T, Failure>> + Send,
+    ) -> Result<T, StoreError> {
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.with_conn(ANSWER_TIMEOUT, work).await
     }
 }
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn find_user(&self, _name: &str) -> Result<Option<UserRecord>, StoreError> {
-        unimplemented!()
+    async fn find_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(FIND_USER).await?;
+                match conn.query_opt(&statement, &[&name]).await? {
+                    Some(row) => Ok(Some(user_from_row(&row)?)),
+                    None => Ok(None),
+                }
+            })
+        })
+        .await
     }
+
     async fn create_user(
         &self,
-        _name: &str,
-        _password_hash: &str,
-        _admin: bool,
+        name: &str,
+        password_hash: &str,
+        admin: bool,
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        let user = UserRecord {
+            name: name.to_owned(),
+            password_hash: password_hash.to_owned(),
+            admin,
+            created: now_ms(),
+        };
+        self.write(|reply| WriteJob::CreateUser { user, reply })
+            .await
     }
-    async fn set_password(&self, _name: &str, _password_hash: &str) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn set_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError> {
+        let (name, hash) = (name.to_owned(), password_hash.to_owned());
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let changed = conn
+                    .execute(
+                        "UPDATE users SET password_hash = $2 WHERE name = $1",
+                        &[&name, &hash],
+                    )
+                    .await?;
+                if changed == 0 {
+                    return Err(StoreError::NoSuchUser.into());
+                }
+                Ok(())
+            })
+        })
+        .await
     }
-    async fn delete_user(&self, _name: &str) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                if conn
+                    .execute("DELETE FROM users WHERE name = $1", &[&name])
+                    .await?
+                    == 0
+                {
+                    return Err(StoreError::NoSuchUser.into());
+                }
+                Ok(())
+            })
+        })
+        .await
     }
+
     async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        unimplemented!()
+        self.with_conn(ANSWER_TIMEOUT, |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(LIST_USERS).await?;
+                let rows = conn.query(&statement, &[]).await?;
+                Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
     }
+
     async fn count_users(&self) -> Result<u64, StoreError> {
-        unimplemented!()
+        self.with_conn(ANSWER_TIMEOUT, |conn| {
+            Box::pin(async move {
+                let row = conn.query_one("SELECT count(*) FROM users", &[]).await?;
+                Ok(from_db(row.try_get(0)?))
+            })
+        })
+        .await
     }
-    async fn open_room(&self, _name: &str) -> Result<RoomHead, StoreError> {
-        unimplemented!()
+
+    async fn open_room(&self, name: &str) -> Result<RoomHead, StoreError> {
+        if let Some(head) = self.room(name).await? {
+            return Ok(head);
+        }
+        let name = name.to_owned();
+        self.write(|reply| WriteJob::OpenRoom { name, reply }).await
     }
-    async fn room(&self, _name: &str) -> Result<Option<RoomHead>, StoreError> {
-        unimplemented!()
+
+    async fn room(&self, name: &str) -> Result<Option<RoomHead>, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move { Ok(room_head(conn, &name).await?) })
+        })
+        .await
     }
+
     async fn list_rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
-        unimplemented!()
+        self.with_conn(ANSWER_TIMEOUT, |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(LIST_ROOMS).await?;
+                let rows = conn.query(&statement, &[]).await?;
+                let rooms = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(RoomRecord {
+                            id: RoomId(row.try_get(0)?),
+                            name: row.try_get(1)?,
+                            last_seq: from_db(row.try_get(2)?),
+                            last_activity: row.try_get(3)?,
+                        })
+                    })
+                    .collect::<Result<_, PgError>>()?;
+                Ok(rooms)
+            })
+        })
+        .await
     }
-    async fn delete_room(
-        &self,
-        _name: &str,
-        _requested_by: SessionId,
-    ) -> Result<RoomId, StoreError> {
-        unimplemented!()
+
+    async fn delete_room(&self, name: &str, requested_by: SessionId) -> Result<RoomId, StoreError> {
+        let name = name.to_owned();
+        self.write(|reply| WriteJob::DeleteRoom {
+            name,
+            requested_by,
+            reply,
+        })
+        .await
     }
-    async fn append(
-        &self,
-        _room: RoomId,
-        _user: &str,
-        _text: &str,
-    ) -> Result<Appended, StoreError> {
-        unimplemented!()
+
+    async fn append(&self, room: RoomId, user: &str, text: &str) -> Result<Appended, StoreError> {
+        // PostgreSQL text cannot hold NUL. The protocol refuses control
+        // characters before this point; checking here keeps one bad message
+        // from failing its whole batch.
+        if user.contains('\0') || text.contains('\0') {
+            return Err(StoreError::Unavailable(
+                "PostgreSQL cannot store NUL characters".into(),
+            ));
+        }
+        let (user, text) = (user.to_owned(), text.to_owned());
+        self.write(|reply| WriteJob::Append {
+            room,
+            user,
+            text,
+            reply,
+        })
+        .await
     }
+
     async fn history(
         &self,
-        _name: &str,
-        _before: Option<u64>,
-        _limit: usize,
+        name: &str,
+        before: Option<u64>,
+        limit: usize,
     ) -> Result<HistoryPage, StoreError> {
-        unimplemented!()
+        let name = name.to_owned();
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move {
+                let head = room_head(conn, &name)
+                    .await?
+                    .ok_or(StoreError::NoSuchRoom)?;
+                let (last, first) = page_range(head.last_seq, before, limit);
+                let Some(first) = first else {
+                    return Ok(HistoryPage {
+                        messages: Vec::new(),
+                        has_more: last > 0,
+                    });
+                };
+                let messages = read_range(conn, &name, head.id, first, last).await?;
+                Ok(HistoryPage {
+                    has_more: messages.first().is_some_and(|m| m.seq > 1),
+                    messages,
+                })
+            })
+        })
+        .await
     }
+
     async fn range(
         &self,
-        _room: RoomId,
-        _name: &str,
-        _after: u64,
-        _upto: u64,
-        _limit: usize,
+        room: RoomId,
+        name: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
     ) -> Result<Vec<MessageRecord>, StoreError> {
-        unimplemented!()
+        let last = upto.min(after.saturating_add(limit as u64));
+        if last <= after {
+            return Ok(Vec::new());
+        }
+        let name = name.to_owned();
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move { Ok(read_range(conn, &name, room, after + 1, last).await?) })
+        })
+        .await
     }
+
     async fn is_empty(&self) -> Result<bool, StoreError> {
-        unimplemented!()
+        self.with_conn(ANSWER_TIMEOUT, |conn| {
+            Box::pin(async move {
+                let row = conn
+                    .query_one(
+                        "SELECT NOT EXISTS (SELECT 1 FROM users)
+                            AND NOT EXISTS (SELECT 1 FROM rooms)",
+                        &[],
+                    )
+                    .await?;
+                Ok(row.try_get(0)?)
+            })
+        })
+        .await
     }
-    async fn import_user(&self, _user: &UserRecord) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn import_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let inserted = conn
+                    .execute(
+                        CREATE_USER,
+                        &[&user.name, &user.password_hash, &user.admin, &user.created],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Err(StoreError::UserExists.into());
+                }
+                Ok(())
+            })
+        })
+        .await
     }
-    async fn import_room(&self, _room: &RoomRecord) -> Result<RoomId, StoreError> {
-        unimplemented!()
+
+    async fn import_room(&self, room: &RoomRecord) -> Result<RoomId, StoreError> {
+        let room = room.clone();
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let row = conn
+                    .query_one(
+                        "INSERT INTO rooms (name, last_seq, last_activity) VALUES ($1, $2, $3)
+                         RETURNING id",
+                        &[&room.name, &to_db(room.last_seq), &room.last_activity],
+                    )
+                    .await?;
+                Ok(RoomId(row.try_get(0)?))
+            })
+        })
+        .await
     }
+
     async fn import_messages(
         &self,
-        _room: RoomId,
-        _messages: &[MessageRecord],
+        room: RoomId,
+        messages: &[MessageRecord],
     ) -> Result<(), StoreError> {
-        unimplemented!()
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = messages.iter().map(|m| to_db(m.seq)).collect();
+        let users: Vec<String> = messages.iter().map(|m| m.user.clone()).collect();
+        let texts: Vec<String> = messages.iter().map(|m| m.text.clone()).collect();
+        let stamps: Vec<i64> = messages.iter().map(|m| m.ts).collect();
+        // One statement: atomic, and one round trip however many messages.
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(IMPORT_MESSAGES).await?;
+                conn.execute(&statement, &[&room.0, &seqs, &users, &texts, &stamps])
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
-    async fn close(&self) {}
+
+    async fn close(&self) {
+        // Dropping the queue's sender lets the writer finish what is queued
+        // and stop.
+        drop(self.jobs.lock().ok().and_then(|mut jobs| jobs.take()));
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        self.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    fn append(room: i64, user: &str, text: &str) -> WriteJob {
+        WriteJob::Append {
+            room: RoomId(room),
+            user: user.into(),
+            text: text.into(),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://chat:s3cret@db.example:5432/chat"),
+            "postgres://chat:***@db.example:5432/chat"
+        );
+        assert_eq!(
+            redact("postgresql://chat@db/chat?sslmode=disable&password=s3cret"),
+            "postgresql://chat@db/chat?sslmode=disable&password=***"
+        );
+        assert_eq!(redact("postgres://db/chat"), "postgres://db/chat");
+        assert_eq!(redact("postgres://chat@db/chat"), "postgres://chat@db/chat");
+        // A password with characters a URL should have escaped is still
+        // hidden whole.
+        for odd in ["a@b", "a/b", "a?b", "a?b@c"] {
+            let url = format!("postgres://chat:{odd}@db/chat");
+            assert_eq!(redact(&url), "postgres://chat:***@db/chat", "{odd}");
+        }
+        assert_eq!(
+            redact("postgres://chat:a@b@db/chat?application_name=x@y"),
+            "postgres://chat:***@db/chat?application_name=x@y"
+        );
+        assert_eq!(
+            redact("host=db user=chat password=s3cret dbname=chat"),
+            "host=db user=chat password=*** dbname=chat"
+        );
+        assert_eq!(
+            redact("host=db password = 'it\\'s a \\\\ secret' user=chat"),
+            "host=db password=*** user=chat"
+        );
+        assert_eq!(redact("host=db passwordless=1"), "host=db passwordless=1");
+    }
+
+    #[test]
+    fn session_options_come_first() {
+        assert_eq!(
+            session_options(None, Durability::Full),
+            "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=30000"
+        );
+        assert!(
+            session_options(Some("-c search_path=chat"), Durability::Full)
+                .ends_with("idle_in_transaction_session_timeout=30000 -c search_path=chat")
+        );
+        assert!(session_options(None, Durability::Relaxed).ends_with(" -c synchronous_commit=off"));
+    }
+
+    #[test]
+    fn bad_urls_are_one_line_without_the_password() {
+        let Err(StoreError::Open(line)) =
+            configure("postgres://u:s3cret@h:port/db", Durability::Full)
+        else {
+            panic!("a bad port must not parse");
+        };
+        assert!(line.starts_with("invalid PostgreSQL URL postgres://u:***@h:port/db: "));
+        assert!(!line.contains("s3cret") && !line.contains('\n'), "{line}");
+        let config = configure("postgres://u@h/db", Durability::Full).unwrap();
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(config.get_application_name(), Some("chat-server"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_servers_fail_to_open_with_one_line() {
+        // A port nobody listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://chat:s3cret@127.0.0.1:{port}/chat");
+        let (feed, _) = mpsc::channel(1);
+        let opened = timeout(Duration::from_secs(30), PostgresStore::open(&url, feed)).await;
+        let Ok(Err(StoreError::Open(line))) = opened else {
+            panic!("opening must fail, quickly");
+        };
+        assert_eq!(
+            line,
+            format!("cannot connect to PostgreSQL at postgres://chat:***@127.0.0.1:{port}/chat: connection refused")
+        );
+    }
+
+    #[test]
+    fn plans_group_appends_by_room() {
+        let jobs = vec![
+            append(5, "ann", "a"),
+            append(3, "bob", "b"),
+            WriteJob::DeleteRoom {
+                name: "old".into(),
+                requested_by: SessionId(1),
+                reply: oneshot::channel().0,
+            },
+            append(5, "cat", "c"),
+            append(7, "dan", "d"),
+            append(3, "eve", "e"),
+        ];
+        let plan = Plan::new(&jobs);
+        assert_eq!(plan.rooms, [3, 5, 7], "rooms ascending: the lock order");
+        assert_eq!(plan.counts, [2, 2, 1]);
+        assert_eq!(plan.message_rooms, [5, 3, 5, 7, 3]);
+        assert_eq!(plan.places, [1, 1, 2, 1, 2], "queue order within a room");
+        assert_eq!(plan.users, ["ann", "bob", "cat", "dan", "eve"]);
+        assert_eq!(plan.texts, ["a", "b", "c", "d", "e"]);
+        assert_eq!(plan.deleted, ["old"]);
+    }
+
+    #[test]
+    fn appends_take_the_numbers_after_the_base() {
+        let jobs = vec![
+            append(5, "ann", "a"),
+            append(3, "bob", "b"),
+            append(5, "cat", "c"),
+            append(7, "dan", "d"),
+            append(3, "eve", "e"),
+        ];
+        let plan = Plan::new(&jobs);
+        // Room 7 is gone: the statement returned no row for it.
+        let bumped = HashMap::from([(3, ("three".to_owned(), 10)), (5, ("five".to_owned(), 0))]);
+        let (outcomes, stored) = plan.place(&bumped, 42);
+        let seqs: Vec<Option<u64>> = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Appended(a) => Some(a.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [Some(1), Some(11), Some(2), None, Some(12)]);
+        assert!(matches!(
+            outcomes[3],
+            Outcome::Refused(StoreError::NoSuchRoom)
+        ));
+        let announced: Vec<(i64, &str, u64, &str)> = stored
+            .iter()
+            .map(|s| {
+                (
+                    s.room_id.0,
+                    s.message.room.as_str(),
+                    s.message.seq,
+                    s.message.user.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            announced,
+            [
+                (5, "five", 1, "ann"),
+                (3, "three", 11, "bob"),
+                (5, "five", 2, "cat"),
+                (3, "three", 12, "eve"),
+            ]
+        );
+        assert!(stored.iter().all(|s| s.message.ts == 42));
+    }
+
+    #[test]
+    fn rare_jobs_run_deletions_first_then_names_in_order() {
+        let open = |name: &str| WriteJob::OpenRoom {
+            name: name.into(),
+            reply: oneshot::channel().0,
+        };
+        let delete = |name: &str| WriteJob::DeleteRoom {
+            name: name.into(),
+            requested_by: SessionId(1),
+            reply: oneshot::channel().0,
+        };
+        let user = |name: &str| WriteJob::CreateUser {
+            user: UserRecord {
+                name: name.into(),
+                password_hash: String::new(),
+                admin: false,
+                created: 0,
+            },
+            reply: oneshot::channel().0,
+        };
+        let jobs = vec![
+            open("y"),
+            user("bob"),
+            append(1, "ann", "a"),
+            delete("z"),
+            open("x"),
+            user("ann"),
+            delete("a"),
+        ];
+        assert_eq!(rare_job_order(&jobs), [3, 6, 4, 0, 5, 1]);
+    }
+
+    /// Pending on its first poll (recording it), ready on the next.
+    struct Request {
+        id: usize,
+        polled: Arc<Mutex<Vec<usize>>>,
+        sent: bool,
+    }
+
+    impl Future for Request {
+        type Output = usize;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<usize> {
+            if self.sent {
+                return Poll::Ready(self.id);
+            }
+            self.sent = true;
+            self.polled.lock().unwrap().push(self.id);
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelines_send_everything_in_order_first() {
+        let polled = Arc::new(Mutex::new(Vec::new()));
+        let futures: Vec<BoxFuture<'_, usize>> = (0..40)
+            .map(|id| {
+                Box::pin(Request {
+                    id,
+                    polled: polled.clone(),
+                    sent: false,
+                }) as BoxFuture<'_, usize>
+            })
+            .collect();
+        let outputs = pipelined(futures).await;
+        assert_eq!(outputs, (0..40).collect::<Vec<_>>());
+        assert_eq!(*polled.lock().unwrap(), (0..40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn classifies_errors() {
+        assert!(is_retryable(&SqlState::T_R_DEADLOCK_DETECTED));
+        assert!(is_retryable(&SqlState::T_R_SERIALIZATION_FAILURE));
+        assert!(!is_retryable(&SqlState::UNIQUE_VIOLATION));
+        assert!(is_job_specific(&SqlState::UNIQUE_VIOLATION));
+        assert!(is_job_specific(&SqlState::CHARACTER_NOT_IN_REPERTOIRE));
+        assert!(!is_job_specific(&SqlState::READ_ONLY_SQL_TRANSACTION));
+        assert!(!is_job_specific(&SqlState::QUERY_CANCELED));
+        assert_eq!(
+            io_reason(&io::Error::from(io::ErrorKind::ConnectionRefused)),
+            "connection refused"
+        );
+    }
 }

@@ -533,6 +533,9 @@ impl SqliteStore {
         &self,
         query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        if self.jobs.lock().map_or(true, |jobs| jobs.is_none()) {
+            return Err(StoreError::Closed);
+        }
         let path = self.path.clone();
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
