@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_proto::limits::close;
 use chat_proto::{MessageRecord, RoomSummary};
 use tokio::sync::mpsc;
 
@@ -62,11 +63,31 @@ pub struct Joined {
     pub members: Vec<String>,
 }
 
+/// How often the store's account counter is read: account changes reach
+/// live sessions within about this long, on every node.
+const ACCOUNT_POLL: Duration = Duration::from_secs(2);
+
 /// Rooms, fan-out and store, with the rules between them.
 pub struct Hub {
     store: Arc<dyn Store>,
     rooms: Arc<Rooms>,
     fanout: Arc<dyn Fanout>,
+    accounts: Arc<Accounts>,
+}
+
+/// A logged-in session and the password hash it logged in with.
+type LiveSession = (Arc<SessionHandle>, String);
+
+/// The logged-in sessions of this node, by user.
+#[derive(Default)]
+struct Accounts {
+    live: std::sync::Mutex<HashMap<Arc<str>, Vec<LiveSession>>>,
+}
+
+impl Accounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Vec<LiveSession>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Hub {
@@ -82,11 +103,35 @@ impl Hub {
     ) -> Arc<Hub> {
         tokio::spawn(deliver_commits(feed, rooms.clone(), fanout.clone()));
         tokio::spawn(fill_gaps(gap_requests, store.clone(), rooms.clone()));
+        let accounts = Arc::new(Accounts::default());
+        tokio::spawn(watch_accounts(store.clone(), Arc::downgrade(&accounts)));
         Arc::new(Hub {
             store,
             rooms,
             fanout,
+            accounts,
         })
+    }
+
+    /// Registers a session that just logged in with `password_hash`, so an
+    /// account change can reach it.
+    pub fn logged_in(&self, session: &Arc<SessionHandle>, password_hash: String) {
+        self.accounts
+            .lock()
+            .entry(session.user.clone())
+            .or_default()
+            .push((session.clone(), password_hash));
+    }
+
+    /// Forgets a session that ended.
+    pub fn logged_out(&self, session: &SessionHandle) {
+        let mut live = self.accounts.lock();
+        if let Some(sessions) = live.get_mut(&session.user) {
+            sessions.retain(|(s, _)| s.id != session.id);
+            if sessions.is_empty() {
+                live.remove(&session.user);
+            }
+        }
     }
 
     // ---- Accounts. ----
@@ -244,6 +289,45 @@ impl Hub {
     /// Lets the store finish every queued write.
     pub async fn close(&self) {
         self.store.close().await;
+    }
+}
+
+/// Closes the live sessions of accounts that changed: deleted (all of
+/// them), or with a new password (those that logged in with the old one).
+/// Reads the store's account counter every [`ACCOUNT_POLL`]; the admin
+/// commands of another process bump it too. Ends with the hub.
+async fn watch_accounts(store: Arc<dyn Store>, accounts: std::sync::Weak<Accounts>) {
+    let mut seen = None;
+    let mut tick = tokio::time::interval(ACCOUNT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(version) = store.account_version().await else {
+            continue; // the store logs its own outage
+        };
+        if seen.replace(version).is_none_or(|old| old == version) {
+            continue;
+        }
+        let Some(accounts) = accounts.upgrade() else {
+            return;
+        };
+        let users: Vec<Arc<str>> = accounts.lock().keys().cloned().collect();
+        for user in users {
+            let Ok(record) = store.find_user(&user).await else {
+                seen = None; // look again next time
+                continue;
+            };
+            let live = accounts.lock().get(&user).cloned().unwrap_or_default();
+            for (session, hash) in live {
+                match &record {
+                    None => session.close(close::POLICY, "account deleted"),
+                    Some(r) if r.password_hash != hash => {
+                        session.close(close::POLICY, "password changed: log in again")
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
     }
 }
 

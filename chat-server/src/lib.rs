@@ -8,15 +8,18 @@
 //! [`session`] (one connection: frames in, hub calls, frames out).
 //! [`rooms`] is this node's membership and in-order delivery, [`auth`]
 //! argon2 off the runtime, [`admin`] the account subcommands and
-//! `migrate-db`, [`untrusted`] peer text on its way into logs.
+//! `migrate-db`, [`fdlimit`] the open-files limit, [`tls`] the certificate and the TLS side of `wss://`,
+//! [`untrusted`] peer text on its way into logs.
 
 pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod fanout;
+pub mod fdlimit;
 pub mod hub;
 pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod untrusted;

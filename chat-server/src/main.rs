@@ -3,11 +3,13 @@
 //! copies a whole database into another (SQLite to PostgreSQL and back).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use chat_server::server::{client_urls, ServeConfig, Server};
 use chat_server::store::{Database, Durability};
+use chat_server::tls::Tls;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +30,28 @@ struct DbArg {
     /// [default: ~/.local/share/chat-server/chat.db]
     #[arg(long, env = "CHAT_DB", global = true)]
     db: Option<String>,
+}
+
+/// How `serve` offers TLS: not at all (plain `ws://`), with a certificate
+/// and key given as PEM files, or with a self-signed pair it makes itself.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Serve wss:// with this PEM certificate chain (with --tls-key).
+    #[arg(
+        long,
+        env = "CHAT_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key",
+        conflicts_with = "tls_self_signed"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve wss:// with a self-signed certificate, made on the first start
+    /// and kept next to the database (clients confirm its fingerprint once).
+    #[arg(long)]
+    tls_self_signed: bool,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +87,8 @@ enum Command {
         /// Burst of messages above the rate.
         #[arg(long, default_value_t = chat_proto::limits::SEND_BURST)]
         send_burst: u32,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Create a user (password prompted, or one line on standard input).
     Useradd {
@@ -102,12 +128,52 @@ enum Command {
     },
 }
 
+/// `~/.local/share/chat-server` (or the platform's equivalent).
+fn default_data_dir() -> Option<PathBuf> {
+    dirs::data_dir().map(|dir| dir.join("chat-server"))
+}
+
 fn db_path(arg: DbArg) -> Result<Database> {
     match arg.db {
         Some(value) => parse_db(&value),
-        None => dirs::data_dir()
-            .map(|dir| Database::Sqlite(dir.join("chat-server").join("chat.db")))
+        None => default_data_dir()
+            .map(|dir| Database::Sqlite(dir.join("chat.db")))
             .context("no data folder on this system: pass --db PATH"),
+    }
+}
+
+/// Where `--tls-self-signed` keeps its pair: next to the SQLite database,
+/// or in the default data folder when the database is PostgreSQL.
+fn tls_dir(db: &Database) -> Result<PathBuf> {
+    match db {
+        Database::Sqlite(path) => Ok(path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), |dir| dir.to_owned())),
+        Database::Postgres(_) => default_data_dir().context(
+            "no data folder on this system for the self-signed certificate: \
+             pass --tls-cert and --tls-key",
+        ),
+    }
+}
+
+/// The TLS identity the flags ask for; `None` for plain `ws://`. Whether it
+/// was made self-signed goes with it, for the banner.
+fn load_tls(args: TlsArgs, db: &Database) -> Result<Option<(Tls, bool)>> {
+    match (args.tls_cert, args.tls_key, args.tls_self_signed) {
+        (Some(cert), Some(key), _) => Ok(Some((Tls::from_pem_files(&cert, &key)?, false))),
+        (_, _, true) => {
+            let made = Tls::self_signed(&tls_dir(db)?)?;
+            if made.created {
+                tracing::info!(
+                    cert = %made.cert_path.display(),
+                    "made a self-signed TLS certificate; it is reused from now on"
+                );
+            }
+            Ok(Some((made.tls, true)))
+        }
+        // clap requires --tls-cert and --tls-key together.
+        _ => Ok(None),
     }
 }
 
@@ -128,6 +194,7 @@ fn main() -> ExitCode {
             send_rate,
             send_burst,
             durability,
+            tls,
         } => db_path(db).and_then(|db| {
             serve(
                 listen,
@@ -140,7 +207,9 @@ fn main() -> ExitCode {
                     send_rate,
                     send_burst,
                     redis,
+                    tls: None,
                 },
+                tls,
             )
         }),
         Command::Useradd { name, admin, db } => {
@@ -183,27 +252,56 @@ fn tune_malloc() {
     }
 }
 
-fn serve(listen: SocketAddr, config: ServeConfig) -> Result<()> {
+fn serve(listen: SocketAddr, mut config: ServeConfig, tls: TlsArgs) -> Result<()> {
     tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,deadpool=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Said once the server is up: a start-up failure stays one line.
+    let mut lowered = None;
+    match chat_server::fdlimit::settle(config.max_connections) {
+        Ok(settled) if settled.lowered => {
+            lowered = Some(format!(
+                "--max-connections lowered from {} to {}: that is what fits under the open-files limit ({}) besides the server's own files; raise the limit (ulimit -n, LimitNOFILE=) to serve more",
+                config.max_connections, settled.max_connections, settled.limit
+            ));
+            config.max_connections = settled.max_connections;
+        }
+        Ok(_) => {}
+        Err(err) => lowered = Some(format!("cannot read the open-files limit: {err}")),
+    }
+    // After the log is set up: tightening a kept key's permissions warns.
+    let tls = load_tls(tls, &config.db)?;
+    let self_signed = tls.as_ref().is_some_and(|(_, self_signed)| *self_signed);
+    config.tls = tls.map(|(tls, _)| tls);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let db = config.db.clone();
+        let fingerprint = config.tls.as_ref().map(|tls| tls.fingerprint().to_owned());
         let server = Server::start(config).await?;
+        if let Some(lowered) = lowered {
+            tracing::warn!("{lowered}");
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        let urls = client_urls(addr);
+        let urls: Vec<String> = client_urls(addr)
+            .into_iter()
+            .map(|url| match fingerprint {
+                Some(_) => url.replacen("ws://", "wss://", 1),
+                None => url,
+            })
+            .collect();
+        // The first line names the URL (scripts and the tests read it).
         if addr.ip().is_unspecified() {
             println!("listening on {addr}; clients on the LAN can connect to:");
             for url in &urls {
@@ -211,12 +309,27 @@ fn serve(listen: SocketAddr, config: ServeConfig) -> Result<()> {
             }
         } else {
             println!("listening on {}", urls.join(" "));
-            if addr.ip().is_loopback() {
-                println!(
-                    "  (this machine only: use --listen 0.0.0.0:{} to accept the LAN)",
-                    addr.port()
-                );
-            }
+        }
+        match &fingerprint {
+            Some(fingerprint) if self_signed => println!(
+                "  certificate {fingerprint} (self-signed: clients are asked to \
+                 confirm this fingerprint on their first connection)"
+            ),
+            Some(fingerprint) => println!("  certificate {fingerprint}"),
+            None if !addr.ip().is_loopback() => tracing::warn!(
+                "plain ws:// on the network: passwords travel in clear; \
+                 serve wss:// with --tls-self-signed or --tls-cert and --tls-key"
+            ),
+            None => {}
+        }
+        if addr.ip().is_loopback() {
+            println!(
+                "  (this machine only: use --listen 0.0.0.0:{} to accept the LAN)",
+                addr.port()
+            );
+        }
+        if let Some(fingerprint) = &fingerprint {
+            tracing::info!(%fingerprint, "serving wss:// (TLS)");
         }
         tracing::info!(db = %db, "database");
         if let Ok(0) = server.state().hub.user_count().await {
@@ -247,5 +360,33 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_self_signed_pair_lives_next_to_the_database() {
+        let dir = |db: &str| tls_dir(&Database::parse(db).unwrap()).unwrap();
+        assert_eq!(dir("/srv/chat/chat.db"), PathBuf::from("/srv/chat"));
+        assert_eq!(dir("chat.db"), PathBuf::from("."));
+        assert_eq!(dir("data/chat.db"), PathBuf::from("data"));
+        if let Some(default) = default_data_dir() {
+            assert_eq!(dir("postgres://chat@db.lan/chat"), default);
+        }
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["chat-server", "serve"].iter().chain(args)).map(|_| ())
+        };
+        assert!(parse(&["--tls-self-signed"]).is_ok());
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).is_ok());
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).is_err());
+        assert!(parse(&["--tls-cert", "c", "--tls-key", "k", "--tls-self-signed"]).is_err());
     }
 }

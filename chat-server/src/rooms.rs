@@ -55,6 +55,8 @@ pub enum Outbound {
     },
     /// Any other event.
     Event(Frame),
+    /// Wakes the session to close it (see [`SessionHandle::close`]).
+    Close,
 }
 
 /// The part of a session that rooms talk to.
@@ -69,6 +71,9 @@ pub struct SessionHandle {
     /// Wakes the session, even in the middle of a stalled write, when it
     /// must close.
     pub kicked: Notify,
+    /// Set when the session must close for a reason of the server's (the
+    /// account was deleted, its password changed): the code and reason.
+    closing: Mutex<Option<(u16, &'static str)>>,
 }
 
 impl SessionHandle {
@@ -80,7 +85,22 @@ impl SessionHandle {
             outbox,
             overflowed: AtomicBool::new(false),
             kicked: Notify::new(),
+            closing: Mutex::new(None),
         }
+    }
+
+    /// Tells the session to close with `code` and `reason` as soon as it
+    /// can (at once if it is stalled in a write).
+    pub fn close(&self, code: u16, reason: &'static str) {
+        *self.closing.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, reason));
+        // Wakes the session's loop; a full outbox closes it anyway.
+        self.push(Outbound::Close);
+        self.kicked.notify_one();
+    }
+
+    /// The close asked for by [`SessionHandle::close`], if any.
+    pub fn closing(&self) -> Option<(u16, &'static str)> {
+        *self.closing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a frame without waiting. A full outbox means the client fell
@@ -551,7 +571,7 @@ mod tests {
                 Outbound::Room {
                     seq: None, frame, ..
                 } => frame,
-                Outbound::Room { .. } => continue,
+                Outbound::Room { .. } | Outbound::Close => continue,
             };
             out.push(chat_proto::decode_server(&frame).unwrap());
         }

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::auth::Auth;
 use crate::cluster::{Cluster, ClusterError};
 use crate::fanout::{Fanout, LocalFanout};
+use crate::fdlimit;
 use crate::hub::Hub;
 use crate::rooms::Rooms;
 use crate::store::{self, Database, Durability, StoreError};
@@ -44,6 +45,8 @@ pub struct ServeConfig {
     pub send_burst: u32,
     /// Redis URL for cluster mode.
     pub redis: Option<String>,
+    /// Serve `wss://` with this certificate; `None` serves plain `ws://`.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// What every session shares.
@@ -110,12 +113,15 @@ impl Server {
         let permits = Arc::new(Semaphore::new(self.state.config.max_connections));
         let per_address = Arc::new(AddressSlots::new(self.state.config.max_connections_per_ip));
         let mut sessions = JoinSet::new();
+        let mut spare = fdlimit::Spare::new();
+        let mut out_of_files = false;
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        out_of_files = false;
                         let Some(slot) = AddressSlots::take(&per_address, peer.ip()) else {
                             tracing::debug!(%peer, "connection refused: --max-connections-per-ip reached");
                             tokio::spawn(refuse(stream, TOO_MANY_FROM_ADDRESS));
@@ -136,9 +142,31 @@ impl Server {
                             }
                         }
                     }
+                    Err(err) if fdlimit::out_of_descriptors(&err) => {
+                        // The limit is settled at start so this should not
+                        // happen; if it does (another process's descriptors
+                        // count too, with ENFILE), the waiting connection is
+                        // told 503 with the spare descriptor rather than
+                        // left to make accept fail again at once.
+                        if !out_of_files {
+                            tracing::warn!(error = %err, "out of file descriptors: refusing connections");
+                            out_of_files = true;
+                        }
+                        spare.release();
+                        if let Ok(Ok((stream, _))) =
+                            tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
+                        {
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(200),
+                                refuse(stream, SERVER_FULL),
+                            )
+                            .await;
+                        }
+                        spare.restore();
+                    }
                     Err(err) => {
-                        // Out of file descriptors and the like: back off
-                        // briefly instead of spinning.
+                        // A connection that failed before it was accepted
+                        // and the like: back off briefly instead of spinning.
                         tracing::warn!(error = %err, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }

@@ -1,7 +1,8 @@
 //! Where to connect and as whom: the optional config file
-//! (`~/.config/chat-tui/config.toml`) and the server address as users type
-//! it (`192.168.1.23`, `host:9000`, `ws://host:8765/ws`), turned into the
-//! WebSocket URL the client dials.
+//! (`~/.config/chat-tui/config.toml`), the known servers file next to it
+//! (see [`crate::tls`]), and the server address as users type it
+//! (`192.168.1.23`, `host:9000`, `ws://host:8765/ws`, `wss://host`), turned
+//! into the WebSocket URL the client dials.
 
 use std::path::{Path, PathBuf};
 
@@ -48,11 +49,22 @@ impl std::error::Error for ConfigError {}
 /// The default config file: `$XDG_CONFIG_HOME/chat-tui/config.toml`, else
 /// `~/.config/chat-tui/config.toml` (on every platform, as documented).
 pub fn default_path() -> Option<PathBuf> {
+    Some(config_dir()?.join("config.toml"))
+}
+
+/// The file of `wss://` servers whose certificate the user accepted:
+/// `known_servers` next to the default config file.
+pub fn known_servers_path() -> Option<PathBuf> {
+    Some(config_dir()?.join("known_servers"))
+}
+
+/// `$XDG_CONFIG_HOME/chat-tui`, else `~/.config/chat-tui`.
+fn config_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| dirs::home_dir().map(|home| home.join(".config")))?;
-    Some(base.join("chat-tui").join("config.toml"))
+    Some(base.join("chat-tui"))
 }
 
 /// Reads a config file. A missing file is not an error when `required` is
@@ -84,28 +96,23 @@ impl std::fmt::Display for UrlError {
 
 impl std::error::Error for UrlError {}
 
-/// Turns a server address as a user types it into a `ws://` URL: the scheme
-/// defaults to `ws://`, the port to 8765 and the path to `/ws`. `http://` is
-/// taken to mean `ws://`. `wss://` and `https://` are refused with a clear
-/// reason, because the server does not offer TLS yet.
+/// Turns a server address as a user types it into a `ws://` or `wss://`
+/// URL: the scheme defaults to `ws://`, the port to 8765 (for `wss://` too:
+/// chat-server serves TLS on its usual port) and the path to `/ws`.
+/// `http://` is taken to mean `ws://`, and `https://` `wss://`.
 pub fn server_url(input: &str) -> Result<String, UrlError> {
     let input = input.trim();
     if input.is_empty() {
         return Err(UrlError("no server address given".into()));
     }
-    let rest = match input.split_once("://") {
-        None => input,
+    let (scheme, rest) = match input.split_once("://") {
+        None => ("ws", input),
         Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
-            "ws" | "http" => rest,
-            "wss" | "https" => {
-                return Err(UrlError(format!(
-                    "{input}: wss:// (TLS) is not supported yet, chat-server does not offer \
-                     TLS; use ws:// on a trusted network"
-                )))
-            }
+            "ws" | "http" => ("ws", rest),
+            "wss" | "https" => ("wss", rest),
             _ => {
                 return Err(UrlError(format!(
-                    "{input}: unsupported scheme {scheme}://; use ws://HOST:PORT"
+                    "{input}: unsupported scheme {scheme}://; use ws://HOST:PORT or wss://HOST:PORT"
                 )))
             }
         },
@@ -131,7 +138,7 @@ pub fn server_url(input: &str) -> Result<String, UrlError> {
     }
     let (host, port) = split_host_port(authority)
         .ok_or_else(|| UrlError(format!("{input}: not a valid HOST[:PORT]")))?;
-    Ok(format!("ws://{host}:{port}{path}"))
+    Ok(format!("{scheme}://{host}:{port}{path}"))
 }
 
 /// Splits `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
@@ -186,6 +193,9 @@ mod tests {
         assert_eq!(ok("[::1]:9000"), "ws://[::1]:9000/ws");
         assert_eq!(ok("::1"), "ws://[::1]:8765/ws");
         assert_eq!(ok(" localhost "), "ws://localhost:8765/ws");
+        assert_eq!(ok("wss://chat.lan"), "wss://chat.lan:8765/ws");
+        assert_eq!(ok("WSS://[::1]:9000/x"), "wss://[::1]:9000/x");
+        assert_eq!(ok("https://host:443"), "wss://host:443/ws");
     }
 
     #[test]
@@ -203,8 +213,7 @@ mod tests {
         ] {
             assert!(server_url(bad).is_err(), "{bad:?} accepted");
         }
-        let tls = server_url("wss://host").unwrap_err().0;
-        assert!(tls.contains("TLS"), "{tls}");
+        assert!(server_url("wss://user@host").is_err());
     }
 
     #[test]

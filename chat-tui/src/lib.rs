@@ -5,6 +5,8 @@
 //! - [`ui`]: the pure `render(&App, &mut Frame)`.
 //! - [`net`]: the task that owns the WebSocket (login, reconnect, resume,
 //!   offline queue), spoken to over channels.
+//! - [`tls`]: dialing `ws://` and `wss://`, and which certificates to
+//!   trust (authorities, known servers, a pinned fingerprint).
 //! - [`input`], [`wrap`], [`sanitize`], [`timeline`], [`clock`],
 //!   [`config`]: the pieces they are built from.
 //! - [`bench`]: the render-time measurement behind `--bench-render`.
@@ -17,5 +19,6 @@ pub mod input;
 pub mod net;
 pub mod sanitize;
 pub mod timeline;
+pub mod tls;
 pub mod ui;
 pub mod wrap;

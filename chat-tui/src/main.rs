@@ -1,18 +1,21 @@
 //! The `chat-tui` binary: reads the command line, the environment and the
 //! config file, logs in before touching the terminal (so a wrong password or
-//! an unreachable server is one line on a clean terminal), then runs the
+//! an unreachable server is one line on a clean terminal, and a `wss://`
+//! certificate seen for the first time is confirmed on it), then runs the
 //! event loop: terminal input, network events and a clock tick feed
 //! `app::update`, and the screen is redrawn after each batch. The terminal is
 //! restored on every way out: quit, error, signal and panic.
 
-use std::io::{self, IsTerminal, Stdout, Write};
+use std::io::{self, BufRead, IsTerminal, Stdout, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use chat_tui::app::{self, Action, App, Event};
-use chat_tui::net::{NetClient, NetConfig};
+use chat_tui::net::{ConnectError, NetClient, NetConfig};
+use chat_tui::sanitize::sanitize;
+use chat_tui::tls::{CertificateError, Fingerprint, Trust};
 use chat_tui::{bench, clock, config, ui};
 use clap::Parser;
 use crossterm::event::{
@@ -29,16 +32,19 @@ use ratatui::Terminal;
 
 /// Terminal client for chat-server.
 ///
-/// Connects to SERVER (e.g. `192.168.1.23`, `host:8765` or
-/// `ws://host:8765/ws`) as --user. The password comes from CHAT_PASSWORD or
-/// is asked for without echo. Defaults can live in
-/// ~/.config/chat-tui/config.toml (server, user, rooms). Press F1 in the
-/// client for keys and commands.
+/// Connects to SERVER (e.g. `192.168.1.23`, `host:8765`,
+/// `ws://host:8765/ws` or `wss://host`) as --user. The password comes from
+/// CHAT_PASSWORD or is asked for without echo. Defaults can live in
+/// ~/.config/chat-tui/config.toml (server, user, rooms). A wss:// server
+/// whose certificate no authority of this system vouches for is shown by
+/// its fingerprint and, once confirmed, recorded in
+/// ~/.config/chat-tui/known_servers. Press F1 in the client for keys and
+/// commands.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// Server address: HOST, HOST:PORT or ws://HOST:PORT/ws (default port
-    /// 8765, default path /ws).
+    /// Server address: HOST, HOST:PORT, ws://HOST:PORT/ws or
+    /// wss://HOST:PORT/ws (default port 8765, default path /ws).
     #[arg(env = "CHAT_SERVER")]
     server: Option<String>,
     /// User name.
@@ -53,6 +59,10 @@ struct Cli {
     /// Config file to read instead of ~/.config/chat-tui/config.toml.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Accept the wss:// server's certificate only if it has this
+    /// fingerprint (as its start-up banner prints it), without asking.
+    #[arg(long, env = "CHAT_TLS_FINGERPRINT", value_name = "SHA256:…")]
+    fingerprint: Option<String>,
     /// Measure the render time of one frame and exit.
     #[arg(long, hide = true)]
     bench_render: bool,
@@ -67,8 +77,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the chain of causes joined, no backtrace.
-            eprintln!("chat-tui: {err:#}");
+            // One line (a changed certificate gets a few): the chain of
+            // causes joined, no backtrace. It may quote the server: no
+            // escape sequence reaches the terminal.
+            eprintln!("chat-tui: {}", sanitize(&format!("{err:#}"), true));
             ExitCode::FAILURE
         }
     }
@@ -92,6 +104,14 @@ fn resolve(cli: Cli) -> Result<Start> {
         anyhow!("no server given: pass it as the first argument, set CHAT_SERVER, or put server = \"HOST\" in the config file")
     })?;
     let url = config::server_url(&server)?;
+    let pinned = match cli.fingerprint.as_deref().filter(|f| !f.is_empty()) {
+        Some(text) if url.starts_with("ws://") => bail!(
+            "{url} is plain ws://: --fingerprint {text} (or CHAT_TLS_FINGERPRINT) pins the \
+             certificate of a wss:// server"
+        ),
+        Some(text) => Some(text.parse::<Fingerprint>()?),
+        None => None,
+    };
     let user = cli.user.or(file.user).ok_or_else(|| {
         anyhow!("no user given: pass --user NAME, set CHAT_USER, or put user = \"NAME\" in the config file")
     })?;
@@ -115,6 +135,10 @@ fn resolve(cli: Cli) -> Result<Start> {
     }
     let mut net = NetConfig::new(url, user, password);
     net.register = cli.register;
+    net.trust = Trust {
+        pinned,
+        known_servers: config::known_servers_path(),
+    };
     Ok(Start { net, rooms })
 }
 
@@ -128,16 +152,7 @@ fn run(cli: Cli) -> Result<()> {
     runtime.block_on(async move {
         let url = start.net.url.clone();
         let user = start.net.user.clone();
-        let progress = io::stderr().is_terminal();
-        if progress {
-            eprint!("connecting to {url} as {user}…");
-        }
-        let connected = NetClient::connect(start.net).await;
-        if progress {
-            // Erase the progress line: success leaves nothing, failure one line.
-            eprint!("\r\x1b[2K");
-        }
-        let net = connected?;
+        let net = connect(start.net).await?;
         let mut app = App::new(user, url, clock::local);
         app.admin = net.session.admin;
         let mut joins = Vec::new();
@@ -157,6 +172,87 @@ fn run(cli: Cli) -> Result<()> {
         drop(terminal);
         result
     })
+}
+
+/// Connects and logs in. A `wss://` certificate seen for the first time is
+/// shown, and on a terminal the user is asked once whether to trust it (and
+/// record it); a changed or mismatched one is refused with the full story.
+async fn connect(mut net: NetConfig) -> Result<NetClient> {
+    let progress = io::stderr().is_terminal();
+    loop {
+        if progress {
+            eprint!("connecting to {} as {}…", net.url, net.user);
+        }
+        let connected = NetClient::connect(net.clone()).await;
+        if progress {
+            // Erase the progress line: success leaves nothing, failure one line.
+            eprint!("\r\x1b[2K");
+        }
+        match connected {
+            Ok(client) => return Ok(client),
+            Err(ConnectError::Certificate(CertificateError::Unknown {
+                server,
+                fingerprint,
+                reason,
+            })) if net.trust.pinned.is_none() && io::stdin().is_terminal() => {
+                if !confirm(
+                    &server,
+                    &fingerprint,
+                    &reason,
+                    net.trust.known_servers.as_deref(),
+                )? {
+                    bail!("not connecting: the certificate of {server} was not accepted");
+                }
+                if let Some(file) = &net.trust.known_servers {
+                    chat_tui::tls::remember(file, &server, &fingerprint).with_context(|| {
+                        format!("cannot record the certificate in {}", file.display())
+                    })?;
+                }
+                // This run trusts exactly what was shown, even if the file
+                // could not be read back; the next attempt cannot ask again.
+                net.trust.pinned = Some(fingerprint);
+            }
+            Err(ConnectError::Certificate(err)) => return Err(anyhow!(err.loud())),
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Shows a certificate no authority vouches for and asks, on the terminal
+/// and before the screen is taken over, whether to trust it. Only `y` or
+/// `yes` trusts it.
+fn confirm(
+    server: &str,
+    fingerprint: &Fingerprint,
+    reason: &str,
+    file: Option<&std::path::Path>,
+) -> Result<bool> {
+    let remember = match file {
+        Some(file) => format!(" and remember it in {}", file.display()),
+        None => String::new(),
+    };
+    let mut err = io::stderr();
+    // The reason is rustls's, about a certificate the server chose: shown
+    // through the sanitizer like anything else that came from it.
+    write!(
+        err,
+        "The certificate of {server} is not signed by an authority this system trusts\n\
+         ({}). Its fingerprint is\n\
+         \n    {fingerprint}\n\n\
+         Compare it with the one chat-server printed when it started (ask its operator).\n\
+         Trust this server{remember}? [y/N] ",
+        sanitize(reason, false)
+    )?;
+    err.flush()?;
+    let mut answer = String::new();
+    io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 type Term = Terminal<CrosstermBackend<Stdout>>;

@@ -28,18 +28,21 @@ use chat_proto::{
     RoomSummary, ServerEvent,
 };
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::sanitize::sanitize_line;
+use crate::tls::{CertificateError, Trust};
+
+/// A WebSocket over plain TCP (`ws://`) or TLS (`wss://`).
+type Ws = WebSocketStream<crate::tls::Stream>;
 
 /// Where to connect, as whom, and how patiently.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// A `ws://` URL (see [`crate::config::server_url`]).
+    /// A `ws://` or `wss://` URL (see [`crate::config::server_url`]).
     pub url: String,
     pub user: String,
     pub password: String,
@@ -52,6 +55,9 @@ pub struct NetConfig {
     /// Limit for connecting and logging in, and for silence on a live
     /// connection before it is considered dead (after a ping).
     pub timeout: Duration,
+    /// Which `wss://` certificates to accept besides those an authority
+    /// vouches for.
+    pub trust: Trust,
 }
 
 impl NetConfig {
@@ -69,6 +75,7 @@ impl NetConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             timeout: Duration::from_secs(10),
+            trust: Trust::default(),
         }
     }
 }
@@ -221,6 +228,8 @@ pub enum ConnectError {
     Closed(String),
     /// No `welcome` within the timeout.
     Timeout(Duration),
+    /// The `wss://` server's certificate was not accepted.
+    Certificate(CertificateError),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -245,6 +254,7 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Timeout(limit) => {
                 write!(f, "no answer from the server within {} s", limit.as_secs())
             }
+            ConnectError::Certificate(err) => err.fmt(f),
         }
     }
 }
@@ -330,9 +340,10 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
     let mut busy_message: Option<String> = None;
     let busy = &mut busy_message;
     let attempt = async {
-        let (mut ws, _response) = connect_async(config.url.as_str())
+        let stream = crate::tls::dial(&config.url, &config.trust).await?;
+        let (mut ws, _response) = tokio_tungstenite::client_async(config.url.as_str(), stream)
             .await
-            .map_err(connect_error)?;
+            .map_err(|err| connect_error(&config.url, err))?;
         let credentials = if config.register {
             ClientEvent::Register {
                 user: config.user.clone(),
@@ -380,14 +391,16 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
                         // on the same connection after a growing pause,
                         // within this attempt's time limit.
                         tries += 1;
-                        *busy = Some(message);
+                        *busy = Some(sanitize_line(&message));
                         sleep(busy_backoff(tries)).await;
                         ws.send(login.clone())
                             .await
                             .map_err(|err| ConnectError::Closed(err.to_string()))?;
                     }
+                    // The server's words are printed on the user's
+                    // terminal before the screen is set up: no escapes.
                     Ok(ServerEvent::Error { code, message, .. }) => {
-                        return Err(ConnectError::Refused(code, message))
+                        return Err(ConnectError::Refused(code, sanitize_line(&message)))
                     }
                     // Anything else before `welcome` is not for us.
                     Ok(_) | Err(_) => {}
@@ -396,7 +409,9 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
                     return Err(ConnectError::Closed(close_reason(frame)))
                 }
                 Some(Ok(_)) => {}
-                Some(Err(err)) => return Err(ConnectError::Closed(err.to_string())),
+                Some(Err(err)) => {
+                    return Err(ConnectError::Closed(sanitize_line(&err.to_string())))
+                }
                 None => return Err(ConnectError::Closed("connection closed".into())),
             }
         }
@@ -419,12 +434,19 @@ pub fn busy_backoff(tries: u32) -> Duration {
     base.mul_f64(0.8 + 0.4 * random_unit())
 }
 
-fn connect_error(err: tungstenite::Error) -> ConnectError {
+/// A failed WebSocket handshake, for the user. Whatever the peer answered
+/// is sanitized: it reaches the terminal.
+fn connect_error(url: &str, err: tungstenite::Error) -> ConnectError {
     match err {
         tungstenite::Error::Http(response) => ConnectError::Http(response.status().as_u16()),
         tungstenite::Error::Url(err) => ConnectError::BadUrl(err.to_string()),
-        tungstenite::Error::Io(err) => ConnectError::Unreachable(err.to_string()),
-        err => ConnectError::Unreachable(err.to_string()),
+        // A plain ws:// client on a wss:// port gets a TLS alert or a
+        // hang-up instead of an HTTP answer.
+        err if url.starts_with("ws://") => ConnectError::Unreachable(format!(
+            "{} (if the server serves wss://, use a wss:// address)",
+            sanitize_line(&err.to_string())
+        )),
+        err => ConnectError::Unreachable(sanitize_line(&err.to_string())),
     }
 }
 

@@ -198,6 +198,8 @@ pub struct Options {
     /// Run it on another test host: inside this network namespace,
     /// listening on this address of it.
     pub host: Option<(String, IpAddr)>,
+    /// Start it with this open-files limit (soft and hard).
+    pub max_open_files: Option<u64>,
     /// Extra `serve` arguments.
     pub args: Vec<String>,
 }
@@ -284,6 +286,24 @@ impl TestServer {
             command.arg("--redis").arg(redis);
         }
         command.args(&self.options.args);
+        if let Some(files) = self.options.max_open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and only touches the
+            // child about to exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: files as libc::rlim_t,
+                        rlim_max: files as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = command.spawn().expect("start chat-server");
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
@@ -372,6 +392,20 @@ impl TestServer {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
         wait_exit(&mut child)
+    }
+
+    /// Waits (bounded) until the log holds `needle` at least `times` times:
+    /// the log is read on a thread of its own, a moment behind the server.
+    pub async fn wait_for_log(&self, needle: &str, times: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.log().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Starts the server again on the same port and database.
@@ -884,4 +918,49 @@ impl Client {
 /// Seqs of a list of message objects.
 pub fn seqs(messages: &[Value]) -> Vec<u64> {
     messages.iter().filter_map(|m| m["seq"].as_u64()).collect()
+}
+
+/// Path of the `chat-tui` binary, built once per test process (as
+/// [`server_binary`] builds the server).
+pub fn tui_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "chat-tui", "--bin", "chat-tui"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building chat-tui failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        target.join("debug").join("chat-tui")
+    })
+}
+
+/// Runs `chat-tui ARGS` to its end without a terminal (stdin empty), with
+/// `home` as its HOME and config folder, so that its known servers file is
+/// the test's own, and with `env` set.
+pub fn run_tui(args: &[&str], env: &[(&str, &str)], home: &Path) -> AdminOutput {
+    let mut command = Command::new(tui_binary());
+    command
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .envs(env.iter().copied())
+        .current_dir(home);
+    let out = output_within(&mut command, TIMEOUT, "chat-tui").expect("start chat-tui");
+    AdminOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl TestServer {
+    /// `wss://127.0.0.1:PORT/ws`, for a server started with TLS flags.
+    pub fn wss_url(&self) -> String {
+        self.url().replacen("ws://", "wss://", 1)
+    }
 }

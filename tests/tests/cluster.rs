@@ -277,19 +277,6 @@ async fn a_deletion_during_a_redis_outage_still_reaches_other_nodes(backend: Bac
     assert_eq!(answer["code"], "not_joined");
 }
 
-/// Polls a node's log until it contains `needle` (bounded).
-async fn log_shows(node: &TestServer, needle: &str, times: usize) {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while node.log().matches(needle).count() < times {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {needle:?} in the log:\n{}",
-            node.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn forged_envelopes_from_redis_are_refused_and_skip_nothing(backend: Backend) {
     let cluster = cluster(backend, 1);
     let node = &cluster.nodes[0];
@@ -311,12 +298,14 @@ async fn forged_envelopes_from_redis_are_refused_and_skip_nothing(backend: Backe
     for payload in [bad_user, bad_text, other_room] {
         assert_eq!(cluster.redis.publish("chat:room:lan", &payload), 1);
     }
-    log_shows(node, "ignoring an invalid cluster message", 3).await;
+    node.wait_for_log("ignoring an invalid cluster message", 3)
+        .await;
     // A well-formed message far ahead, that nobody stored: dropped once the
     // store says so, instead of making the room skip to it.
     let ahead = forge(json!({"room":"lan","seq":1000,"user":"mallory","text":"forged","ts":0}));
     assert_eq!(cluster.redis.publish("chat:room:lan", &ahead), 1);
-    log_shows(node, "discarding a message the store does not have", 1).await;
+    node.wait_for_log("discarding a message the store does not have", 1)
+        .await;
     assert_eq!(alice.say("lan", "three").await["seq"], 3);
     assert_eq!(alice.say("lan", "four").await["seq"], 4);
     // Bob saw every real message once, in order, and nothing forged.

@@ -18,7 +18,9 @@ async fn peer_text_in_logs_is_escaped_and_truncated() {
         .request(json!({"type":"login","user":name,"password":"whatever1"}))
         .await;
     assert_eq!(answer["code"], "auth_failed", "{answer}");
-    // The server logs the failure before answering it.
+    // The server logs the failure before answering it; the harness reads
+    // its log on a thread of its own, so wait for the line.
+    server.wait_for_log("login failed", 1).await;
     let log = server.log();
     let line = log
         .lines()
@@ -86,11 +88,7 @@ async fn the_database_is_private_and_complete_on_its_own_after_a_clean_stop() {
     let scratch = Scratch::with_db(Backend::Sqlite, copy.to_string_lossy().into_owned());
     let server = TestServer::start_with(scratch, Options::unlimited());
     assert_eq!(mode(&copy), 0o600);
-    assert!(
-        server.log().contains("made it private"),
-        "a warning: {}",
-        server.log()
-    );
+    server.wait_for_log("made it private", 1).await;
     let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
     let (joined, history) = alice.join("kept", Some(0)).await;
     assert_eq!(joined["last_seq"], 11);
@@ -251,4 +249,40 @@ async fn registration_checks_the_name_first_and_counts_failures() {
         .await;
     assert_eq!(mallory.recv().await["code"], "user_exists");
     assert_eq!(mallory.closed().await, chat_e2e::Closed::Code(1008));
+}
+
+#[tokio::test]
+async fn connections_are_capped_to_fit_the_open_files_limit() {
+    let server = TestServer::with_users(
+        Backend::Sqlite,
+        Options {
+            max_open_files: Some(100),
+            ..Options::unlimited()
+        },
+    );
+    // 100 descriptors, 64 kept for the server's own files: 36 connections.
+    server
+        .wait_for_log("--max-connections lowered from 20000 to 36", 1)
+        .await;
+    let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+    alice.join("full", None).await;
+    let mut held = Vec::new();
+    for _ in 1..36 {
+        held.push(Client::connect(&server.url()).await);
+    }
+    match Client::try_connect(&server.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        Err(other) => panic!("expected HTTP 503, got {other}"),
+        Ok(_) => panic!("a connection over the limit was let in"),
+    }
+    // The store still has the descriptors it needs.
+    for i in 0..20 {
+        alice.say("full", &format!("still here {i}")).await;
+    }
+    let page = alice
+        .request(json!({"type":"history","room":"full","limit":5}))
+        .await;
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(5), "{page}");
 }

@@ -57,6 +57,7 @@ async fn losing_postgres_refuses_sends_keeps_connections_and_recovers() {
     assert_eq!(seqs(&seen), vec![1, 2]);
     assert_eq!(seen[1]["text"], "after");
 
+    server.wait_for_log("PostgreSQL is back", 1).await;
     let log = server.log();
     assert_eq!(log.matches("lost PostgreSQL").count(), 1, "log:\n{log}");
     assert_eq!(log.matches("PostgreSQL is back").count(), 1, "log:\n{log}");

@@ -27,6 +27,7 @@ backend_tests! {
     only_ws_paths_upgrade_and_connections_are_capped,
     a_member_that_stops_reading_is_closed_with_1013_and_the_room_goes_on,
     admin_commands,
+    account_changes_reach_live_sessions,
 }
 
 async fn login_welcome_and_failures(backend: Backend) {
@@ -816,4 +817,55 @@ fn admin_commands_create_the_sqlite_file_private() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
+}
+
+async fn account_changes_reach_live_sessions(backend: Backend) {
+    let server = TestServer::with_users(backend, Options::default());
+    let url = server.url();
+    let mut alice_laptop = Client::login(&url, "alice", PASSWORD).await;
+    let mut alice_desktop = Client::login(&url, "alice", PASSWORD).await;
+    let mut bob = Client::login(&url, "bob", PASSWORD).await;
+    let mut root = Client::login(&url, "root", PASSWORD).await;
+    root.join("kept", None).await;
+
+    // A password changed by the admin command (another process) closes
+    // the sessions that logged in with the old one.
+    let out = run_admin(
+        server.db(),
+        &["passwd", "alice"],
+        false,
+        Some("a new password"),
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(alice_laptop.closed().await, Closed::Code(1008));
+    assert_eq!(alice_desktop.closed().await, Closed::Code(1008));
+    // The new password works; the old one does not.
+    let mut alice = Client::login(&url, "alice", "a new password").await;
+
+    // A deleted account's sessions are closed.
+    let out = run_admin(server.db(), &["userdel", "bob"], false, None);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(bob.closed().await, Closed::Code(1008));
+
+    // A deleted admin cannot delete rooms, even before its session is
+    // closed: either the request is refused or the connection is gone.
+    let out = run_admin(server.db(), &["userdel", "root"], false, None);
+    assert!(out.status.success(), "{}", out.stderr);
+    root.send(json!({"type":"delete_room","room":"kept","id":"d"}))
+        .await;
+    match root.recv_or_close().await {
+        Ok(answer) => assert_eq!(answer["code"], "forbidden", "{answer}"),
+        Err(closed) => assert_eq!(closed, Closed::Code(1008)),
+    }
+    let rooms = alice.request(json!({"type":"rooms"})).await;
+    assert!(
+        rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "kept"),
+        "{rooms}"
+    );
+    // Alice, unaffected by the others' changes, is still connected.
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
 }

@@ -71,7 +71,7 @@ impl Session {
                 }
             };
         };
-        let (admin, handle) = (account.admin, account.handle.clone());
+        let handle = account.handle.clone();
         // Every request that names a room: a malformed name is refused first.
         let room = match &event {
             ClientEvent::Join { room, .. }
@@ -108,7 +108,7 @@ impl Session {
                 self.state.hub.typing(&room, room_id, &handle.user).await;
                 Ok(())
             }
-            ClientEvent::DeleteRoom { room } => self.delete_room(admin, room, id).await,
+            ClientEvent::DeleteRoom { room } => self.delete_room(&handle, room, id).await,
             ClientEvent::Ping => self.reply(&ServerEvent::Pong { re: id }).await,
         }
     }
@@ -134,10 +134,11 @@ impl Session {
                 Some(r) => (Some(r.password_hash), r.admin),
                 None => (None, false),
             };
-            Ok::<_, Refusal>(admission.verify(password, hash).await.then_some(admin))
+            let matches = admission.verify(password, hash.clone()).await;
+            Ok::<_, Refusal>(hash.filter(|_| matches).map(|hash| (admin, hash)))
         };
         match self.while_logging_in(check).await? {
-            Ok(Some(admin)) => self.welcome(user, admin, id).await,
+            Ok(Some((admin, hash))) => self.welcome(user, admin, hash, id).await,
             Ok(None) => {
                 tracing::info!(peer = %self.peer, user = %Untrusted(&user), "login failed");
                 self.failed_login(
@@ -230,12 +231,12 @@ impl Session {
                     "could not hash the password".into(),
                 ))
             })?;
-            state.hub.register(&user, &hash).await
+            state.hub.register(&user, &hash).await.map(|()| hash)
         };
         match self.while_logging_in(create).await? {
-            Ok(()) => {
+            Ok(hash) => {
                 tracing::info!(peer = %self.peer, user = %Untrusted(&user), "user registered");
-                self.welcome(user, false, id).await
+                self.welcome(user, false, hash, id).await
             }
             Err(Refusal::UserExists) => {
                 let message = format!("the name {user} is taken");
@@ -245,10 +246,13 @@ impl Session {
         }
     }
 
+    /// Logs the session in as `user`, who proved to know the password
+    /// whose hash is `password_hash` (a change of it closes the session).
     async fn welcome(
         &mut self,
         user: String,
         admin: bool,
+        password_hash: String,
         id: Option<String>,
     ) -> Result<(), Ending> {
         tracing::info!(peer = %self.peer, user = %Untrusted(&user), "logged in");
@@ -257,7 +261,8 @@ impl Session {
             user.as_str().into(),
             self.outbox.clone(),
         ));
-        self.account = Some(Account { admin, handle });
+        self.state.hub.logged_in(&handle, password_hash);
+        self.account = Some(Account { handle });
         self.reply(&ServerEvent::Welcome {
             user,
             admin,
@@ -517,10 +522,16 @@ impl Session {
 
     async fn delete_room(
         &mut self,
-        admin: bool,
+        handle: &Arc<SessionHandle>,
         room: String,
         id: Option<String>,
     ) -> Result<(), Ending> {
+        // Admin rights are read again: they may have been taken away (or
+        // the account deleted) since this session logged in.
+        let admin = match self.state.hub.user(&handle.user).await {
+            Ok(record) => record.is_some_and(|r| r.admin),
+            Err(refusal) => return self.refused(refusal, &room, id).await,
+        };
         if !admin {
             return self
                 .error(ErrorCode::Forbidden, "only admins can delete rooms", id)

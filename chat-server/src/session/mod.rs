@@ -34,6 +34,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::rooms::{Outbound, SessionHandle};
 use crate::server::ServerState;
 use crate::store::{RoomId, SessionId};
+use crate::tls::Stream;
 use crate::untrusted::{untrusted, Untrusted};
 
 mod handlers;
@@ -47,7 +48,7 @@ const WRITE_BATCH: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a close frame may take to get out.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
-/// Time allowed for the WebSocket handshake.
+/// Time allowed for the TLS and WebSocket handshakes together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keep-alive: a ping this often, and a drop after this much silence.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -57,7 +58,8 @@ const MAX_HELD: usize = 4;
 /// Sends waiting for their commit before the session stops reading.
 const MAX_PENDING_SENDS: usize = 256;
 
-type Socket = WebSocketStream<TcpStream>;
+/// Plain or TLS: one session type serves both `ws://` and `wss://`.
+type Socket = WebSocketStream<Stream>;
 type PendingAck = Pin<Box<dyn Future<Output = ServerEvent> + Send>>;
 
 /// WebSocket settings sized for thousands of mostly idle connections.
@@ -81,11 +83,14 @@ enum Ending {
 
 /// The account a session is logged in as.
 struct Account {
-    admin: bool,
     handle: Arc<SessionHandle>,
 }
 
-/// Accepts the WebSocket upgrade on `/ws` (or `/`) and runs the session.
+/// Runs the TLS handshake when the server serves `wss://`, accepts the
+/// WebSocket upgrade on `/ws` (or `/`), and runs the session. Both
+/// handshakes share one time limit; a connection that fails either (a plain
+/// `ws://` client on a TLS port, a port scanner, a wrong path) is dropped
+/// with a debug line and touches nothing else.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
     let _ = stream.set_nodelay(true);
     // The callback's error type is tungstenite's HTTP response; its size is
@@ -99,17 +104,33 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
             Err(refusal)
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        check_path,
-        Some(websocket_config()),
-    );
-    let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(socket)) => socket,
-        Ok(Err(err)) => {
-            tracing::debug!(%peer, error = %untrusted(&err), "handshake refused");
-            return;
+    let handshakes = async {
+        let stream = match &state.config.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => match tls.accept(stream).await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::debug!(%peer, error = %untrusted(&err), "TLS handshake failed");
+                    return None;
+                }
+            },
+        };
+        let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            check_path,
+            Some(websocket_config()),
+        );
+        match upgrade.await {
+            Ok(socket) => Some(socket),
+            Err(err) => {
+                tracing::debug!(%peer, error = %untrusted(&err), "handshake refused");
+                None
+            }
         }
+    };
+    let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes).await {
+        Ok(Some(socket)) => socket,
+        Ok(None) => return,
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out");
             return;
@@ -229,11 +250,8 @@ impl Session {
             // session as promptly as awaiting `kicked` would, without
             // registering a waiter on every wake-up. (A write stalled on a
             // client that stopped reading watches `kicked` itself.)
-            if self.overflowed() {
-                return Ending::Close(
-                    close::TRY_AGAIN_LATER,
-                    "too far behind: reconnect and join with since",
-                );
+            if let Some(ending) = self.must_close() {
+                return ending;
             }
             let reading = self.pending_acks.len() < MAX_PENDING_SENDS;
             let step = tokio::select! {
@@ -273,10 +291,17 @@ impl Session {
         }
     }
 
-    fn overflowed(&self) -> bool {
-        self.account
-            .as_ref()
-            .is_some_and(|account| account.handle.overflowed())
+    /// Why the session must close now, if it must: the server asked (the
+    /// account changed), or the client fell too far behind.
+    fn must_close(&self) -> Option<Ending> {
+        let handle = &self.account.as_ref()?.handle;
+        if let Some((code, reason)) = handle.closing() {
+            return Some(Ending::Close(code, reason));
+        }
+        handle.overflowed().then_some(Ending::Close(
+            close::TRY_AGAIN_LATER,
+            "too far behind: reconnect and join with since",
+        ))
     }
 
     /// The server is stopping: sends already taken are still answered (the
@@ -313,6 +338,7 @@ impl Session {
             let _ = tokio::time::timeout(CLOSE_GRACE, self.socket.close(Some(frame))).await;
         }
         if let Some(account) = &self.account {
+            self.state.hub.logged_out(&account.handle);
             for room in std::mem::take(&mut self.joined) {
                 let room = room.name;
                 // Not a member any more (the room was deleted) is fine.
@@ -405,9 +431,10 @@ impl Session {
                 Ok(Ok(())) => Ok(()),
                 _ => Err(Ending::Gone),
             },
-            // The client stopped reading and its outbox overflowed meanwhile:
-            // give up on this write now rather than at the timeout.
-            _ = kicked => Err(Ending::Close(close::TRY_AGAIN_LATER, "too far behind: reconnect and join with since")),
+            // The client stopped reading and its outbox overflowed meanwhile,
+            // or the server wants it gone: give up on this write now rather
+            // than at the timeout.
+            _ = kicked => Err(self.must_close().unwrap_or(Ending::Close(close::TRY_AGAIN_LATER, "too far behind: reconnect and join with since"))),
         }
     }
 
@@ -416,6 +443,8 @@ impl Session {
     async fn feed(&mut self, item: Outbound) -> Result<(), WsError> {
         let frame = match item {
             Outbound::Event(frame) => frame,
+            // Only a wake-up: the main loop reads why.
+            Outbound::Close => return Ok(()),
             Outbound::Room {
                 room_id,
                 seq,

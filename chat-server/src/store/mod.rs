@@ -171,6 +171,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
     /// Number of accounts.
     async fn count_users(&self) -> Result<u64, StoreError>;
+    /// A number that grows whenever an account's password or admin flag
+    /// changes or an account is deleted, by any process. Cheap: polled.
+    async fn account_version(&self) -> Result<u64, StoreError>;
 
     // ---- Rooms. ----
 

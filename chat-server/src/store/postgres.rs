@@ -157,6 +157,21 @@ const MIGRATIONS: &[&str] = &[
          ts bigint NOT NULL,
          PRIMARY KEY (room_id, seq)
      );",
+    // A counter of account changes (password, admin flag, deletion), kept
+    // by a trigger so that every writer bumps it, including the admin
+    // commands: every node polls it to act on its live sessions.
+    "CREATE TABLE account_changes (
+         id integer PRIMARY KEY CHECK (id = 1),
+         version bigint NOT NULL
+     );
+     INSERT INTO account_changes (id, version) VALUES (1, 0);
+     CREATE FUNCTION bump_account_changes() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+         UPDATE account_changes SET version = version + 1 WHERE id = 1;
+         RETURN NULL;
+     END $$;
+     CREATE TRIGGER users_changed AFTER UPDATE OR DELETE ON users
+         FOR EACH STATEMENT EXECUTE FUNCTION bump_account_changes();",
 ];
 
 /// Why the schema could not be brought up to date.
@@ -1549,6 +1564,18 @@ impl Store for PostgresStore {
         self.with_conn(ANSWER_TIMEOUT, |conn| {
             Box::pin(async move {
                 let row = conn.query_one("SELECT count(*) FROM users", &[]).await?;
+                Ok(from_db(row.try_get(0)?))
+            })
+        })
+        .await
+    }
+
+    async fn account_version(&self) -> Result<u64, StoreError> {
+        self.with_conn(ANSWER_TIMEOUT, |conn| {
+            Box::pin(async move {
+                let row = conn
+                    .query_one("SELECT version FROM account_changes WHERE id = 1", &[])
+                    .await?;
                 Ok(from_db(row.try_get(0)?))
             })
         })

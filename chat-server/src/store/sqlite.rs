@@ -94,6 +94,23 @@ fn migrations() -> Migrations<'static> {
              DROP TABLE rooms;
              ALTER TABLE rooms_v2 RENAME TO rooms;",
         ),
+        // A counter of account changes (password, admin flag, deletion),
+        // kept by triggers so that every writer bumps it, including the
+        // admin commands of another process: servers poll it to act on
+        // live sessions.
+        M::up(
+            "CREATE TABLE account_changes (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 version INTEGER NOT NULL
+             );
+             INSERT INTO account_changes (id, version) VALUES (1, 0);
+             CREATE TRIGGER users_updated AFTER UPDATE ON users BEGIN
+                 UPDATE account_changes SET version = version + 1 WHERE id = 1;
+             END;
+             CREATE TRIGGER users_deleted AFTER DELETE ON users BEGIN
+                 UPDATE account_changes SET version = version + 1 WHERE id = 1;
+             END;",
+        ),
     ])
 }
 
@@ -642,6 +659,17 @@ impl Store for SqliteStore {
     async fn count_users(&self) -> Result<u64, StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM users", [], |row| row.get(0))?))
             .await
+    }
+
+    async fn account_version(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT version FROM account_changes WHERE id = 1",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
     }
 
     async fn open_room(&self, name: &str) -> Result<RoomHead, StoreError> {
