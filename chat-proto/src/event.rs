@@ -43,8 +43,14 @@ pub enum ClientEvent {
     Login { user: String, password: String },
     /// Create an account and log in (servers with open registration only).
     Register { user: String, password: String },
-    /// List every room on the server.
-    Rooms,
+    /// List the server's rooms in name order: those after `after`, at most
+    /// `limit` (default and maximum [`crate::limits::MAX_ROOMS_PAGE`]).
+    Rooms {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
     /// Join a room, creating it if needed. With `since`, resume: receive
     /// every message with `seq > since`.
     Join {
@@ -122,6 +128,9 @@ pub enum ServerEvent {
     },
     Rooms {
         rooms: Vec<RoomSummary>,
+        /// More rooms follow: ask again with `after` the last name.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        has_more: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         re: Option<String>,
     },

@@ -33,6 +33,9 @@ pub const MAX_PAGE: usize = 200;
 
 /// Seconds a new connection has to log in before it is closed with 1008.
 pub const LOGIN_TIMEOUT_SECS: u64 = 10;
+/// Most rooms in one `rooms` answer (the default and the maximum of
+/// `limit`).
+pub const MAX_ROOMS_PAGE: usize = 1000;
 
 /// Failed logins on one connection before it is closed with 1008.
 pub const MAX_LOGIN_FAILURES: u32 = 3;

@@ -25,7 +25,20 @@ fn client_events_decode_from_the_documented_json() {
                 password: "battery staple".into(),
             }),
         ),
-        (r#"{"type":"rooms"}"#, Request::new(ClientEvent::Rooms)),
+        (
+            r#"{"type":"rooms"}"#,
+            Request::new(ClientEvent::Rooms {
+                after: None,
+                limit: None,
+            }),
+        ),
+        (
+            r#"{"type":"rooms","after":"general","limit":100}"#,
+            Request::new(ClientEvent::Rooms {
+                after: Some("general".into()),
+                limit: Some(100),
+            }),
+        ),
         (
             r#"{"type":"join","room":"general"}"#,
             Request::new(ClientEvent::Join {
@@ -119,6 +132,7 @@ fn server_events_encode_to_the_documented_json() {
                     last_seq: 120,
                     last_ts: None,
                 }],
+                has_more: false,
                 re: None,
             },
             json!({"type":"rooms","rooms":[{"name":"general","members":3,"last_seq":120}]}),
@@ -131,9 +145,10 @@ fn server_events_encode_to_the_documented_json() {
                     last_seq: 120,
                     last_ts: Some(1764000000000),
                 }],
+                has_more: true,
                 re: Some("r".into()),
             },
-            json!({"type":"rooms","rooms":[{"name":"general","members":0,"last_seq":120,"last_ts":1764000000000u64}],"re":"r"}),
+            json!({"type":"rooms","rooms":[{"name":"general","members":0,"last_seq":120,"last_ts":1764000000000u64}],"has_more":true,"re":"r"}),
         ),
         (
             ServerEvent::Joined {

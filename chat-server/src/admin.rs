@@ -183,7 +183,19 @@ async fn copy_store(source: &dyn Store, target: &dyn Store) -> Result<Copied> {
         target.import_user(&user).await?;
         copied.users += 1;
     }
-    for room in source.list_rooms().await? {
+    let mut rooms = Vec::new();
+    loop {
+        let after = rooms
+            .last()
+            .map(|r: &crate::store::RoomRecord| r.name.clone());
+        let page = source.list_rooms(after.as_deref(), COPY_PAGE).await?;
+        let done = page.len() < COPY_PAGE;
+        rooms.extend(page);
+        if done {
+            break;
+        }
+    }
+    for room in rooms {
         let id = target.import_room(&room).await?;
         let mut after = 0;
         while after < room.last_seq {

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_proto::limits::close;
 use chat_proto::{MessageRecord, RoomSummary};
@@ -38,6 +38,12 @@ pub enum Refusal {
     DeletedWhileJoining,
     #[error("the name is taken")]
     UserExists,
+    /// The user created their quota of rooms in the last hour.
+    #[error("room creation quota reached")]
+    RoomQuota(u32),
+    /// The server holds as many rooms as it may.
+    #[error("too many rooms")]
+    TooManyRooms(u64),
     /// The store failed (logged where it happened); nothing was done, or
     /// for a send nothing was acknowledged.
     #[error("store unavailable: {0}")]
@@ -63,9 +69,21 @@ pub struct Joined {
     pub members: Vec<String>,
 }
 
+/// The window of the per-user room creation quota.
+const ROOM_QUOTA_WINDOW: Duration = Duration::from_secs(3600);
+
 /// How often the store's account counter is read: account changes reach
 /// live sessions within about this long, on every node.
 const ACCOUNT_POLL: Duration = Duration::from_secs(2);
+
+/// How many rooms may be created.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    /// Rooms in all (0: no limit).
+    pub max_rooms: u64,
+    /// Rooms one (non-admin) user may create in an hour (0: no limit).
+    pub per_user_per_hour: u32,
+}
 
 /// Rooms, fan-out and store, with the rules between them.
 pub struct Hub {
@@ -73,6 +91,9 @@ pub struct Hub {
     rooms: Arc<Rooms>,
     fanout: Arc<dyn Fanout>,
     accounts: Arc<Accounts>,
+    limits: RoomLimits,
+    /// When each user created rooms in the last hour, on this node.
+    created: std::sync::Mutex<HashMap<Arc<str>, std::collections::VecDeque<Instant>>>,
 }
 
 /// A logged-in session and the password hash it logged in with.
@@ -100,6 +121,7 @@ impl Hub {
         rooms: Arc<Rooms>,
         gap_requests: mpsc::UnboundedReceiver<GapFill>,
         fanout: Arc<dyn Fanout>,
+        limits: RoomLimits,
     ) -> Arc<Hub> {
         tokio::spawn(deliver_commits(feed, rooms.clone(), fanout.clone()));
         tokio::spawn(fill_gaps(gap_requests, store.clone(), rooms.clone()));
@@ -110,6 +132,8 @@ impl Hub {
             rooms,
             fanout,
             accounts,
+            limits,
+            created: Default::default(),
         })
     }
 
@@ -153,11 +177,19 @@ impl Hub {
 
     // ---- Rooms. ----
 
-    /// Every room with its newest message and how many are online.
-    pub async fn rooms(&self) -> Result<Vec<RoomSummary>, Refusal> {
-        let stored = self.store.list_rooms().await?;
+    /// A page of rooms in name order after `after` (at most `limit`), each
+    /// with its newest message and how many are online, and whether more
+    /// follow.
+    pub async fn rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RoomSummary>, bool), Refusal> {
+        let mut stored = self.store.list_rooms(after, limit + 1).await?;
+        let has_more = stored.len() > limit;
+        stored.truncate(limit);
         let counts: HashMap<String, u64> = self.fanout.member_counts().await;
-        Ok(stored
+        let rooms = stored
             .into_iter()
             .map(|r| RoomSummary {
                 members: counts.get(&r.name).copied().unwrap_or(0),
@@ -165,7 +197,36 @@ impl Hub {
                 last_seq: r.last_seq,
                 name: r.name,
             })
-            .collect())
+            .collect();
+        Ok((rooms, has_more))
+    }
+
+    /// Before `user` creates a room: the server-wide cap, then the user's
+    /// hourly quota (admins, read from the store now, are exempt).
+    async fn may_create_room(&self, user: &Arc<str>) -> Result<(), Refusal> {
+        let RoomLimits {
+            max_rooms,
+            per_user_per_hour,
+        } = self.limits;
+        if max_rooms > 0 && self.store.count_rooms().await? >= max_rooms {
+            return Err(Refusal::TooManyRooms(max_rooms));
+        }
+        if per_user_per_hour == 0 || self.store.find_user(user).await?.is_some_and(|u| u.admin) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget users whose hour has passed, so the map stays small.
+        created.retain(|_, times| {
+            times.retain(|t| now.duration_since(*t) < ROOM_QUOTA_WINDOW);
+            !times.is_empty()
+        });
+        let times = created.entry(user.clone()).or_default();
+        if times.len() >= per_user_per_hour as usize {
+            return Err(Refusal::RoomQuota(per_user_per_hour));
+        }
+        times.push_back(now);
+        Ok(())
     }
 
     /// Makes `session` a member of `room` (created if needed) and announces
@@ -174,6 +235,9 @@ impl Hub {
         // A deletion (and re-creation) of the room can race the steps below;
         // then they are simply taken again.
         let mut attempts = 0;
+        if self.store.room(room).await?.is_none() {
+            self.may_create_room(&session.user).await?;
+        }
         let (room_id, point) = loop {
             attempts += 1;
             let head = self.store.open_room(room).await?;

@@ -80,6 +80,13 @@ enum Command {
         /// Messages per second one connection may send (0: no limit).
         #[arg(long, default_value_t = chat_proto::limits::SEND_RATE_PER_SEC)]
         send_rate: u32,
+        /// Rooms the server holds at most; joining a new room past it is
+        /// refused (0: no limit).
+        #[arg(long, default_value_t = 10_000)]
+        max_rooms: u64,
+        /// Rooms one user (not an admin) may create per hour (0: no limit).
+        #[arg(long, default_value_t = 50)]
+        room_quota: u32,
         /// full: an acknowledged message survives a power cut; relaxed: it
         /// survives a crash of the server, and commits are cheaper.
         #[arg(long, value_enum, default_value_t = Durability::Full)]
@@ -194,6 +201,8 @@ fn main() -> ExitCode {
             send_rate,
             send_burst,
             durability,
+            max_rooms,
+            room_quota,
             tls,
         } => db_path(db).and_then(|db| {
             serve(
@@ -201,6 +210,8 @@ fn main() -> ExitCode {
                 ServeConfig {
                     db,
                     durability,
+                    max_rooms,
+                    room_quota,
                     open_registration,
                     max_connections,
                     max_connections_per_ip,

@@ -22,7 +22,7 @@ use crate::auth::Auth;
 use crate::cluster::{Cluster, ClusterError};
 use crate::fanout::{Fanout, LocalFanout};
 use crate::fdlimit;
-use crate::hub::Hub;
+use crate::hub::{Hub, RoomLimits};
 use crate::rooms::Rooms;
 use crate::store::{self, Database, Durability, StoreError};
 
@@ -31,6 +31,10 @@ use crate::store::{self, Database, Durability, StoreError};
 pub struct ServeConfig {
     /// SQLite file or PostgreSQL URL.
     pub db: Database,
+    /// Rooms in all (0: no limit).
+    pub max_rooms: u64,
+    /// Rooms a non-admin user may create per hour (0: no limit).
+    pub room_quota: u32,
     /// Whether an ack waits for the commit to survive a power cut.
     pub durability: Durability,
     /// Let anyone create an account with `register`.
@@ -90,7 +94,11 @@ impl Server {
             Some(url) => Cluster::connect(url, rooms.clone(), store.clone()).await?,
             None => Arc::new(LocalFanout::new(rooms.clone())),
         };
-        let hub = Hub::new(store, feed, rooms, gap_requests, fanout);
+        let limits = RoomLimits {
+            max_rooms: config.max_rooms,
+            per_user_per_hour: config.room_quota,
+        };
+        let hub = Hub::new(store, feed, rooms, gap_requests, fanout, limits);
         let (stop, shutdown) = watch::channel(false);
         let state = Arc::new(ServerState {
             config,

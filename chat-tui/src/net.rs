@@ -530,8 +530,15 @@ impl RoomSync {
 /// What a request id on the wire was for.
 #[derive(Debug, Clone)]
 enum Pending {
-    Join { room: String },
-    Page { room: String, before: Option<u64> },
+    Join {
+        room: String,
+    },
+    Page {
+        room: String,
+        before: Option<u64>,
+    },
+    /// The room list, page after page: the rooms of the pages so far.
+    Rooms(Vec<RoomSummary>),
     Other,
 }
 
@@ -926,8 +933,12 @@ impl Worker {
             }
             NetCommand::Rooms => {
                 let id = self.new_id('r');
-                self.requests.insert(id.clone(), Pending::Other);
-                send(ws, Request::with_id(ClientEvent::Rooms, id)).await
+                self.requests.insert(id.clone(), Pending::Rooms(Vec::new()));
+                let first = ClientEvent::Rooms {
+                    after: None,
+                    limit: None,
+                };
+                send(ws, Request::with_id(first, id)).await
             }
             NetCommand::Typing { room } => {
                 let live = self
@@ -1077,12 +1088,33 @@ impl Worker {
                 }
                 Ok(())
             }
-            ServerEvent::Rooms { rooms, re } => {
-                if let Some(id) = re {
-                    self.requests.remove(&id);
+            ServerEvent::Rooms {
+                rooms,
+                has_more,
+                re,
+            } => {
+                let mut all = match re.and_then(|id| self.requests.remove(&id)) {
+                    Some(Pending::Rooms(so_far)) => so_far,
+                    _ => Vec::new(),
+                };
+                all.extend(rooms);
+                // A server with more rooms than one answer holds: ask for
+                // the next page, and show the list once it is whole.
+                match all.last().map(|r| r.name.clone()).filter(|_| has_more) {
+                    Some(after) => {
+                        let id = self.new_id('r');
+                        self.requests.insert(id.clone(), Pending::Rooms(all));
+                        let next = ClientEvent::Rooms {
+                            after: Some(after),
+                            limit: None,
+                        };
+                        send(ws, Request::with_id(next, id)).await
+                    }
+                    None => {
+                        self.emit(NetEvent::Rooms(all));
+                        Ok(())
+                    }
                 }
-                self.emit(NetEvent::Rooms(rooms));
-                Ok(())
             }
             ServerEvent::Pong { re } => {
                 if let Some(id) = re {
@@ -1243,7 +1275,7 @@ impl Worker {
                 before,
                 reason: format!("{code}: {message}"),
             }),
-            Some(Pending::Other) | None => self.emit(NetEvent::Error {
+            Some(Pending::Other) | Some(Pending::Rooms(_)) | None => self.emit(NetEvent::Error {
                 code: Some(code),
                 message,
             }),

@@ -28,6 +28,7 @@ backend_tests! {
     a_member_that_stops_reading_is_closed_with_1013_and_the_room_goes_on,
     admin_commands,
     account_changes_reach_live_sessions,
+    rooms_are_paged_and_their_creation_is_limited,
 }
 
 async fn login_welcome_and_failures(backend: Backend) {
@@ -868,4 +869,65 @@ async fn account_changes_reach_live_sessions(backend: Backend) {
     );
     // Alice, unaffected by the others' changes, is still connected.
     assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+}
+
+async fn rooms_are_paged_and_their_creation_is_limited(backend: Backend) {
+    let server = TestServer::with_users(
+        backend,
+        Options {
+            args: vec![
+                "--room-quota".into(),
+                "3".into(),
+                "--max-rooms".into(),
+                "5".into(),
+            ],
+            ..Options::default()
+        },
+    );
+    let url = server.url();
+    let mut alice = Client::login(&url, "alice", PASSWORD).await;
+    for room in ["r1", "r2", "r3"] {
+        alice.join(room, None).await;
+    }
+    // A fourth new room within the hour is refused; existing ones are not.
+    let answer = alice.request(json!({"type":"join","room":"r4"})).await;
+    assert_eq!(answer["code"], "rate_limited", "{answer}");
+    alice.join("r1", None).await;
+    // Admins have no quota, but the server-wide cap holds for everyone.
+    let mut root = Client::login(&url, "root", PASSWORD).await;
+    root.join("a1", None).await;
+    root.join("a2", None).await;
+    let answer = root.request(json!({"type":"join","room":"a3"})).await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+
+    // A client of part 1 gets every room in one answer, without has_more.
+    let all = alice.request(json!({"type":"rooms"})).await;
+    let names: Vec<&str> = all["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a1", "a2", "r1", "r2", "r3"]);
+    assert!(all.get("has_more").is_none(), "{all}");
+    // Pages of two, in name order, until has_more is gone.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut request = json!({"type":"rooms","limit":2});
+        if let Some(after) = &after {
+            request["after"] = json!(after);
+        }
+        let page = alice.request(request).await;
+        let rooms = page["rooms"].as_array().unwrap().clone();
+        assert!(rooms.len() <= 2, "{page}");
+        paged.extend(rooms.iter().map(|r| r["name"].as_str().unwrap().to_owned()));
+        if page["has_more"] != true {
+            break;
+        }
+        after = paged.last().cloned();
+    }
+    assert_eq!(paged, names);
+    let zero = alice.request(json!({"type":"rooms","limit":0})).await;
+    assert_eq!(zero["code"], "bad_request", "{zero}");
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_proto::limits::{close, DEFAULT_PAGE, JOIN_HISTORY, MAX_PAGE};
+use chat_proto::limits::{close, DEFAULT_PAGE, JOIN_HISTORY, MAX_PAGE, MAX_ROOMS_PAGE};
 use chat_proto::validate::{is_valid_name, is_valid_password, normalize_text, TextError};
 use chat_proto::{
     decode_client, ClientEvent, ErrorCode, MessageRecord, Request, ServerEvent, PROTOCOL_VERSION,
@@ -90,7 +90,7 @@ impl Session {
                 self.error(ErrorCode::BadRequest, "already logged in", id)
                     .await
             }
-            ClientEvent::Rooms => self.rooms(id).await,
+            ClientEvent::Rooms { after, limit } => self.rooms(after, limit, id).await,
             ClientEvent::Join { room, since } => self.join(&handle, room, since, id).await,
             ClientEvent::Leave { room } => self.leave(&handle, room, id).await,
             ClientEvent::Send { room, text } => self.send(&handle, room, text, id).await,
@@ -292,6 +292,16 @@ impl Session {
                 ErrorCode::UserExists,
                 format!("the name {subject} is taken"),
             ),
+            Refusal::RoomQuota(quota) => (
+                ErrorCode::RateLimited,
+                format!(
+                    "you created {quota} rooms in the last hour: join an existing one, or wait"
+                ),
+            ),
+            Refusal::TooManyRooms(max) => (
+                ErrorCode::Forbidden,
+                format!("the server holds its limit of {max} rooms: join an existing one"),
+            ),
             Refusal::Unavailable(err) => {
                 tracing::error!(peer = %self.peer, error = %err, "request failed");
                 (
@@ -303,9 +313,30 @@ impl Session {
         self.error(code, message, id).await
     }
 
-    async fn rooms(&mut self, id: Option<String>) -> Result<(), Ending> {
-        match self.state.hub.rooms().await {
-            Ok(rooms) => self.reply(&ServerEvent::Rooms { rooms, re: id }).await,
+    async fn rooms(
+        &mut self,
+        after: Option<String>,
+        limit: Option<u64>,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        let limit = match limit {
+            None => MAX_ROOMS_PAGE,
+            Some(0) => {
+                return self
+                    .error(ErrorCode::BadRequest, "limit must be at least 1", id)
+                    .await
+            }
+            Some(n) => n.min(MAX_ROOMS_PAGE as u64) as usize,
+        };
+        match self.state.hub.rooms(after.as_deref(), limit).await {
+            Ok((rooms, has_more)) => {
+                self.reply(&ServerEvent::Rooms {
+                    rooms,
+                    has_more,
+                    re: id,
+                })
+                .await
+            }
             Err(refusal) => self.refused(refusal, "", id).await,
         }
     }

@@ -181,8 +181,14 @@ pub trait Store: Send + Sync + 'static {
     async fn open_room(&self, name: &str) -> Result<RoomHead, StoreError>;
     /// The room's head, or `None` when it does not exist.
     async fn room(&self, name: &str) -> Result<Option<RoomHead>, StoreError>;
-    /// Every room, by name.
-    async fn list_rooms(&self) -> Result<Vec<RoomRecord>, StoreError>;
+    /// Rooms in name order (bytewise), those after `after`, at most `limit`.
+    async fn list_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomRecord>, StoreError>;
+    /// Number of rooms.
+    async fn count_rooms(&self) -> Result<u64, StoreError>;
     /// Deletes a room and its history; `NoSuchRoom` when absent. The feed
     /// announces it, in commit order with messages.
     async fn delete_room(&self, name: &str, requested_by: SessionId) -> Result<RoomId, StoreError>;

@@ -623,8 +623,9 @@ const FIND_USER: &str = "SELECT name, password_hash, admin, created_at FROM user
 const LIST_USERS: &str =
     "SELECT name, password_hash, admin, created_at FROM users ORDER BY name COLLATE \"C\"";
 
-const LIST_ROOMS: &str =
-    "SELECT id, name, last_seq, last_activity FROM rooms ORDER BY name COLLATE \"C\"";
+const LIST_ROOMS: &str = "SELECT id, name, last_seq, last_activity FROM rooms
+     WHERE $1::text IS NULL OR name COLLATE \"C\" > $1
+     ORDER BY name COLLATE \"C\" LIMIT $2";
 
 const READ_RANGE: &str = "SELECT seq, \"user\", text, ts FROM messages
      WHERE room_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq";
@@ -1598,11 +1599,17 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn list_rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
-        self.with_conn(ANSWER_TIMEOUT, |conn| {
+    async fn list_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomRecord>, StoreError> {
+        let after = after.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
             Box::pin(async move {
                 let statement = conn.prepare_cached(LIST_ROOMS).await?;
-                let rows = conn.query(&statement, &[]).await?;
+                let rows = conn.query(&statement, &[&after, &limit]).await?;
                 let rooms = rows
                     .iter()
                     .map(|row| {
@@ -1615,6 +1622,16 @@ impl Store for PostgresStore {
                     })
                     .collect::<Result<_, PgError>>()?;
                 Ok(rooms)
+            })
+        })
+        .await
+    }
+
+    async fn count_rooms(&self) -> Result<u64, StoreError> {
+        self.with_conn(ANSWER_TIMEOUT, |conn| {
+            Box::pin(async move {
+                let row = conn.query_one("SELECT count(*) FROM rooms", &[]).await?;
+                Ok(from_db(row.try_get(0)?))
             })
         })
         .await

@@ -685,12 +685,20 @@ impl Store for SqliteStore {
         self.read(move |conn| room_head(conn, &name)).await
     }
 
-    async fn list_rooms(&self) -> Result<Vec<RoomRecord>, StoreError> {
-        self.read(|conn| {
+    async fn list_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomRecord>, StoreError> {
+        let after = after.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            // BINARY collation: byte order, as PostgreSQL's "C".
             let mut stmt = conn.prepare_cached(
-                "SELECT id, name, last_seq, last_activity FROM rooms ORDER BY name",
+                "SELECT id, name, last_seq, last_activity FROM rooms
+                 WHERE ?1 IS NULL OR name > ?1 ORDER BY name LIMIT ?2",
             )?;
-            let rows = stmt.query_map([], |row| {
+            let rows = stmt.query_map(params![after, limit], |row| {
                 Ok(RoomRecord {
                     id: RoomId(row.get(0)?),
                     name: row.get(1)?,
@@ -701,6 +709,11 @@ impl Store for SqliteStore {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
+    }
+
+    async fn count_rooms(&self) -> Result<u64, StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT COUNT(*) FROM rooms", [], |row| row.get(0))?))
+            .await
     }
 
     async fn delete_room(&self, name: &str, requested_by: SessionId) -> Result<RoomId, StoreError> {
