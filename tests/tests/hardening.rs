@@ -286,3 +286,35 @@ async fn connections_are_capped_to_fit_the_open_files_limit() {
         .await;
     assert_eq!(page["messages"].as_array().map(Vec::len), Some(5), "{page}");
 }
+
+#[tokio::test]
+async fn a_client_that_asks_for_history_and_never_reads_is_closed_with_1013() {
+    let server = TestServer::with_users(Backend::Sqlite, Options::unlimited());
+    let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+    alice.join("big", None).await;
+    let text = "x".repeat(4000);
+    for i in 0..120 {
+        alice
+            .send(json!({"type":"send","room":"big","text":text,"id":format!("b{i}")}))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 120 {
+        if alice.recv().await["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    // Mallory asks for the whole history (about 480 KB a page) and reads
+    // nothing: once the socket buffers are full, the answer cannot be
+    // written and the server gives up on her instead of holding it.
+    let mut mallory = Client::login(&server.url(), "bob", PASSWORD).await;
+    for _ in 0..60 {
+        mallory
+            .send(json!({"type":"history","room":"big","limit":200}))
+            .await;
+    }
+    server.wait_for_log("too far behind", 1).await;
+    assert_eq!(mallory.closed().await, chat_e2e::Closed::Code(1013));
+    // Everyone else is fine.
+    assert_eq!(alice.request(json!({"type":"ping"})).await["type"], "pong");
+}

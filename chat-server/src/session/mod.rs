@@ -44,6 +44,9 @@ use handlers::RateLimit;
 const OUTBOX_FRAMES: usize = 4096;
 /// Frames written per flush when draining the outbox.
 const WRITE_BATCH: usize = 256;
+/// An answer the socket cannot take for this long closes the session with
+/// 1013: the client stopped reading.
+const REPLY_STALL: Duration = Duration::from_secs(5);
 /// A write that makes no progress for this long drops the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a close frame may take to get out.
@@ -326,6 +329,9 @@ impl Session {
 
     async fn finish(mut self, ending: Ending) {
         if let Ending::Close(code, reason) = ending {
+            if code != close::GOING_AWAY {
+                tracing::info!(peer = %self.peer, code, reason, "closing the connection");
+            }
             let frame = CloseFrame {
                 code: CloseCode::from(code),
                 reason: reason.into(),
@@ -335,7 +341,22 @@ impl Session {
             // of a client dropped with 1013 sits behind megabytes of socket
             // buffers, and is only delivered once the client reads again:
             // it deserves to learn why (and that it should resume).
-            let _ = tokio::time::timeout(CLOSE_GRACE, self.socket.close(Some(frame))).await;
+            let socket = &mut self.socket;
+            let closing = async {
+                if socket.close(Some(frame)).await.is_ok() {
+                    // The closing handshake: what the peer sent meanwhile
+                    // is read and dropped until its close arrives. Dropping
+                    // a socket with unread input would reset the connection
+                    // and destroy the frames it has not read yet, the close
+                    // frame among them.
+                    while let Some(Ok(message)) = socket.next().await {
+                        if let Message::Close(_) = message {
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
         }
         if let Some(account) = &self.account {
             self.state.hub.logged_out(&account.handle);
@@ -359,10 +380,32 @@ impl Session {
         self.write(Message::Ping(Default::default())).await
     }
 
+    /// Writes one frame now (an answer, a ping). An answer that the socket
+    /// cannot take means the client has stopped reading with megabytes
+    /// already waiting for it (a history page is up to 1.6 MB): like an
+    /// overflowing outbox, that closes the session with 1013 after
+    /// [`REPLY_STALL`] rather than pinning the page for the whole write
+    /// timeout. A close the server asked for (or an overflow meanwhile)
+    /// ends the wait at once.
     async fn write(&mut self, message: Message) -> Result<(), Ending> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Ending::Gone),
+        let handle = self.account.as_ref().map(|a| a.handle.clone());
+        let kicked = async {
+            match &handle {
+                Some(handle) => handle.kicked.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let behind = Ending::Close(
+            close::TRY_AGAIN_LATER,
+            "too far behind: reconnect and join with since",
+        );
+        tokio::select! {
+            written = tokio::time::timeout(REPLY_STALL, self.socket.send(message)) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Ending::Gone),
+                Err(_) => Err(behind),
+            },
+            _ = kicked => Err(self.must_close().unwrap_or(behind)),
         }
     }
 
