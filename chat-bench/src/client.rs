@@ -122,10 +122,15 @@ pub async fn until<T>(ws: &mut Ws, mut done: impl FnMut(ServerEvent) -> Option<T
 }
 
 /// Logs in as `user`; with `register`, creates the account first (and falls
-/// back to logging in when it already exists).
+/// back to logging in when it already exists). A login the server turns
+/// away as `busy` (its hashing queue is full: the bench opens connections
+/// faster than argon2 can admit them) is asked again a moment later, as the
+/// server's message says, until [`STEP_TIMEOUT`].
 pub async fn login(ws: &mut Ws, user: &str, register: bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
     let mut register = register;
-    for _ in 0..2 {
+    let mut tries = 0;
+    while tries < 2 {
         let event = if register {
             ClientEvent::Register {
                 user: user.into(),
@@ -147,8 +152,20 @@ pub async fn login(ws: &mut Ws, user: &str, register: bool) -> Result<()> {
         match answer {
             Ok(()) => return Ok(()),
             Err((ErrorCode::UserExists, _)) if register => register = false,
+            // By name: the code is newer than some servers this talks to.
+            Err((code, _)) if code.as_str() == "busy" => {
+                if tokio::time::Instant::now() > deadline {
+                    bail!("{user}: the server stayed busy for {STEP_TIMEOUT:?}");
+                }
+                // Jittered, so that turned-away connections do not all come
+                // back at once.
+                let pause = 20 + rand::random::<u64>() % 80;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                continue;
+            }
             Err((code, message)) => bail!("{user}: login refused: {code}: {message}"),
         }
+        tries += 1;
     }
     bail!("{user}: could not log in")
 }

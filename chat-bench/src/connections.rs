@@ -130,6 +130,9 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
     holders.abort_all();
 
     let mut report = Report::new("connections");
+    if let Some(backend) = servers.backend() {
+        report.set("backend", backend);
+    }
     report.set("requested", total);
     report.set("connected", connected);
     report.set("alive_at_end", alive);

@@ -2,11 +2,12 @@
 //! with a million messages.
 //!
 //! Seeding a million messages through the protocol would take minutes, so
-//! the database is seeded directly: the server is started once to create its
-//! schema, stopped, and the rows are inserted with SQLite in one
-//! transaction, exactly as the server stores them (`rooms.last_seq`,
-//! `messages` keyed by `(room_id, seq)`). Then the server is started again
-//! on that file.
+//! the database is seeded directly: the server is started once on a SQLite
+//! file to create its schema, stopped, and the rows are inserted with
+//! SQLite in one transaction, exactly as the server stores them
+//! (`rooms.last_seq`, `messages` keyed by `(room_id, seq)`). Then the server
+//! is started again on that file. With `--backend postgres` the seeded file
+//! is copied into the private PostgreSQL ([`Database::load_sqlite`]).
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client;
 use crate::procs::{self, ProcSample, ServerProc};
 use crate::report::Report;
-use crate::setup::{prefix, Common};
+use crate::setup::{prefix, Common, Database};
 use crate::traffic::histogram;
 
 #[derive(Args, Clone, Debug)]
@@ -89,7 +90,10 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
         bail!("--messages must be larger than --limit");
     }
     let mut report = Report::new("history");
-    let mut _dir = None;
+    // Declared before the server: locals drop in reverse order, so the
+    // server stops before its database goes away.
+    let mut database = None;
+    let mut _seed_dir = None;
     let mut server = None;
     let (target, pid, room) = match &args.common.url {
         Some(url) => {
@@ -100,25 +104,36 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
             (client::Target::parse(url)?, args.common.server_pid, room)
         }
         None => {
-            let dir = tempfile::tempdir()?;
-            let db = dir.path().join("bench.db");
+            let db = Database::create(&args.common)?;
+            report.set("backend", db.backend());
+            // SQLite is seeded in place; PostgreSQL from a seeded file.
+            let seed_dir = tempfile::tempdir()?;
+            let seed_file = match &db {
+                Database::Sqlite { file, .. } => file.clone(),
+                Database::Postgres { .. } => seed_dir.path().join("seed.db"),
+            };
             let binary = procs::server_binary(args.common.server_bin.as_deref())?;
             // First start creates the schema.
-            ServerProc::start(&binary, &db, &Default::default())?.stop()?;
+            ServerProc::start(&binary, &seed_file, &Default::default())?.stop()?;
             let room = format!("{}big", prefix());
             let seeding = Instant::now();
-            let (db2, room2) = (db.clone(), room.clone());
-            tokio::task::spawn_blocking(move || seed(&db2, &room2, count)).await??;
+            let (file, room2) = (seed_file.clone(), room.clone());
+            tokio::task::spawn_blocking(move || seed(&file, &room2, count)).await??;
             report.set("seed_secs", seeding.elapsed().as_secs_f64());
-            report.set(
-                "db_mib",
-                std::fs::metadata(&db).map_or(0, |m| m.len()) as f64 / 1048576.0,
-            );
-            let started = ServerProc::start(&binary, &db, &Default::default())?;
+            if let Database::Postgres { .. } = &db {
+                let copying = Instant::now();
+                tokio::task::block_in_place(|| db.load_sqlite(&binary, &seed_file))?;
+                report.set("migrate_secs", copying.elapsed().as_secs_f64());
+            }
+            if let Some(bytes) = tokio::task::block_in_place(|| db.size_bytes()) {
+                report.set("db_mib", bytes as f64 / 1048576.0);
+            }
+            let started = ServerProc::start(&binary, db.arg(), &Default::default())?;
             let target = client::Target::parse(started.url())?;
             let pid = started.pid();
             server = Some(started);
-            _dir = Some(dir);
+            database = Some(db);
+            _seed_dir = Some(seed_dir);
             (target, Some(pid), room)
         }
     };
@@ -204,6 +219,9 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
     if let (Some(after), Some(before)) = (pid.and_then(ProcSample::of), server_before) {
         report.set("server_cores", after.cores_since(&before));
         report.set("server_rss_mib", after.rss_bytes as f64 / 1048576.0);
+    }
+    if let Some(database) = &database {
+        tokio::task::block_in_place(|| database.report_profile(&mut report, ""));
     }
     if let Some(server) = server {
         server.stop()?;

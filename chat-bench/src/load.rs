@@ -1,10 +1,13 @@
 //! The scenarios built on [`crate::traffic`]: `fanout` (one big room),
 //! `rooms` (many small rooms, everyone talking), `ingest` (acked sends into
 //! many rooms: the store's group commit) and `cluster` (fan-out across two
-//! nodes through Redis against one node).
+//! nodes through Redis against one node). Each runs on SQLite or on a
+//! private PostgreSQL (`--backend`); on PostgreSQL the report adds the
+//! database's own counters over the first measured phase (commits, rows
+//! and WAL flushes a second), which say how many sends share a commit.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
@@ -96,8 +99,19 @@ impl LoadArgs {
     }
 }
 
+/// What [`run`] measured.
+struct Run {
+    result: TrafficResult,
+    /// The name of each phase, in order.
+    names: Vec<&'static str>,
+    /// PostgreSQL's counters over the first phase, as rates, and with
+    /// `--pg-profile` what its busiest backend was doing (empty on SQLite).
+    db_rates: Vec<(String, f64)>,
+}
+
 /// Adds the figures of a finished run to the report under `tag`.
-fn report_run(report: &mut Report, tag: &str, result: &TrafficResult, names: &[&str]) {
+fn report_run(report: &mut Report, tag: &str, run: &Run) {
+    let (result, names) = (&run.result, &run.names);
     let key = |k: &str| {
         if tag.is_empty() {
             k.to_owned()
@@ -136,6 +150,10 @@ fn report_run(report: &mut Report, tag: &str, result: &TrafficResult, names: &[&
         key("first_problem"),
         result.first_problem.clone().unwrap_or_default(),
     );
+    let phase = names.first().copied().unwrap_or("full");
+    for (name, value) in &run.db_rates {
+        report.set(key(&format!("{phase}_{name}")), *value);
+    }
 }
 
 /// Runs traffic with `spec`: full speed (or `--rate`), then optionally at
@@ -146,7 +164,7 @@ async fn run(
     servers: &Servers,
     placement: crate::traffic::Placement,
     half: bool,
-) -> Result<(TrafficResult, Vec<&'static str>)> {
+) -> Result<Run> {
     let mut traffic = Traffic::setup(
         spec,
         &servers.targets,
@@ -157,7 +175,24 @@ async fn run(
     .await?;
     traffic.go();
     tokio::time::sleep(Duration::from_secs_f64(args.warmup())).await;
+    let db_before = servers.db_stats();
+    let sampler = servers.db_sampler();
+    let measured = Instant::now();
     let (_, acked_per_sec) = traffic.measure(args.duration()).await;
+    let mut db_rates = match (servers.db_stats(), db_before) {
+        (Some(after), Some(before)) => after.rates_since(&before, measured.elapsed().as_secs_f64()),
+        _ => Vec::new(),
+    };
+    if let Some(sampler) = sampler {
+        match tokio::task::spawn_blocking(move || sampler.finish()).await? {
+            Ok(shares) => db_rates.extend(
+                shares
+                    .into_iter()
+                    .map(|(state, share)| (format!("pg_writer_{state}"), share)),
+            ),
+            Err(err) => eprintln!("chat-bench: {err:#}"),
+        }
+    }
     let mut names = vec![if spec.rate.is_some() { "rate" } else { "full" }];
     if half && spec.rate.is_none() {
         traffic.set_rate(Some((acked_per_sec / 2.0).max(1.0)));
@@ -166,10 +201,17 @@ async fn run(
         traffic.measure(args.duration()).await;
         names.push("half");
     }
-    Ok((traffic.finish().await?, names))
+    Ok(Run {
+        result: traffic.finish().await?,
+        names,
+        db_rates,
+    })
 }
 
-fn header(report: &mut Report, spec: &TrafficSpec) {
+fn header(report: &mut Report, spec: &TrafficSpec, servers: &Servers) {
+    if let Some(backend) = servers.backend() {
+        report.set("backend", backend);
+    }
     report.set("rooms", spec.rooms);
     report.set("members_per_room", spec.members);
     report.set("senders_per_room", spec.senders);
@@ -205,11 +247,11 @@ pub async fn fanout(args: LoadArgs) -> Result<()> {
         },
     );
     let servers = Servers::single(&args.common)?;
-    let (result, names) = run(&args, &spec, &servers, same_node(), args.half_rate).await?;
+    let measured = run(&args, &spec, &servers, same_node(), args.half_rate).await?;
     let mut report = Report::new("fanout");
-    header(&mut report, &spec);
-    report_run(&mut report, "", &result, &names);
-    finish(report, servers)
+    header(&mut report, &spec, &servers);
+    report_run(&mut report, "", &measured);
+    finish(report, servers, "")
 }
 
 /// `rooms`: many rooms of a few members, every member sending.
@@ -229,11 +271,11 @@ pub async fn rooms(args: LoadArgs) -> Result<()> {
         },
     );
     let servers = Servers::single(&args.common)?;
-    let (result, names) = run(&args, &spec, &servers, same_node(), false).await?;
+    let measured = run(&args, &spec, &servers, same_node(), false).await?;
     let mut report = Report::new("rooms");
-    header(&mut report, &spec);
-    report_run(&mut report, "", &result, &names);
-    finish(report, servers)
+    header(&mut report, &spec, &servers);
+    report_run(&mut report, "", &measured);
+    finish(report, servers, "")
 }
 
 /// `ingest`: acked messages a second from many senders in many rooms.
@@ -253,11 +295,11 @@ pub async fn ingest(args: LoadArgs) -> Result<()> {
         },
     );
     let servers = Servers::single(&args.common)?;
-    let (result, names) = run(&args, &spec, &servers, same_node(), false).await?;
+    let measured = run(&args, &spec, &servers, same_node(), false).await?;
     let mut report = Report::new("ingest");
-    header(&mut report, &spec);
-    report_run(&mut report, "", &result, &names);
-    finish(report, servers)
+    header(&mut report, &spec, &servers);
+    report_run(&mut report, "", &measured);
+    finish(report, servers, "")
 }
 
 /// `cluster`: one room's fan-out on one node, then with the senders on one
@@ -278,11 +320,15 @@ pub async fn cluster(args: LoadArgs) -> Result<()> {
         },
     );
     let mut report = Report::new("cluster");
-    header(&mut report, &spec);
 
     let one = Servers::cluster(&args.common, 1)?;
-    let (result, names) = run(&args, &spec, &one, same_node(), args.half_rate).await?;
-    report_run(&mut report, "one_node", &result, &names);
+    header(&mut report, &spec, &one);
+    let measured = run(&args, &spec, &one, same_node(), args.half_rate).await?;
+    report_run(&mut report, "one_node", &measured);
+    if let Some(database) = &one.database {
+        database.report_profile(&mut report, "one_node_");
+    }
+    let result = measured.result;
     let one_full = result.phases.first().map_or(0.0, |p| p.delivered_per_sec);
     let one_p99 = result
         .phases
@@ -293,8 +339,9 @@ pub async fn cluster(args: LoadArgs) -> Result<()> {
     let two = Servers::cluster(&args.common, 2)?;
     let across: crate::traffic::Placement =
         Arc::new(|_, _, is_sender| if is_sender { 0 } else { 1 });
-    let (result, names) = run(&args, &spec, &two, across, args.half_rate).await?;
-    report_run(&mut report, "two_nodes", &result, &names);
+    let measured = run(&args, &spec, &two, across, args.half_rate).await?;
+    report_run(&mut report, "two_nodes", &measured);
+    let result = measured.result;
     let two_full = result.phases.first().map_or(0.0, |p| p.delivered_per_sec);
     let two_p99 = result
         .phases
@@ -309,10 +356,15 @@ pub async fn cluster(args: LoadArgs) -> Result<()> {
             (two as f64 - one as f64) / 1000.0,
         );
     }
-    finish(report, two)
+    finish(report, two, "two_nodes_")
 }
 
-fn finish(mut report: Report, servers: Servers) -> Result<()> {
+/// Prints the report after the servers' last figures: memory, and with
+/// `--pg-profile` the top statements (keys prefixed with `profile_tag`).
+fn finish(mut report: Report, servers: Servers, profile_tag: &str) -> Result<()> {
+    if let Some(database) = &servers.database {
+        database.report_profile(&mut report, profile_tag);
+    }
     if let Some(rss) = servers.rss_bytes() {
         report.set("server_rss_mib", rss as f64 / (1024.0 * 1024.0));
     }

@@ -105,6 +105,9 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     let result = traffic.finish().await?;
 
     let mut report = Report::new("login");
+    if let Some(backend) = servers.backend() {
+        report.set("backend", backend);
+    }
     report.set("chatters", chatters);
     report.set("chat_rate", args.chat_rate);
     report.set("flood_concurrency", args.flood_concurrency);

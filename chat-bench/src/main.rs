@@ -4,8 +4,9 @@
 //! connection, history page latency, and the CPU each side used.
 //!
 //! Every scenario starts its own server from the same build (the
-//! `chat-server` next to this executable) on a temporary database, with the
-//! send rate limit off, or uses `--url` for a running one. Each prints a
+//! `chat-server` next to this executable) on a fresh database (a temporary
+//! SQLite file, or with `--backend postgres` a private PostgreSQL), with
+//! the send rate limit off, or uses `--url` for a running one. Each prints a
 //! table and then one line of JSON; `--smoke` runs it for a few seconds with
 //! small numbers (what CI does). See BENCHMARKS.md for the method and the
 //! figures.
@@ -15,6 +16,7 @@ mod connections;
 mod history;
 mod load;
 mod login;
+mod postgres;
 mod procs;
 mod report;
 mod setup;

@@ -1,14 +1,16 @@
 //! The processes a benchmark runs against: `chat-server` nodes started from
 //! the same build as this binary, a private `redis-server` for the cluster
-//! scenario, and CPU and memory figures read from `/proc`.
+//! scenario, bounded runs of helper commands, and CPU and memory figures
+//! read from `/proc`. (The private PostgreSQL lives in [`crate::postgres`].)
 //!
 //! Every child is stopped by its pid (SIGTERM, then SIGKILL after a bounded
 //! wait) when its handle drops, so an early `?` never leaves a server behind.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,10 +65,14 @@ pub fn server_binary(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 impl ServerProc {
-    /// Starts `chat-server serve` on a free port of 127.0.0.1 with `db`,
-    /// open registration and no send rate limit, and waits for its
-    /// "listening on" line.
-    pub fn start(binary: &Path, db: &Path, options: &ServerOptions) -> Result<ServerProc> {
+    /// Starts `chat-server serve` on a free port of 127.0.0.1 with `db` (a
+    /// SQLite file or a `postgres://` URL), open registration and no send
+    /// rate limit, and waits for its "listening on" line.
+    pub fn start(
+        binary: &Path,
+        db: impl AsRef<OsStr>,
+        options: &ServerOptions,
+    ) -> Result<ServerProc> {
         let mut command = Command::new(binary);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
@@ -74,6 +80,7 @@ impl ServerProc {
             // The benchmark measures the server, not the per-connection
             // flood protection: every scenario runs with the limit off.
             .args(["--send-rate", "0", "--open-registration"])
+            .args(unlimited_connections(binary)?)
             .args(&options.args)
             // Logging every login would cost CPU during the floods.
             .env(
@@ -152,6 +159,22 @@ impl Drop for ServerProc {
     }
 }
 
+/// `--max-connections-per-ip 0` when `binary` knows that option: all the
+/// bench's connections come from a few loopback addresses, which the
+/// server would otherwise cap at 64 each. Builds from before the option (an
+/// older `--server-bin` for an A/B run) have no cap and get nothing.
+fn unlimited_connections(binary: &Path) -> Result<Vec<&'static str>> {
+    let mut help = Command::new(binary);
+    help.args(["serve", "--help"]);
+    let out = output_within(&mut help, START_TIMEOUT, "chat-server serve --help")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(if text.contains("--max-connections-per-ip") {
+        vec!["--max-connections-per-ip", "0"]
+    } else {
+        Vec::new()
+    })
+}
+
 /// A private `redis-server` on a free port, no persistence.
 pub struct RedisProc {
     child: Child,
@@ -191,8 +214,49 @@ impl Drop for RedisProc {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A port of 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Runs `command` to completion within `limit`, its output captured (both
+/// pipes read meanwhile, so it never blocks on a full one); past the limit
+/// it is killed and this fails.
+pub fn output_within(command: &mut Command, limit: Duration, what: &str) -> Result<Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {what}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 fn stop_child(child: &mut Child) -> Result<()> {
@@ -249,14 +313,7 @@ impl ProcSample {
     /// `None` when the process is gone or `/proc` is unreadable.
     pub fn of(pid: u32) -> Option<ProcSample> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) may hold spaces; fields after it are
-        // plain numbers. utime and stime are fields 14 and 15.
-        let after_name = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        // SAFETY: sysconf only reads a configuration value.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let (_, cpu_secs) = ppid_and_cpu(&stat)?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let rss_kib: u64 = status
             .lines()
@@ -264,7 +321,7 @@ impl ProcSample {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())?;
         Some(ProcSample {
-            cpu_secs: (utime + stime) / ticks,
+            cpu_secs,
             rss_bytes: rss_kib * 1024,
             at: Some(Instant::now()),
         })
@@ -285,6 +342,20 @@ impl ProcSample {
     }
 }
 
+/// The parent pid and the user plus system CPU seconds in a
+/// `/proc/PID/stat` line.
+pub fn ppid_and_cpu(stat: &str) -> Option<(u32, f64)> {
+    // The command name (field 2) may hold spaces; fields after it are
+    // plain: state, ppid, … utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((ppid, (utime + stime) / ticks))
+}
+
 /// Raises the open-files limit to its hard maximum (children inherit it);
 /// returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
@@ -302,4 +373,18 @@ pub fn raise_nofile_limit() -> u64 {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
     }
     limit.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_stat() {
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let line = "42 (post gres: a) S 7 42 42 0 -1 4194560 1 0 0 0 30 20 0 0 20 0 1 0";
+        assert_eq!(ppid_and_cpu(line), Some((7, 50.0 / ticks)));
+        assert_eq!(ppid_and_cpu("garbage"), None);
+    }
 }
