@@ -76,8 +76,8 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use super::{
-    now_ms, page_range, Appended, Commit, Durability, HistoryPage, RoomHead, RoomId, RoomRecord,
-    SessionId, Store, StoreError, Stored, UserRecord,
+    now_ms, Appended, Commit, Durability, HistoryPage, RoomHead, RoomId, RoomRecord, SessionId,
+    Store, StoreError, Stored, UserRecord,
 };
 
 type PgError = tokio_postgres::Error;
@@ -626,6 +626,18 @@ const LIST_USERS: &str =
 const LIST_ROOMS: &str = "SELECT id, name, last_seq, last_activity FROM rooms
      WHERE $1::text IS NULL OR name COLLATE \"C\" > $1
      ORDER BY name COLLATE \"C\" LIMIT $2";
+
+/// A history page in one round trip: the room's row gives the page's end
+/// (its newest seq, or the one before `before`), and the page is the range
+/// of the primary key below it. No row: no such room; one row with NULLs:
+/// an empty page.
+const HISTORY_PAGE: &str = "WITH head AS (
+         SELECT id, LEAST(last_seq, $2) AS last FROM rooms WHERE name = $1
+     )
+     SELECT head.last, m.seq, m.\"user\", m.text, m.ts
+     FROM head LEFT JOIN messages m
+         ON m.room_id = head.id AND m.seq <= head.last AND m.seq > head.last - $3
+     ORDER BY m.seq";
 
 const READ_RANGE: &str = "SELECT seq, \"user\", text, ts FROM messages
      WHERE room_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq";
@@ -1673,21 +1685,35 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
         let name = name.to_owned();
+        // The newest seq the page may hold, and how many.
+        let end = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX) - 1);
+        let count = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_conn(ANSWER_TIMEOUT, move |conn| {
             Box::pin(async move {
-                let head = room_head(conn, &name)
-                    .await?
-                    .ok_or(StoreError::NoSuchRoom)?;
-                let (last, first) = page_range(head.last_seq, before, limit);
-                let Some(first) = first else {
-                    return Ok(HistoryPage {
-                        messages: Vec::new(),
-                        has_more: last > 0,
-                    });
+                let statement = conn.prepare_cached(HISTORY_PAGE).await?;
+                let rows = conn.query(&statement, &[&name, &end, &count]).await?;
+                let Some(first) = rows.first() else {
+                    return Err(StoreError::NoSuchRoom.into());
                 };
-                let messages = read_range(conn, &name, head.id, first, last).await?;
+                let last: i64 = first.try_get(0)?;
+                let mut messages = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let Some(seq) = row.try_get::<_, Option<i64>>(1)? else {
+                        continue; // the empty page's row of NULLs
+                    };
+                    messages.push(MessageRecord {
+                        room: name.clone(),
+                        seq: from_db(seq),
+                        user: row.try_get(2)?,
+                        text: row.try_get(3)?,
+                        ts: row.try_get(4)?,
+                    });
+                }
                 Ok(HistoryPage {
-                    has_more: messages.first().is_some_and(|m| m.seq > 1),
+                    has_more: match messages.first() {
+                        Some(m) => m.seq > 1,
+                        None => last > 0,
+                    },
                     messages,
                 })
             })
