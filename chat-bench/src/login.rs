@@ -35,9 +35,31 @@ pub struct LoginArgs {
     /// Seconds of each phase (quiet, then flood) [default: 10; smoke: 1].
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Instead: a wrong-password flood from 127.0.0.2 while a user from
+    /// 127.0.0.1 logs in once a second (see `attack.rs`); the server keeps
+    /// its per-address limits.
+    #[arg(long)]
+    pub attack: bool,
+    /// With --attack: attacker connections [default: 100; smoke: 10].
+    #[arg(long)]
+    pub attackers: Option<usize>,
+    /// With --attack: wrong-password logins each attacker connection keeps
+    /// in flight.
+    #[arg(long, default_value_t = 4)]
+    pub pipeline: usize,
+    /// With --attack: seconds of flood [default: 20; smoke: 2].
+    #[arg(long)]
+    pub flood: Option<f64>,
+    /// With --attack: seconds the victim keeps logging in after the flood
+    /// [default: 5; smoke: 2].
+    #[arg(long)]
+    pub after: Option<u64>,
 }
 
 pub async fn login(args: LoginArgs) -> Result<()> {
+    if args.attack {
+        return crate::attack::attack(args).await;
+    }
     let smoke = args.common.smoke;
     let chatters = args.chatters.unwrap_or(if smoke { 10 } else { 100 }).max(1);
     let room_size = args.room_size.clamp(1, chatters);

@@ -11,6 +11,7 @@
 //! small numbers (what CI does). See BENCHMARKS.md for the method and the
 //! figures.
 
+mod attack;
 mod client;
 mod connections;
 mod history;
@@ -46,7 +47,8 @@ enum Scenario {
     Connections(connections::ConnectionsArgs),
     /// 50-message pages at random positions of a 1,000,000-message room.
     History(history::HistoryArgs),
-    /// A flood of logins while connected users chat.
+    /// A flood of logins while connected users chat; with --attack, a
+    /// wrong-password flood from one address against a user's logins.
     Login(login::LoginArgs),
     /// Acked messages a second from many senders in many rooms.
     Ingest(load::LoadArgs),

@@ -29,6 +29,9 @@ pub struct ServerOptions {
     pub redis: Option<String>,
     /// Extra arguments after the standard ones.
     pub args: Vec<String>,
+    /// Keep the server's own per-address connection limit (the default 64)
+    /// instead of turning it off: for the scenarios that measure the limits.
+    pub address_limits: bool,
 }
 
 /// A `chat-server serve` child process.
@@ -80,7 +83,11 @@ impl ServerProc {
             // The benchmark measures the server, not the per-connection
             // flood protection: every scenario runs with the limit off.
             .args(["--send-rate", "0", "--open-registration"])
-            .args(unlimited_connections(binary)?)
+            .args(if options.address_limits {
+                Vec::new()
+            } else {
+                unlimited_connections(binary)?
+            })
             .args(&options.args)
             // Logging every login would cost CPU during the floods.
             .env(

@@ -60,6 +60,10 @@ pub struct Common {
     /// and I/O, and report the statements that took the most time.
     #[arg(long)]
     pub pg_profile: bool,
+    /// An argument added to every `chat-server serve` this run starts
+    /// (repeatable), e.g. `--server-arg=--durability=relaxed`.
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
 }
 
 impl Common {
@@ -69,6 +73,9 @@ impl Common {
         let backend = self.backend.unwrap_or_default();
         if self.url.is_some() && self.backend.is_some() {
             bail!("--backend is for the servers chat-bench starts: a --url server has its own database");
+        }
+        if self.url.is_some() && !self.server_args.is_empty() {
+            bail!("--server-arg is for the servers chat-bench starts, not a --url server");
         }
         if backend != Backend::Postgres && (!self.pg_settings.is_empty() || self.pg_profile) {
             bail!("--pg-set and --pg-profile need --backend postgres");
@@ -234,6 +241,12 @@ pub struct Servers {
 impl Servers {
     /// One server: the `--url` one, or a fresh one on a fresh database.
     pub fn single(common: &Common) -> Result<Servers> {
+        Servers::single_with(common, ServerOptions::default())
+    }
+
+    /// [`Servers::single`] with `options` (`--server-arg`s are added to
+    /// its `args`).
+    pub fn single_with(common: &Common, mut options: ServerOptions) -> Result<Servers> {
         if let Some(url) = &common.url {
             common.backend()?;
             return Ok(Servers {
@@ -246,7 +259,8 @@ impl Servers {
         }
         let database = Database::create(common)?;
         let binary = procs::server_binary(common.server_bin.as_deref())?;
-        let server = ServerProc::start(&binary, database.arg(), &Default::default())?;
+        options.args.extend(common.server_args.iter().cloned());
+        let server = ServerProc::start(&binary, database.arg(), &options)?;
         Ok(Servers {
             targets: vec![Target::parse(server.url())?],
             pids: vec![server.pid()],
@@ -266,7 +280,8 @@ impl Servers {
         let redis = RedisProc::start()?;
         let options = ServerOptions {
             redis: Some(redis.url()),
-            args: Vec::new(),
+            args: common.server_args.clone(),
+            address_limits: false,
         };
         let db = database.arg();
         let mut servers = Servers {

@@ -194,7 +194,12 @@ impl Auth {
         if address.budget < 1.0 {
             return Err(NotAdmitted::TooManyFailures);
         }
-        if address.in_flight >= MAX_IN_FLIGHT_PER_ADDRESS {
+        // Logins already under way may all fail: each holds one unit of the
+        // budget, or pipelined guesses would overshoot it by the number in
+        // flight every time it refills.
+        if address.in_flight >= MAX_IN_FLIGHT_PER_ADDRESS
+            || address.budget < 1.0 + f64::from(address.in_flight)
+        {
             return Err(NotAdmitted::AddressBusy);
         }
         if self
@@ -283,6 +288,16 @@ mod tests {
             Some(NotAdmitted::TooManyFailures)
         );
         assert!(auth.admit(user).is_ok());
+        // Logins in flight hold their share of the budget: with one failure
+        // left, one login may be under way, not eight.
+        let tight: IpAddr = "127.0.0.3".parse().unwrap();
+        drop(auth.admit(tight).unwrap()); // the address is known now
+        if let Some(address) = auth.lock().get_mut(&tight) {
+            address.budget = 1.0;
+        }
+        let one = auth.admit(tight).unwrap();
+        assert_eq!(auth.admit(tight).err(), Some(NotAdmitted::AddressBusy));
+        drop(one);
         // The whole queue is bounded, whoever fills it.
         let many: Vec<_> = (0..MAX_QUEUED)
             .filter_map(|i| {
