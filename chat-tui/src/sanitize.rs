@@ -162,6 +162,13 @@ impl Out {
 
     /// A character that takes cells of its own.
     fn base(&mut self, c: char) {
+        // A skin tone extends the picture before it into one grapheme of
+        // two cells; after anything else (a letter, another skin tone) it
+        // would make a grapheme wider than the cells it is given, and draw
+        // over its neighbours. Found by fuzzing.
+        if is_emoji_modifier(c) && !self.prev.is_some_and(is_picture) {
+            return;
+        }
         // A picture after a joiner (or a skin tone after a picture) extends
         // the run; anything else starts a new one.
         if self.prev != Some(ZWJ) && !is_emoji_modifier(c) {
@@ -201,6 +208,13 @@ impl Out {
 /// ASCII (whose words are where names live) and spaces.
 fn joinable(c: char) -> bool {
     !c.is_ascii() && !c.is_whitespace()
+}
+
+/// An emoji picture a skin tone may follow: the pictographic blocks (an
+/// approximation of Extended_Pictographic wide enough for every emoji that
+/// takes a skin tone), skin tones themselves excepted.
+fn is_picture(c: char) -> bool {
+    matches!(c, '\u{2600}'..='\u{27bf}' | '\u{1f000}'..='\u{1faff}') && !is_emoji_modifier(c)
 }
 
 /// The skin tone modifiers, which extend the emoji before them.
@@ -247,6 +261,21 @@ fn is_zero_width(c: char) -> bool {
     }
     let mut buf = [0; 4];
     c.encode_utf8(&mut buf).cell_width() == 0
+}
+
+#[cfg(test)]
+mod skin_tone_tests {
+    use super::*;
+
+    #[test]
+    fn skin_tones_only_follow_a_picture_once() {
+        // Found by fuzzing: one grapheme 21 columns wide.
+        assert_eq!(sanitize("a🏽🏽🏽🏽🏽🏽🏽🏽🏽🏽", true), "a");
+        assert_eq!(sanitize("\u{fffd}🏽", true), "\u{fffd}");
+        // A waving hand with a skin tone stays, once.
+        assert_eq!(sanitize("👋🏽🏽🏽 hi", true), "👋🏽 hi");
+        assert_eq!(sanitize("✋🏿", true), "✋🏿");
+    }
 }
 
 #[cfg(test)]

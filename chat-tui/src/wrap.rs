@@ -46,6 +46,16 @@ pub fn wrap(text: &str, first_width: usize, width: usize) -> Vec<Range<usize>> {
     lines
 }
 
+/// The symbols of `text` (ASCII bytes, or graphemes) with their offsets
+/// and widths.
+fn symbols(text: &str) -> Vec<(usize, &str, usize)> {
+    if text.is_ascii() {
+        (0..text.len()).map(|i| (i, &text[i..i + 1], 1)).collect()
+    } else {
+        graphemes(text)
+    }
+}
+
 fn wrap_paragraph(
     text: &str,
     start: usize,
@@ -66,12 +76,7 @@ fn wrap_paragraph(
     // Where the current line may end at a space: (end of text on the line,
     // start of the next line, width up to and including the space).
     let mut last_break: Option<(usize, usize, usize)> = None;
-    let items: Vec<(usize, &str, usize)> = if para.is_ascii() {
-        (0..para.len()).map(|i| (i, &para[i..i + 1], 1)).collect()
-    } else {
-        graphemes(para)
-    };
-    for (offset, symbol, w) in items {
+    for (offset, symbol, w) in symbols(para) {
         let at = start + offset;
         let next = at + symbol.len();
         if symbol == " " {
@@ -94,9 +99,22 @@ fn wrap_paragraph(
                     line_width -= break_width;
                 }
                 None => {
-                    push_line(text, line_start..at, lines);
-                    line_start = at;
-                    line_width = 0;
+                    // What is on the line may be wider than this line: a
+                    // word carried over from a wider first line. Cut off
+                    // as much as fits (at least one symbol), and go on.
+                    let room = avail(lines);
+                    let mut cut = line_start;
+                    let mut used = 0;
+                    for (offset, carried, cw) in symbols(&text[line_start..at]) {
+                        if used > 0 && used + cw > room {
+                            break;
+                        }
+                        used += cw;
+                        cut = line_start + offset + carried.len();
+                    }
+                    push_line(text, line_start..cut, lines);
+                    line_start = cut;
+                    line_width -= used;
                 }
             }
         }
@@ -124,6 +142,18 @@ mod tests {
             .into_iter()
             .map(|r| &text[r])
             .collect()
+    }
+
+    #[test]
+    fn a_word_carried_from_a_wider_first_line_is_cut_to_the_next_width() {
+        // Found by fuzzing: "bcd" used to come out 3 wide in 2 columns.
+        assert_eq!(lines("a bcde", 5, 2), ["a", "bc", "de"]);
+        assert_eq!(lines("xy ééééé", 7, 2), ["xy", "éé", "éé", "é"]);
+        for (first, rest) in [(6, 1), (5, 2), (9, 3)] {
+            for line in lines("a bcdefgh ijklmnop q", first, rest).iter().skip(1) {
+                assert!(line.len() <= rest, "{line:?} in {rest}");
+            }
+        }
     }
 
     #[test]
