@@ -210,11 +210,14 @@ fn joinable(c: char) -> bool {
     !c.is_ascii() && !c.is_whitespace()
 }
 
-/// An emoji picture a skin tone may follow: the pictographic blocks (an
-/// approximation of Extended_Pictographic wide enough for every emoji that
-/// takes a skin tone), skin tones themselves excepted.
+/// An emoji picture a skin tone may follow: one of the pictographic blocks
+/// (an approximation of Extended_Pictographic wide enough for every emoji
+/// that takes a skin tone) drawn two cells wide, so that picture and tone
+/// together take exactly its two cells. Skin tones themselves excepted.
 fn is_picture(c: char) -> bool {
-    matches!(c, '\u{2600}'..='\u{27bf}' | '\u{1f000}'..='\u{1faff}') && !is_emoji_modifier(c)
+    matches!(c, '\u{2600}'..='\u{27bf}' | '\u{1f000}'..='\u{1faff}')
+        && !is_emoji_modifier(c)
+        && crate::wrap::width(c.encode_utf8(&mut [0; 4])) == 2
 }
 
 /// The skin tone modifiers, which extend the emoji before them.
@@ -275,6 +278,8 @@ mod skin_tone_tests {
         // A waving hand with a skin tone stays, once.
         assert_eq!(sanitize("👋🏽🏽🏽 hi", true), "👋🏽 hi");
         assert_eq!(sanitize("✋🏿", true), "✋🏿");
+        // A picture drawn one cell wide would make three with the tone.
+        assert_eq!(sanitize("⛥🏽", true), "⛥");
     }
 }
 
