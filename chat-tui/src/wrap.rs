@@ -114,7 +114,10 @@ fn wrap_paragraph(
                     }
                     push_line(text, line_start..cut, lines);
                     line_start = cut;
-                    line_width -= used;
+                    // Measured again rather than subtracted: a slice can
+                    // split into symbols of other widths than the whole
+                    // paragraph did (found by fuzzing).
+                    line_width = symbols(&text[cut..at]).iter().map(|s| s.2).sum();
                 }
             }
         }
@@ -153,6 +156,17 @@ mod tests {
             for line in lines("a bcdefgh ijklmnop q", first, rest).iter().skip(1) {
                 assert!(line.len() <= rest, "{line:?} in {rest}");
             }
+        }
+    }
+
+    #[test]
+    fn control_characters_beside_wide_ones_do_not_upset_the_widths() {
+        // Found by fuzzing: a slice measured wider than its part of the
+        // paragraph made the width underflow.
+        for (first, rest) in [(0, 2), (0, 1), (3, 2)] {
+            let text = "\n\u{5}\u{1b}]4;\u{1f468}c";
+            let wrapped = wrap(text, first, rest);
+            assert_eq!(wrapped.last().map(|r| r.end), Some(text.len()));
         }
     }
 
