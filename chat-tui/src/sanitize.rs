@@ -169,6 +169,12 @@ impl Out {
         if is_emoji_modifier(c) && !self.prev.is_some_and(is_picture) {
             return;
         }
+        // Leading Hangul jamo join each other into one grapheme two columns
+        // a letter: a run of them is one unsplittable grapheme as wide as a
+        // peer likes. A syllable has one leading letter. Found by fuzzing.
+        if is_leading_jamo(c) && self.prev.is_some_and(is_leading_jamo) {
+            return;
+        }
         // A picture after a joiner (or a skin tone after a picture) extends
         // the run; anything else starts a new one.
         if self.prev != Some(ZWJ) && !is_emoji_modifier(c) {
@@ -218,6 +224,11 @@ fn is_picture(c: char) -> bool {
     matches!(c, '\u{2600}'..='\u{27bf}' | '\u{1f000}'..='\u{1faff}')
         && !is_emoji_modifier(c)
         && crate::wrap::width(c.encode_utf8(&mut [0; 4])) == 2
+}
+
+/// Hangul leading consonants (choseong), which join what follows them.
+fn is_leading_jamo(c: char) -> bool {
+    matches!(c, '\u{1100}'..='\u{115f}' | '\u{a960}'..='\u{a97c}')
 }
 
 /// The skin tone modifiers, which extend the emoji before them.
@@ -280,6 +291,20 @@ mod skin_tone_tests {
         assert_eq!(sanitize("✋🏿", true), "✋🏿");
         // A picture drawn one cell wide would make three with the tone.
         assert_eq!(sanitize("⛥🏽", true), "⛥");
+    }
+
+    #[test]
+    fn a_run_of_leading_jamo_keeps_one() {
+        // Found by fuzzing: one grapheme two columns a letter.
+        assert_eq!(
+            sanitize("\u{1100}\u{1100}\u{1100}\u{1169}", true),
+            "\u{1100}\u{1169}"
+        );
+        // A syllable spelled out (L V T) stays whole.
+        assert_eq!(
+            sanitize("\u{1100}\u{1161}\u{11a8}", true),
+            "\u{1100}\u{1161}\u{11a8}"
+        );
     }
 }
 
