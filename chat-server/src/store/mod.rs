@@ -19,6 +19,7 @@
 //! [`StoreError`] says nothing of either database: callers map it to a
 //! protocol error, and the backend logs the details.
 
+mod jobs;
 pub mod postgres;
 pub mod sqlite;
 

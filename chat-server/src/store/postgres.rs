@@ -75,6 +75,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use super::jobs::{answer, Outcome, WriteJob};
 use super::{
     now_ms, Appended, Commit, Durability, HistoryPage, RoomHead, RoomId, RoomRecord, SessionId,
     Store, StoreError, Stored, UserRecord,
@@ -690,73 +691,6 @@ async fn read_range(
 }
 
 // ---- The writer task. ----
-
-/// A write a client waits for, folded with others into one transaction.
-enum WriteJob {
-    Append {
-        room: RoomId,
-        user: String,
-        text: String,
-        reply: oneshot::Sender<Result<Appended, StoreError>>,
-    },
-    OpenRoom {
-        name: String,
-        reply: oneshot::Sender<Result<RoomHead, StoreError>>,
-    },
-    DeleteRoom {
-        name: String,
-        requested_by: SessionId,
-        reply: oneshot::Sender<Result<RoomId, StoreError>>,
-    },
-    CreateUser {
-        user: UserRecord,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-}
-
-/// What a job produced inside the transaction, answered after commit.
-#[derive(Debug)]
-enum Outcome {
-    Appended(Appended),
-    Opened(RoomHead),
-    Deleted(RoomId),
-    Done,
-    Refused(StoreError),
-}
-
-fn answer(job: WriteJob, outcome: Result<Outcome, StoreError>) {
-    // A dropped receiver means the session went away; nothing to tell.
-    let refused = |outcome| match outcome {
-        Ok(Outcome::Refused(e)) | Err(e) => e,
-        Ok(_) => StoreError::Closed,
-    };
-    match job {
-        WriteJob::Append { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Appended(appended)) => Ok(appended),
-                other => Err(refused(other)),
-            });
-        }
-        WriteJob::OpenRoom { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Opened(head)) => Ok(head),
-                other => Err(refused(other)),
-            });
-        }
-        WriteJob::DeleteRoom { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Deleted(id)) => Ok(id),
-                other => Err(refused(other)),
-            });
-        }
-        WriteJob::CreateUser { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Done) => Ok(()),
-                other => Err(refused(other)),
-            });
-        }
-    }
-}
 
 /// A batch's appends laid out as the arrays [`STORE_MESSAGES`] takes, and
 /// the rooms it locks.

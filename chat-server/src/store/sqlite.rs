@@ -28,6 +28,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use rusqlite_migration::{Migrations, M};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
+use super::jobs::{answer, Outcome, WriteJob};
 use super::{
     now_ms, page_range, Appended, Commit, Durability, HistoryPage, RoomHead, RoomId, RoomRecord,
     SessionId, Store, StoreError, Stored, UserRecord,
@@ -291,38 +292,6 @@ fn read_range(
 
 // ---- The writer thread. ----
 
-/// A write a client waits for, folded with others into one transaction.
-enum WriteJob {
-    Append {
-        room: RoomId,
-        user: String,
-        text: String,
-        reply: oneshot::Sender<Result<Appended, StoreError>>,
-    },
-    OpenRoom {
-        name: String,
-        reply: oneshot::Sender<Result<RoomHead, StoreError>>,
-    },
-    DeleteRoom {
-        name: String,
-        requested_by: SessionId,
-        reply: oneshot::Sender<Result<RoomId, StoreError>>,
-    },
-    CreateUser {
-        user: UserRecord,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-}
-
-/// What a job produced inside the transaction, answered after commit.
-enum Outcome {
-    Appended(Appended),
-    Opened(RoomHead),
-    Deleted(RoomId),
-    Done,
-    Refused(StoreError),
-}
-
 /// Adds a stored message to the batch's announcements, after whatever came
 /// before it in the same transaction.
 fn announce_message(commits: &mut Vec<Commit>, stored: Stored) {
@@ -403,40 +372,6 @@ fn run_job(
             Err(StoreError::UserExists) => Ok(Outcome::Refused(StoreError::UserExists)),
             other => other.map(|()| Outcome::Done),
         },
-    }
-}
-
-fn answer(job: WriteJob, outcome: Result<Outcome, StoreError>) {
-    // A dropped receiver means the session went away; nothing to tell.
-    let refused = |outcome| match outcome {
-        Ok(Outcome::Refused(e)) | Err(e) => e,
-        Ok(_) => StoreError::Closed,
-    };
-    match job {
-        WriteJob::Append { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Appended(appended)) => Ok(appended),
-                other => Err(refused(other)),
-            });
-        }
-        WriteJob::OpenRoom { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Opened(head)) => Ok(head),
-                other => Err(refused(other)),
-            });
-        }
-        WriteJob::DeleteRoom { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Deleted(id)) => Ok(id),
-                other => Err(refused(other)),
-            });
-        }
-        WriteJob::CreateUser { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Done) => Ok(()),
-                other => Err(refused(other)),
-            });
-        }
     }
 }
 
