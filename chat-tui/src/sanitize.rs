@@ -107,6 +107,18 @@ pub fn sanitize(text: &str, keep_newlines: bool) -> String {
                 // would be dropped and leave the joiner beside ASCII.
                 let joins = out.prev.is_some_and(joinable)
                     && next.is_some_and(|n| joinable(n) && !is_default_ignorable(n));
+                // Between emoji a joiner makes one grapheme of the run, drawn
+                // in two cells only when every picture in it is a two-cell
+                // one: a symbol or unassigned emoji code point joined in
+                // made one grapheme as wide as its parts. Found by fuzzing.
+                let after = chars.clone().nth(1);
+                let joins = joins
+                    && match next {
+                        Some(n) if is_pictographic(n) => {
+                            out.picture_end && is_wide_picture(n, after)
+                        }
+                        _ => true,
+                    };
                 if joins && (c == ZWNJ || out.joins < MAX_JOINS) {
                     let kept = out.mark(c);
                     if kept && c == ZWJ {
@@ -148,6 +160,9 @@ struct Out {
     marks: usize,
     /// Joiners kept in the current run of joined emoji.
     joins: usize,
+    /// Whether the text ends in a two-cell emoji (a picture, with its skin
+    /// tone or presentation selector), which a joiner may extend.
+    picture_end: bool,
 }
 
 impl Out {
@@ -157,6 +172,7 @@ impl Out {
             prev: None,
             marks: 0,
             joins: 0,
+            picture_end: false,
         }
     }
 
@@ -181,12 +197,16 @@ impl Out {
             self.joins = 0;
         }
         self.marks = 0;
+        // A skin tone was let through only after a picture, which it keeps
+        // a picture.
+        self.picture_end = is_picture(c) || (is_emoji_modifier(c) && self.picture_end);
         self.push(c);
     }
 
     fn line_break(&mut self) {
         self.marks = 0;
         self.joins = 0;
+        self.picture_end = false;
         self.push('\n');
     }
 
@@ -200,6 +220,8 @@ impl Out {
             return false;
         }
         self.marks += 1;
+        // U+FE0F asks for the two-cell emoji form of the symbol before it.
+        self.picture_end = c == '\u{fe0f}' && self.prev.is_some_and(is_pictographic);
         self.push(c);
         true
     }
@@ -224,6 +246,29 @@ fn is_picture(c: char) -> bool {
     matches!(c, '\u{2600}'..='\u{27bf}' | '\u{1f000}'..='\u{1faff}')
         && !is_emoji_modifier(c)
         && crate::wrap::width(c.encode_utf8(&mut [0; 4])) == 2
+}
+
+/// Characters that emoji joiners join into one grapheme (a superset of
+/// Unicode's Extended_Pictographic: the symbol blocks, and every code point
+/// from U+1F000 on, which Unicode reserves for emoji, assigned or not).
+fn is_pictographic(c: char) -> bool {
+    matches!(
+        c,
+        '\u{a9}'
+            | '\u{ae}'
+            | '\u{2000}'..='\u{2bff}'
+            | '\u{3030}'
+            | '\u{303d}'
+            | '\u{3297}'
+            | '\u{3299}'
+            | '\u{1f000}'..='\u{1fffd}'
+    )
+}
+
+/// Whether `c` (followed by `after`) is drawn as a two-cell emoji: a wide
+/// picture, or a symbol asked for in its emoji form with U+FE0F.
+fn is_wide_picture(c: char, after: Option<char>) -> bool {
+    is_picture(c) || (is_pictographic(c) && after == Some('\u{fe0f}'))
 }
 
 /// Hangul leading consonants (choseong), which join what follows them.
@@ -291,6 +336,27 @@ mod skin_tone_tests {
         assert_eq!(sanitize("✋🏿", true), "✋🏿");
         // A picture drawn one cell wide would make three with the tone.
         assert_eq!(sanitize("⛥🏽", true), "⛥");
+    }
+
+    #[test]
+    fn joiners_join_only_two_cell_pictures() {
+        // Found by fuzzing: an unassigned emoji code point (one cell) joined
+        // between pictures made one grapheme five columns wide.
+        assert_eq!(
+            sanitize("👨\u{200d}\u{1fc69}\u{200d}👧", true),
+            "👨\u{1fc69}👧"
+        );
+        assert_eq!(sanitize("👨\u{200d}©", true), "👨©");
+        // Standard sequences keep every joiner, symbols in emoji form too.
+        for seq in [
+            "👨\u{200d}👩\u{200d}👧",
+            "👩🏻\u{200d}❤\u{fe0f}\u{200d}💋\u{200d}👨🏼",
+            "🏳\u{fe0f}\u{200d}🌈",
+        ] {
+            assert_eq!(sanitize(seq, true), seq);
+        }
+        // Joiners outside emoji (Indic conjuncts) are left as they were.
+        assert_eq!(sanitize("क्\u{200d}ष", true), "क्\u{200d}ष");
     }
 
     #[test]
