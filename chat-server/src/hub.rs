@@ -147,6 +147,15 @@ impl Hub {
             .push((session.clone(), password_hash));
     }
 
+    /// Tells every logged-in session to close with `code` and `reason`.
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for sessions in self.accounts.lock().values() {
+            for (session, _) in sessions {
+                session.close(code, reason);
+            }
+        }
+    }
+
     /// Forgets a session that ended.
     pub fn logged_out(&self, session: &SessionHandle) {
         let mut live = self.accounts.lock();
@@ -400,11 +409,7 @@ async fn watch_accounts(store: Arc<dyn Store>, accounts: std::sync::Weak<Account
 async fn deliver_commits(mut feed: CommitFeed, rooms: Arc<Rooms>, fanout: Arc<dyn Fanout>) {
     while let Some(commit) = feed.recv().await {
         match &commit {
-            Commit::Messages(messages) => {
-                for stored in messages {
-                    rooms.deliver(stored);
-                }
-            }
+            Commit::Messages(messages) => rooms.deliver_all(messages),
             Commit::RoomDeleted {
                 name,
                 id,

@@ -9,7 +9,8 @@
 //! [`rooms`] is this node's membership and in-order delivery, [`auth`]
 //! argon2 off the runtime, [`admin`] the account subcommands and
 //! `migrate-db`, [`fdlimit`] the open-files limit, [`tls`] the certificate and the TLS side of `wss://`,
-//! [`untrusted`] peer text on its way into logs.
+//! [`untrusted`] peer text on its way into logs, [`wire`] a connection's
+//! frames after the handshake (tungstenite reads, one queue writes).
 
 pub mod admin;
 pub mod auth;
@@ -23,3 +24,4 @@ pub mod session;
 pub mod store;
 pub mod tls;
 pub mod untrusted;
+pub mod wire;

@@ -2,8 +2,9 @@
 //! them in order.
 //!
 //! Each session has a bounded outbox; the room pushes ready-made frames into
-//! it without waiting. A message is serialized to JSON once and the same
-//! bytes (a reference-counted buffer) go to every member. A member whose
+//! it without waiting, and the session takes all that is there in one go. A message is encoded once into a complete WebSocket
+//! frame (see [`crate::wire`]) and the same bytes (a reference-counted
+//! buffer) go to every member. A member whose
 //! outbox is full is told to close with 1013 instead of slowing the room.
 //!
 //! Messages are delivered strictly in `seq` order. A room with members
@@ -21,24 +22,31 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use chat_proto::{encode, MessageRecord, PresenceState, ServerEvent};
+use chat_proto::{MessageRecord, PresenceState, ServerEvent};
+use futures_util::task::AtomicWaker;
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::{RoomId, SessionId, Stored};
+pub use crate::wire::Frame;
+
+/// Frames a session may have waiting in its outbox before it counts as
+/// fallen behind.
+pub const OUTBOX_FRAMES: usize = 4096;
 
 /// Shortest time between two `typing` relays of one user in one room.
 pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 
-/// A frame ready to write: JSON text shared by every recipient.
-pub type Frame = Utf8Bytes;
-
-/// Encodes an event once into a shareable frame.
+/// Encodes an event once into a frame every recipient can share.
 pub fn frame(event: &ServerEvent) -> Frame {
-    Utf8Bytes::from(encode(event))
+    crate::wire::text_frame(event)
+}
+
+fn message_frame(message: &MessageRecord) -> Frame {
+    frame(&ServerEvent::Message(message.clone()))
 }
 
 /// What rooms put in a session's outbox.
@@ -60,39 +68,67 @@ pub enum Outbound {
 }
 
 /// The part of a session that rooms talk to.
+///
+/// The outbox is a plain list behind a lock rather than a channel: a push is
+/// one uncontended lock and at most one wake-up (the waker is taken by the
+/// first push after the session went to sleep), the session takes the whole
+/// list at once, and an idle session holds no list at all.
 pub struct SessionHandle {
     /// Unique per connection in this process.
     pub id: SessionId,
     /// The logged-in user.
     pub user: Arc<str>,
-    outbox: mpsc::Sender<Outbound>,
+    outbox: Mutex<Outbox>,
+    /// The session waiting for its outbox.
+    waiting: AtomicWaker,
+    capacity: usize,
     /// Set once when the outbox overflows; the session then closes with 1013.
     overflowed: AtomicBool,
     /// Wakes the session, even in the middle of a stalled write, when it
     /// must close.
     pub kicked: Notify,
     /// Set when the session must close for a reason of the server's (the
-    /// account was deleted, its password changed): the code and reason.
-    closing: Mutex<Option<(u16, &'static str)>>,
+    /// account was deleted, its password changed, the server is stopping):
+    /// the code and reason. The first reason given stands. Read on every
+    /// wake-up of the session, so a plain atomic load.
+    closing: OnceLock<(u16, &'static str)>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    items: Vec<Outbound>,
+    /// The session ended: nothing more is kept.
+    ended: bool,
 }
 
 impl SessionHandle {
-    /// A handle whose frames go to `outbox`.
-    pub fn new(id: SessionId, user: Arc<str>, outbox: mpsc::Sender<Outbound>) -> SessionHandle {
+    /// A handle with an outbox of [`OUTBOX_FRAMES`].
+    pub fn new(id: SessionId, user: Arc<str>) -> SessionHandle {
+        Self::with_capacity(id, user, OUTBOX_FRAMES)
+    }
+
+    /// A handle whose outbox holds `capacity` frames.
+    pub fn with_capacity(id: SessionId, user: Arc<str>, capacity: usize) -> SessionHandle {
         SessionHandle {
             id,
             user,
-            outbox,
+            outbox: Mutex::default(),
+            waiting: AtomicWaker::new(),
+            capacity,
             overflowed: AtomicBool::new(false),
             kicked: Notify::new(),
-            closing: Mutex::new(None),
+            closing: OnceLock::new(),
         }
+    }
+
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Tells the session to close with `code` and `reason` as soon as it
     /// can (at once if it is stalled in a write).
     pub fn close(&self, code: u16, reason: &'static str) {
-        *self.closing.lock().unwrap_or_else(|e| e.into_inner()) = Some((code, reason));
+        let _ = self.closing.set((code, reason));
         // Wakes the session's loop; a full outbox closes it anyway.
         self.push(Outbound::Close);
         self.kicked.notify_one();
@@ -100,17 +136,52 @@ impl SessionHandle {
 
     /// The close asked for by [`SessionHandle::close`], if any.
     pub fn closing(&self) -> Option<(u16, &'static str)> {
-        *self.closing.lock().unwrap_or_else(|e| e.into_inner())
+        self.closing.get().copied()
     }
 
     /// Queues a frame without waiting. A full outbox means the client fell
     /// too far behind: the session is told to close.
     pub fn push(&self, item: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(item) {
-            if !self.overflowed.swap(true, Ordering::Relaxed) {
-                self.kicked.notify_one();
+        {
+            let mut outbox = self.outbox();
+            if outbox.ended {
+                return;
             }
+            if outbox.items.len() >= self.capacity {
+                drop(outbox);
+                if !self.overflowed.swap(true, Ordering::Relaxed) {
+                    self.kicked.notify_one();
+                    self.waiting.wake();
+                }
+                return;
+            }
+            outbox.items.push(item);
         }
+        self.waiting.wake();
+    }
+
+    /// Everything in the outbox, in order, once there is something.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<Outbound>> {
+        // Registered before looking, so that a push right after the look
+        // wakes us.
+        self.waiting.register(cx.waker());
+        match self.take_now() {
+            Some(items) => Poll::Ready(items),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Everything in the outbox, if anything.
+    pub fn take_now(&self) -> Option<Vec<Outbound>> {
+        let mut outbox = self.outbox();
+        (!outbox.items.is_empty()).then(|| std::mem::take(&mut outbox.items))
+    }
+
+    /// The session ended: what is queued is dropped, and so is what comes.
+    pub fn end(&self) {
+        let mut outbox = self.outbox();
+        outbox.ended = true;
+        outbox.items = Vec::new();
     }
 
     /// True once the outbox overflowed.
@@ -168,11 +239,12 @@ impl RoomState {
         users
     }
 
-    fn deliver_in_order(&mut self, message: &MessageRecord) {
+    /// Delivers `message`, the next in order, as `frame`.
+    fn deliver_in_order(&mut self, message: &MessageRecord, frame: Frame) {
         let item = Outbound::Room {
             room_id: self.room_id,
             seq: Some(message.seq),
-            frame: frame(&ServerEvent::Message(message.clone())),
+            frame,
         };
         for member in &self.members {
             member.push(item.clone());
@@ -182,7 +254,7 @@ impl RoomState {
 
     fn flush_ahead(&mut self) {
         while let Some(next) = self.ahead.remove(&self.next_seq) {
-            self.deliver_in_order(&next);
+            self.deliver_in_order(&next, message_frame(&next));
         }
     }
 }
@@ -410,15 +482,36 @@ impl Rooms {
 
     /// Delivers a stored message to the room's members, in `seq` order.
     pub fn deliver(&self, stored: &Stored) {
-        let message = &stored.message;
+        self.deliver_all(std::slice::from_ref(stored));
+    }
+
+    /// Delivers stored messages (of any rooms) to their rooms' members, each
+    /// room in `seq` order.
+    pub fn deliver_all(&self, batch: &[Stored]) {
+        // Encoded before the lock is taken, which every room's delivery and
+        // every join and leave share: a message nobody here wants (rare) is
+        // encoded for nothing.
+        let frames: Vec<Frame> = batch.iter().map(|s| message_frame(&s.message)).collect();
         let mut rooms = self.lock();
+        for (stored, frame) in batch.iter().zip(frames) {
+            self.deliver_locked(&mut rooms, stored, frame);
+        }
+    }
+
+    fn deliver_locked(
+        &self,
+        rooms: &mut HashMap<String, RoomState>,
+        stored: &Stored,
+        frame: Frame,
+    ) {
+        let message = &stored.message;
         let Some(state) = rooms.get_mut(&message.room) else {
             return; // nobody here to tell
         };
         if state.room_id != stored.room_id {
             if state.room_id < stored.room_id {
                 // A newer room of that name exists: ours was deleted.
-                Self::drop_room(&mut rooms, &message.room, None);
+                Self::drop_room(rooms, &message.room, None);
             }
             return;
         }
@@ -430,7 +523,7 @@ impl Rooms {
             self.request_fill(state, message.seq - 1);
             return;
         }
-        state.deliver_in_order(message);
+        state.deliver_in_order(message, frame);
         state.flush_ahead();
     }
 
@@ -523,12 +616,11 @@ impl Rooms {
 mod tests {
     use super::*;
 
-    fn member(id: u64, user: &str) -> (Arc<SessionHandle>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(4);
-        (
-            Arc::new(SessionHandle::new(SessionId(id), user.into(), tx)),
-            rx,
-        )
+    /// A member whose outbox holds 4 frames, and a second handle on it
+    /// for reading the outbox.
+    fn member(id: u64, user: &str) -> (Arc<SessionHandle>, Arc<SessionHandle>) {
+        let handle = Arc::new(SessionHandle::with_capacity(SessionId(id), user.into(), 4));
+        (handle.clone(), handle)
     }
 
     fn msg(room_id: i64, seq: u64) -> Stored {
@@ -544,9 +636,9 @@ mod tests {
         }
     }
 
-    fn seqs(rx: &mut mpsc::Receiver<Outbound>) -> Vec<u64> {
+    fn seqs(rx: &mut Arc<SessionHandle>) -> Vec<u64> {
         let mut out = Vec::new();
-        while let Ok(item) = rx.try_recv() {
+        for item in rx.take_now().unwrap_or_default() {
             if let Outbound::Room {
                 seq: Some(seq),
                 frame,
@@ -554,7 +646,7 @@ mod tests {
             } = item
             {
                 assert!(matches!(
-                    chat_proto::decode_server(&frame),
+                    chat_proto::decode_server(crate::wire::payload(&frame)),
                     Ok(ServerEvent::Message(m)) if m.seq == seq
                 ));
                 out.push(seq);
@@ -563,9 +655,9 @@ mod tests {
         out
     }
 
-    fn events(rx: &mut mpsc::Receiver<Outbound>) -> Vec<ServerEvent> {
+    fn events(rx: &mut Arc<SessionHandle>) -> Vec<ServerEvent> {
         let mut out = Vec::new();
-        while let Ok(item) = rx.try_recv() {
+        for item in rx.take_now().unwrap_or_default() {
             let frame = match item {
                 Outbound::Event(frame) => frame,
                 Outbound::Room {
@@ -573,7 +665,7 @@ mod tests {
                 } => frame,
                 Outbound::Room { .. } | Outbound::Close => continue,
             };
-            out.push(chat_proto::decode_server(&frame).unwrap());
+            out.push(chat_proto::decode_server(crate::wire::payload(&frame)).unwrap());
         }
         out
     }
@@ -668,6 +760,48 @@ mod tests {
             [ServerEvent::RoomDeleted { .. }]
         ));
         assert!(!rooms.is_member("r", SessionId(1)));
+    }
+
+    #[test]
+    fn a_waiting_session_is_woken_once_and_takes_everything_in_order() {
+        use futures_util::task::{waker, ArcWake};
+        use std::sync::atomic::AtomicUsize;
+
+        struct Count(AtomicUsize);
+        impl ArcWake for Count {
+            fn wake_by_ref(this: &Arc<Self>) {
+                this.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = waker(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (handle, _) = member(1, "alice");
+        assert!(handle.poll_take(&mut cx).is_pending());
+        let event = |n: u64| Outbound::Room {
+            room_id: RoomId(1),
+            seq: Some(n),
+            frame: Frame::new(),
+        };
+        handle.push(event(1));
+        handle.push(event(2));
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "one wake-up for both");
+        let Poll::Ready(items) = handle.poll_take(&mut cx) else {
+            panic!("the outbox had two frames");
+        };
+        let seqs: Vec<_> = items
+            .iter()
+            .map(|i| match i {
+                Outbound::Room { seq, .. } => *seq,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![Some(1), Some(2)]);
+        assert!(handle.take_now().is_none());
+        // Once ended, nothing more is kept.
+        handle.end();
+        handle.push(event(3));
+        assert!(handle.take_now().is_none());
     }
 
     #[test]

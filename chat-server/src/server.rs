@@ -188,6 +188,12 @@ impl Server {
             "shutting down: closing every session"
         );
         let _ = self.stop.send(true);
+        // Sessions being set up or logging in watch `stop`; logged-in ones
+        // are told through their handles (see `session`).
+        self.state.hub.close_all(
+            chat_proto::limits::close::GOING_AWAY,
+            "server shutting down",
+        );
         let drained = tokio::time::timeout(Duration::from_secs(5), async {
             while sessions.join_next().await.is_some() {}
         })

@@ -256,11 +256,7 @@ impl Session {
         id: Option<String>,
     ) -> Result<(), Ending> {
         tracing::info!(peer = %self.peer, user = %Untrusted(&user), "logged in");
-        let handle = Arc::new(SessionHandle::new(
-            self.id,
-            user.as_str().into(),
-            self.outbox.clone(),
-        ));
+        let handle = Arc::new(SessionHandle::new(self.id, user.as_str().into()));
         self.state.hub.logged_in(&handle, password_hash);
         self.account = Some(Account { handle });
         self.reply(&ServerEvent::Welcome {

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use chat_proto::limits::close;
 use chat_proto::{ErrorCode, ServerEvent};
 use futures_util::stream::FuturesOrdered;
-use futures_util::{Future, FutureExt, SinkExt, StreamExt};
+use futures_util::{Future, FutureExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::handshake::server::{
     ErrorResponse, Request as HttpRequest, Response,
@@ -29,20 +28,18 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::rooms::{Outbound, SessionHandle};
 use crate::server::ServerState;
 use crate::store::{RoomId, SessionId};
 use crate::tls::Stream;
 use crate::untrusted::{untrusted, Untrusted};
+use crate::wire::{self, Connection};
 
 mod handlers;
 use handlers::RateLimit;
 
-/// Frames a session may have queued before it counts as fallen behind.
-const OUTBOX_FRAMES: usize = 4096;
-/// Frames written per flush when draining the outbox.
+/// Acks queued per write.
 const WRITE_BATCH: usize = 256;
 /// An answer the socket cannot take for this long closes the session with
 /// 1013: the client stopped reading.
@@ -61,19 +58,26 @@ const MAX_HELD: usize = 4;
 /// Sends waiting for their commit before the session stops reading.
 const MAX_PENDING_SENDS: usize = 256;
 
-/// Plain or TLS: one session type serves both `ws://` and `wss://`.
-type Socket = WebSocketStream<Stream>;
 type PendingAck = Pin<Box<dyn Future<Output = ServerEvent> + Send>>;
 
 /// WebSocket settings sized for thousands of mostly idle connections.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        // Small buffers: the tungstenite defaults (128 KiB each) would cost
-        // gigabytes at 10,000 connections.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
+        // tungstenite's read buffer holds only what it parses next (the
+        // socket is read in larger chunks, see `wire`); it writes nothing
+        // but control frames, at once.
+        .read_buffer_size(wire::READ_CHUNK)
+        .write_buffer_size(0)
         .max_message_size(Some(chat_proto::limits::MAX_FRAME_BYTES))
         .max_frame_size(Some(chat_proto::limits::MAX_FRAME_BYTES))
+}
+
+/// The close for a client that stopped reading.
+fn behind() -> Ending {
+    Ending::Close(
+        close::TRY_AGAIN_LATER,
+        "too far behind: reconnect and join with since",
+    )
 }
 
 /// Why the session loop ended, and what the peer is told.
@@ -90,11 +94,29 @@ struct Account {
 }
 
 /// Runs the TLS handshake when the server serves `wss://`, accepts the
-/// WebSocket upgrade on `/ws` (or `/`), and runs the session. Both
-/// handshakes share one time limit; a connection that fails either (a plain
-/// `ws://` client on a TLS port, a port scanner, a wrong path) is dropped
-/// with a debug line and touches nothing else.
+/// WebSocket upgrade on `/ws` (or `/`), and runs the session.
+///
+/// Both phases run boxed, one after the other, and nothing else is kept
+/// across them: this future, allocated for every connection for its whole
+/// life, then holds two pointers, and the session's own future (most of an
+/// idle connection's memory) only what a logged-in session waits with.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>) {
+    let session = match Box::pin(handshakes(stream, peer, &state)).await {
+        Some(socket) => Box::pin(Session::new(socket, peer, state).run()),
+        None => return,
+    };
+    session.await;
+}
+
+/// The TLS (for `wss://`) and WebSocket handshakes, which share one time
+/// limit; a connection that fails either (a plain `ws://` client on a TLS
+/// port, a port scanner, a wrong path) is dropped with a debug line and
+/// touches nothing else.
+async fn handshakes(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: &ServerState,
+) -> Option<Connection> {
     let _ = stream.set_nodelay(true);
     // The callback's error type is tungstenite's HTTP response; its size is
     // not ours to choose.
@@ -118,12 +140,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
                 }
             },
         };
-        let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
-            stream,
-            check_path,
-            Some(websocket_config()),
-        );
-        match upgrade.await {
+        match Connection::accept(stream, check_path, websocket_config()).await {
             Ok(socket) => Some(socket),
             Err(err) => {
                 tracing::debug!(%peer, error = %untrusted(&err), "handshake refused");
@@ -131,34 +148,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
             }
         }
     };
-    let socket = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes).await {
-        Ok(Some(socket)) => socket,
-        Ok(None) => return,
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes).await {
+        Ok(socket) => socket,
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out");
-            return;
+            None
         }
-    };
-    let id = SessionId(state.next_session_id.fetch_add(1, Ordering::Relaxed));
-    let (outbox, inbox) = mpsc::channel(OUTBOX_FRAMES);
-    let session = Session {
-        id,
-        peer,
-        socket,
-        state: state.clone(),
-        account: None,
-        outbox,
-        inbox,
-        failures: 0,
-        rate: RateLimit::new(state.config.send_rate, state.config.send_burst),
-        joined: Vec::new(),
-        pending_acks: FuturesOrdered::new(),
-        last_heard: Instant::now(),
-        login_deadline: tokio::time::Instant::now()
-            + Duration::from_secs(chat_proto::limits::LOGIN_TIMEOUT_SECS),
-        held: VecDeque::new(),
-    };
-    session.run(state.shutdown.clone()).await;
+    }
 }
 
 /// A room as this session joined it.
@@ -173,12 +169,10 @@ struct JoinedRoom {
 struct Session {
     id: SessionId,
     peer: SocketAddr,
-    socket: Socket,
+    /// Frames in (tungstenite) and out (one queue of ready frames).
+    socket: Connection,
     state: Arc<ServerState>,
     account: Option<Account>,
-    /// Kept to build the handle at login; rooms push into it.
-    outbox: mpsc::Sender<Outbound>,
-    inbox: mpsc::Receiver<Outbound>,
     failures: u32,
     rate: RateLimit,
     /// Rooms this session joined, each with the newest `seq` written to the
@@ -197,26 +191,43 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        // Created once, not per turn of the loop: every session waits on the
-        // same watch, and registering with it on each wake-up cost a lock
-        // shared by all of them on the fan-out path.
-        let shutdown = shutdown.changed();
-        tokio::pin!(shutdown);
-        let ending = match self.log_in(shutdown.as_mut()).await {
-            Ok(()) => self.serve_requests(shutdown).await,
+    fn new(socket: Connection, peer: SocketAddr, state: Arc<ServerState>) -> Session {
+        Session {
+            id: SessionId(state.next_session_id.fetch_add(1, Ordering::Relaxed)),
+            peer,
+            socket,
+            account: None,
+            failures: 0,
+            rate: RateLimit::new(state.config.send_rate, state.config.send_burst),
+            joined: Vec::new(),
+            pending_acks: FuturesOrdered::new(),
+            last_heard: Instant::now(),
+            login_deadline: tokio::time::Instant::now()
+                + Duration::from_secs(chat_proto::limits::LOGIN_TIMEOUT_SECS),
+            held: VecDeque::new(),
+            state,
+        }
+    }
+
+    async fn run(mut self) {
+        // The phases that run once are boxed, and so is the handling of a
+        // request: the session's future then holds, while it waits, only
+        // what waiting needs (an idle connection's memory is mostly this
+        // future).
+        let ending = match Box::pin(self.log_in()).await {
+            Ok(()) => self.serve_requests().await,
             Err(ending) => ending,
         };
-        self.finish(ending).await;
+        Box::pin(self.finish(ending)).await;
     }
 
     /// The first phase: only `login` and `register` are served, until one
     /// succeeds, within the login deadline. Nothing is queued for a session
     /// that is not logged in, so only the socket is watched.
-    async fn log_in(
-        &mut self,
-        mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
-    ) -> Result<(), Ending> {
+    async fn log_in(&mut self) -> Result<(), Ending> {
+        let mut shutdown = self.state.shutdown.clone();
+        let shutdown = shutdown.changed();
+        tokio::pin!(shutdown);
         let deadline = tokio::time::sleep_until(self.login_deadline);
         tokio::pin!(deadline);
         while self.account.is_none() {
@@ -235,34 +246,44 @@ impl Session {
 
     /// The main phase, logged in: requests, deliveries to the outbox, acks
     /// of pipelined sends, keep-alive and shutdown.
-    async fn serve_requests(
-        &mut self,
-        mut shutdown: Pin<&mut impl Future<Output = Result<(), watch::error::RecvError>>>,
-    ) -> Ending {
+    ///
+    /// The server's shutdown reaches a logged-in session as a close of its
+    /// handle ([`crate::hub::Hub::close_all`]), not through the shutdown
+    /// watch: every session would poll that one shared watch on every
+    /// wake-up, and each poll takes its lock.
+    async fn serve_requests(&mut self) -> Ending {
         // Requests that came in behind the login, answered in order.
         while let Some(message) = self.held.pop_front() {
-            if let Err(ending) = self.on_message(message).await {
+            if let Err(ending) = Box::pin(self.on_message(message)).await {
                 return ending;
             }
+        }
+        let Some(handle) = self.account.as_ref().map(|a| a.handle.clone()) else {
+            return Ending::Gone;
+        };
+        // Logged in after the server's close of every session went round.
+        if *self.state.shutdown.borrow() {
+            return Box::pin(self.shutting_down()).await;
         }
         let mut keepalive = tokio::time::interval(PING_EVERY);
         keepalive.reset();
         loop {
-            // A full outbox sets this flag, and a full outbox also makes the
-            // next turn's `inbox.recv()` ready, so a flag read here closes the
-            // session as promptly as awaiting `kicked` would, without
-            // registering a waiter on every wake-up. (A write stalled on a
+            // A full outbox sets this flag and wakes the outbox's waiter, so
+            // a flag read here closes the session as promptly as awaiting
+            // `kicked` would, without registering a waiter on every wake-up. (A write stalled on a
             // client that stopped reading watches `kicked` itself.)
             if let Some(ending) = self.must_close() {
+                if let Ending::Close(close::GOING_AWAY, _) = ending {
+                    return Box::pin(self.shutting_down()).await;
+                }
                 return ending;
             }
             let reading = self.pending_acks.len() < MAX_PENDING_SENDS;
             let step = tokio::select! {
-                _ = &mut shutdown => return self.shutting_down().await,
-                Some(item) = self.inbox.recv() => self.write_outbox(Some(item), None).await,
-                Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => self.write_outbox(None, Some(ack)).await,
-                incoming = self.socket.next(), if reading => self.on_incoming(incoming).await,
-                _ = keepalive.tick() => self.keepalive().await,
+                items = std::future::poll_fn(|cx| handle.poll_take(cx)) => Box::pin(self.write_outbox(items, None)).await,
+                Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => Box::pin(self.write_outbox(Vec::new(), Some(ack))).await,
+                incoming = self.socket.next(), if reading => Box::pin(self.on_incoming(incoming)).await,
+                _ = keepalive.tick() => Box::pin(self.keepalive()).await,
             };
             if let Err(ending) = step {
                 return ending;
@@ -301,10 +322,7 @@ impl Session {
         if let Some((code, reason)) = handle.closing() {
             return Some(Ending::Close(code, reason));
         }
-        handle.overflowed().then_some(Ending::Close(
-            close::TRY_AGAIN_LATER,
-            "too far behind: reconnect and join with since",
-        ))
+        handle.overflowed().then(behind)
     }
 
     /// The server is stopping: sends already taken are still answered (the
@@ -313,14 +331,13 @@ impl Session {
     async fn shutting_down(&mut self) -> Ending {
         let answers = async {
             while let Some(ack) = self.pending_acks.next().await {
-                if self.write_outbox(None, Some(ack)).await.is_err() {
+                if self.write_outbox(Vec::new(), Some(ack)).await.is_err() {
                     return;
                 }
             }
-            while let Ok(item) = self.inbox.try_recv() {
-                if self.write_outbox(Some(item), None).await.is_err() {
-                    return;
-                }
+            let queued = self.account.as_ref().and_then(|a| a.handle.take_now());
+            if let Some(items) = queued {
+                let _ = self.write_outbox(items, None).await;
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(3), answers).await;
@@ -328,6 +345,9 @@ impl Session {
     }
 
     async fn finish(mut self, ending: Ending) {
+        if let Some(account) = &self.account {
+            account.handle.end();
+        }
         if let Ending::Close(code, reason) = ending {
             if code != close::GOING_AWAY {
                 tracing::info!(peer = %self.peer, code, reason, "closing the connection");
@@ -343,7 +363,8 @@ impl Session {
             // it deserves to learn why (and that it should resume).
             let socket = &mut self.socket;
             let closing = async {
-                if socket.close(Some(frame)).await.is_ok() {
+                // Behind whatever is still queued: the close comes last.
+                if socket.queue_close(frame).await.is_ok() && socket.flush().await.is_ok() {
                     // The closing handshake: what the peer sent meanwhile
                     // is read and dropped until its close arrives. Dropping
                     // a socket with unread input would reset the connection
@@ -357,6 +378,15 @@ impl Session {
                 }
             };
             let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+        } else {
+            // The peer closed: tungstenite owes it the answer to its close
+            // frame, which completes the closing handshake.
+            let socket = &mut self.socket;
+            let answer = async {
+                socket.queue_owed().await;
+                socket.flush().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
         }
         if let Some(account) = &self.account {
             self.state.hub.logged_out(&account.handle);
@@ -377,42 +407,59 @@ impl Session {
         if self.last_heard.elapsed() > SILENCE_LIMIT {
             return Err(Ending::Gone);
         }
-        self.write(Message::Ping(Default::default())).await
+        if self
+            .socket
+            .queue_control(Message::Ping(Default::default()))
+            .await
+            .is_err()
+        {
+            return Err(Ending::Gone);
+        }
+        self.write_now().await
     }
 
-    /// Writes one frame now (an answer, a ping). An answer that the socket
-    /// cannot take means the client has stopped reading with megabytes
-    /// already waiting for it (a history page is up to 1.6 MB): like an
-    /// overflowing outbox, that closes the session with 1013 after
+    /// Writes what is queued now (an answer, a ping). An answer that the
+    /// socket cannot take means the client has stopped reading with
+    /// megabytes already waiting for it (a history page is up to 1.6 MB):
+    /// like an overflowing outbox, that closes the session with 1013 after
     /// [`REPLY_STALL`] rather than pinning the page for the whole write
     /// timeout. A close the server asked for (or an overflow meanwhile)
     /// ends the wait at once.
-    async fn write(&mut self, message: Message) -> Result<(), Ending> {
-        let handle = self.account.as_ref().map(|a| a.handle.clone());
+    async fn write_now(&mut self) -> Result<(), Ending> {
+        self.write_queued(REPLY_STALL, behind()).await
+    }
+
+    /// Writes the queue within `limit` (then ends with `late`), or until the
+    /// session must close.
+    async fn write_queued(&mut self, limit: Duration, late: Ending) -> Result<(), Ending> {
+        let account = &self.account;
         let kicked = async {
-            match &handle {
-                Some(handle) => handle.kicked.notified().await,
+            match account {
+                Some(account) => account.handle.kicked.notified().await,
                 None => std::future::pending().await,
             }
         };
-        let behind = Ending::Close(
-            close::TRY_AGAIN_LATER,
-            "too far behind: reconnect and join with since",
-        );
-        tokio::select! {
-            written = tokio::time::timeout(REPLY_STALL, self.socket.send(message)) => match written {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Ending::Gone),
-                Err(_) => Err(behind),
-            },
-            _ = kicked => Err(self.must_close().unwrap_or(behind)),
+        let written = tokio::select! {
+            // Most writes complete at once: `kicked` is then never polled,
+            // and no waiter is registered with its lock.
+            biased;
+            written = tokio::time::timeout(limit, self.socket.flush()) => written,
+            // The client stopped reading and its outbox overflowed
+            // meanwhile, or the server wants it gone: give up on this write
+            // now rather than at the limit.
+            _ = kicked => return Err(self.must_close().unwrap_or(behind())),
+        };
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::Gone),
+            Err(_) => Err(late),
         }
     }
 
     /// Sends an event right away.
     async fn reply(&mut self, event: &ServerEvent) -> Result<(), Ending> {
-        self.write(Message::Text(chat_proto::encode(event).into()))
-            .await
+        self.socket.queue(wire::text_frame(event));
+        self.write_now().await
     }
 
     async fn error(
@@ -424,70 +471,43 @@ impl Session {
         self.reply(&ServerEvent::error(code, message, re)).await
     }
 
-    /// Writes an item from the outbox or the answer to one of this session's
-    /// sends, and whatever else of both is ready behind it, with one flush.
+    /// Writes what was in the outbox or the answer to one of this session's
+    /// sends, and the other answers ready behind them, with one flush.
     /// Acks are not flushed one by one: under pipelined sends a commit
     /// answers dozens at once, and one write for all of them (and for the
     /// session's own copies of the messages) saves a syscall each.
     async fn write_outbox(
         &mut self,
-        item: Option<Outbound>,
+        items: Vec<Outbound>,
         ack: Option<ServerEvent>,
     ) -> Result<(), Ending> {
-        let handle = self.account.as_ref().map(|a| a.handle.clone());
-        let kicked = async {
-            match &handle {
-                Some(handle) => handle.kicked.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        let batch = async {
-            if let Some(item) = item {
-                self.feed(item).await?;
-            }
-            if let Some(ack) = ack {
-                let text = chat_proto::encode(&ack);
-                self.socket.feed(Message::Text(text.into())).await?;
-            }
-            for _ in 1..WRITE_BATCH {
-                let mut fed = false;
-                if let Ok(item) = self.inbox.try_recv() {
-                    self.feed(item).await?;
-                    fed = true;
-                }
-                // Polled without a waker: the main loop polls `pending_acks`
-                // again with its own before it sleeps. Acks stay in order.
-                if let Some(Some(ack)) = self.pending_acks.next().now_or_never() {
-                    let text = chat_proto::encode(&ack);
-                    self.socket.feed(Message::Text(text.into())).await?;
-                    fed = true;
-                }
-                if !fed {
-                    break;
-                }
-            }
-            self.socket.flush().await
-        };
-
-        tokio::select! {
-            written = tokio::time::timeout(WRITE_TIMEOUT, batch) => match written {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(Ending::Gone),
-            },
-            // The client stopped reading and its outbox overflowed meanwhile,
-            // or the server wants it gone: give up on this write now rather
-            // than at the timeout.
-            _ = kicked => Err(self.must_close().unwrap_or(Ending::Close(close::TRY_AGAIN_LATER, "too far behind: reconnect and join with since"))),
+        for item in items {
+            self.feed(item);
         }
+        if let Some(ack) = ack {
+            self.socket.queue(wire::text_frame(&ack));
+        }
+        // Polled without a waker: the main loop polls `pending_acks` again
+        // with its own before it sleeps. Acks stay in order.
+        for _ in 1..WRITE_BATCH {
+            match self.pending_acks.next().now_or_never() {
+                Some(Some(ack)) => self.socket.queue(wire::text_frame(&ack)),
+                _ => break,
+            }
+        }
+        // A client that stops reading is noticed by its outbox overflowing
+        // (1013); the timeout only drops a connection that makes no progress
+        // at all.
+        self.write_queued(WRITE_TIMEOUT, Ending::Gone).await
     }
 
-    /// Feeds one outbox item to the socket, unless it is a message the
-    /// client already has or no longer wants.
-    async fn feed(&mut self, item: Outbound) -> Result<(), WsError> {
+    /// Queues one outbox item, unless it is a message the client already
+    /// has or no longer wants.
+    fn feed(&mut self, item: Outbound) {
         let frame = match item {
             Outbound::Event(frame) => frame,
             // Only a wake-up: the main loop reads why.
-            Outbound::Close => return Ok(()),
+            Outbound::Close => return,
             Outbound::Room {
                 room_id,
                 seq,
@@ -499,17 +519,17 @@ impl Session {
                         self.joined[at].newest = seq;
                         frame
                     }
-                    Some(_) => return Ok(()),
+                    Some(_) => return,
                     None => {
                         // room_deleted: the session is no longer a member.
                         self.joined.swap_remove(at);
                         frame
                     }
                 },
-                None => return Ok(()),
+                None => return,
             },
         };
-        self.socket.feed(Message::Text(frame)).await
+        self.socket.queue(frame);
     }
 
     async fn on_incoming(
