@@ -144,15 +144,16 @@ impl SessionHandle {
     pub fn push(&self, item: Outbound) {
         {
             let mut outbox = self.outbox();
-            if outbox.ended {
+            // After a dropped frame nothing more is taken: what came after
+            // the gap must not reach the client.
+            if outbox.ended || self.overflowed.load(Ordering::Relaxed) {
                 return;
             }
             if outbox.items.len() >= self.capacity {
+                self.overflowed.store(true, Ordering::Relaxed);
                 drop(outbox);
-                if !self.overflowed.swap(true, Ordering::Relaxed) {
-                    self.kicked.notify_one();
-                    self.waiting.wake();
-                }
+                self.kicked.notify_one();
+                self.waiting.wake();
                 return;
             }
             outbox.items.push(item);
@@ -819,6 +820,11 @@ mod tests {
         rooms.deliver(&msg(1, 5));
         assert!(slow.overflowed());
         assert!(!fast.overflowed());
+        // Once a frame was dropped, nothing after the gap is kept, even
+        // with room again: the client resumes from what it has.
+        assert_eq!(slow.take_now().map(|items| items.len()), Some(4));
+        rooms.deliver(&msg(1, 6));
+        assert!(slow.take_now().is_none());
     }
 
     #[test]

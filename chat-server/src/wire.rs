@@ -147,6 +147,10 @@ impl AsyncRead for Wire {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let wire = self.get_mut();
+        if buf.remaining() == 0 {
+            // Reading now would spill everything and report end of stream.
+            return Poll::Ready(Ok(()));
+        }
         if wire.spill_at < wire.spill.len() {
             let rest = &wire.spill[wire.spill_at..];
             let n = rest.len().min(buf.remaining());
@@ -213,6 +217,9 @@ pub struct Connection {
     ws: WebSocketStream<Wire>,
     /// Frames to write, in order; the front one possibly in part.
     queue: VecDeque<Frame>,
+    /// The last flush left bytes below the queue (TLS takes a frame whole
+    /// into its own buffer, then waits for the socket).
+    flush_pending: bool,
 }
 
 impl Connection {
@@ -232,6 +239,7 @@ impl Connection {
         Ok(Connection {
             ws,
             queue: VecDeque::new(),
+            flush_pending: false,
         })
     }
 
@@ -247,7 +255,7 @@ impl Connection {
         if incoming.is_ready() {
             return incoming;
         }
-        if !self.queue.is_empty() {
+        if !self.queue.is_empty() || self.flush_pending {
             // Writes, or registers to be woken when the socket can take more.
             if let Poll::Ready(Err(err)) = self.poll_flush(cx) {
                 return Poll::Ready(Some(Err(WsError::Io(err))));
@@ -299,6 +307,12 @@ impl Connection {
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = self.poll_write_queue(cx);
+        self.flush_pending = flushed.is_pending();
+        flushed
+    }
+
+    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let stream = &mut self.ws.get_mut().stream;
         while !self.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];

@@ -319,10 +319,15 @@ impl Session {
     /// account changed), or the client fell too far behind.
     fn must_close(&self) -> Option<Ending> {
         let handle = &self.account.as_ref()?.handle;
-        if let Some((code, reason)) = handle.closing() {
-            return Some(Ending::Close(code, reason));
+        // Overflow first: a session that lost a frame must not be drained
+        // as for a shutdown (frames after the gap, then 1001), but told to
+        // resume from what it has (1013).
+        if handle.overflowed() {
+            return Some(behind());
         }
-        handle.overflowed().then(behind)
+        handle
+            .closing()
+            .map(|(code, reason)| Ending::Close(code, reason))
     }
 
     /// The server is stopping: sends already taken are still answered (the
@@ -363,7 +368,10 @@ impl Session {
             // it deserves to learn why (and that it should resume).
             let socket = &mut self.socket;
             let closing = async {
-                // Behind whatever is still queued: the close comes last.
+                // Behind whatever is still queued, and behind a pong
+                // tungstenite still owes (tungstenite would put it after
+                // the close): the close comes last.
+                socket.queue_owed().await;
                 if socket.queue_close(frame).await.is_ok() && socket.flush().await.is_ok() {
                     // The closing handshake: what the peer sent meanwhile
                     // is read and dropped until its close arrives. Dropping
