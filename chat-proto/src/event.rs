@@ -58,8 +58,15 @@ pub enum ClientEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
     },
-    /// Leave a joined room.
-    Leave { room: String },
+    /// Leave a joined room. With `forget`, also remove it from the
+    /// account's rooms (part 2), on every device.
+    Leave {
+        room: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forget: bool,
+    },
+    /// Move the user's read marker of `room` forward to `seq` (part 2).
+    Read { room: String, seq: u64 },
     /// Post a message to a joined room.
     Send { room: String, text: String },
     /// Page backwards through a room's history.
@@ -105,6 +112,19 @@ pub struct RoomSummary {
     pub last_ts: Option<i64>,
 }
 
+/// One of the account's rooms, in `welcome` (part 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRoom {
+    pub name: String,
+    /// Newest `seq` of the room, 0 when empty.
+    pub last_seq: u64,
+    /// The user's read marker: unread messages are `last_seq - read`.
+    pub read: u64,
+    /// Whether only its members may see it.
+    #[serde(default)]
+    pub private: bool,
+}
+
 /// Whether a `presence` event announces an arrival or a departure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,6 +143,12 @@ pub enum ServerEvent {
         admin: bool,
         protocol: u32,
         server: String,
+        /// What the server supports of part 2 ([`crate::features`]).
+        #[serde(default)]
+        features: Vec<String>,
+        /// The account's rooms (part 2).
+        #[serde(default)]
+        rooms: Vec<AccountRoom>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         re: Option<String>,
     },
@@ -160,6 +186,12 @@ pub enum ServerEvent {
         room: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         re: Option<String>,
+    },
+    /// The user's read marker of `room` moved (from another connection of
+    /// the same user).
+    Read {
+        room: String,
+        seq: u64,
     },
     Presence {
         room: String,

@@ -15,7 +15,15 @@ pub mod limits;
 pub mod validate;
 
 pub use event::{
-    decode_client, decode_server, encode, ClientEvent, DecodeError, ErrorCode, MessageRecord,
-    PresenceState, Request, RoomSummary, ServerEvent,
+    decode_client, decode_server, encode, AccountRoom, ClientEvent, DecodeError, ErrorCode,
+    MessageRecord, PresenceState, Request, RoomSummary, ServerEvent,
 };
 pub use limits::PROTOCOL_VERSION;
+
+/// Names of the part-2 features, as `welcome.features` lists them.
+pub mod features {
+    /// The account's rooms in `welcome`, `read` markers, `leave` with `forget`.
+    pub const READ: &str = "read";
+    /// `rooms` with `after` and `limit`, and `has_more`.
+    pub const ROOMS_PAGING: &str = "rooms_paging";
+}

@@ -57,6 +57,24 @@ fn client_events_decode_from_the_documented_json() {
             r#"{"type":"leave","room":"general"}"#,
             Request::new(ClientEvent::Leave {
                 room: "general".into(),
+                forget: false,
+            }),
+        ),
+        (
+            r#"{"type":"leave","room":"general","forget":true,"id":"f1"}"#,
+            Request::with_id(
+                ClientEvent::Leave {
+                    room: "general".into(),
+                    forget: true,
+                },
+                "f1",
+            ),
+        ),
+        (
+            r#"{"type":"read","room":"general","seq":120}"#,
+            Request::new(ClientEvent::Read {
+                room: "general".into(),
+                seq: 120,
             }),
         ),
         (
@@ -120,9 +138,25 @@ fn server_events_encode_to_the_documented_json() {
                 admin: false,
                 protocol: PROTOCOL_VERSION,
                 server: "chat-server 0.1.0".into(),
+                features: vec!["read".into(), "rooms_paging".into()],
+                rooms: vec![AccountRoom {
+                    name: "general".into(),
+                    last_seq: 120,
+                    read: 118,
+                    private: false,
+                }],
                 re: Some("l1".into()),
             },
-            json!({"type":"welcome","user":"alice","admin":false,"protocol":1,"server":"chat-server 0.1.0","re":"l1"}),
+            json!({"type":"welcome","user":"alice","admin":false,"protocol":1,"server":"chat-server 0.1.0",
+                   "features":["read","rooms_paging"],
+                   "rooms":[{"name":"general","last_seq":120,"read":118,"private":false}],"re":"l1"}),
+        ),
+        (
+            ServerEvent::Read {
+                room: "general".into(),
+                seq: 120,
+            },
+            json!({"type":"read","room":"general","seq":120}),
         ),
         (
             ServerEvent::Rooms {
@@ -240,6 +274,22 @@ fn server_events_encode_to_the_documented_json() {
         // Clients decode what the server encodes.
         assert_eq!(decode_server(&encode(&event)).unwrap(), event);
     }
+}
+
+#[test]
+fn a_part_1_welcome_still_decodes() {
+    // From a server without part 2: no `features`, no `rooms`.
+    let event = decode_server(
+        r#"{"type":"welcome","user":"alice","admin":false,"protocol":1,"server":"old"}"#,
+    )
+    .unwrap();
+    let ServerEvent::Welcome {
+        features, rooms, ..
+    } = event
+    else {
+        panic!("not a welcome: {event:?}");
+    };
+    assert!(features.is_empty() && rooms.is_empty());
 }
 
 #[test]

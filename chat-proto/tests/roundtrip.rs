@@ -32,7 +32,8 @@ fn client_event() -> impl Strategy<Value = ClientEvent> {
             .prop_map(|(after, limit)| ClientEvent::Rooms { after, limit }),
         (text(), proptest::option::of(any::<u64>()))
             .prop_map(|(room, since)| ClientEvent::Join { room, since }),
-        text().prop_map(|room| ClientEvent::Leave { room }),
+        (text(), any::<bool>()).prop_map(|(room, forget)| ClientEvent::Leave { room, forget }),
+        (text(), any::<u64>()).prop_map(|(room, seq)| ClientEvent::Read { room, seq }),
         (text(), text()).prop_map(|(room, text)| ClientEvent::Send { room, text }),
         (
             text(),

@@ -149,6 +149,8 @@ pub struct Copied {
     pub users: usize,
     pub rooms: usize,
     pub messages: u64,
+    /// Rooms of accounts, with their read markers.
+    pub account_rooms: usize,
 }
 
 /// `chat-server migrate-db --from A --to B`: copies every user (with its
@@ -169,6 +171,10 @@ pub fn migrate_db(from: &Database, to: &Database) -> Result<Copied> {
         println!(
             "copied {} users, {} rooms and {} messages from {from} to {to}",
             copied.users, copied.rooms, copied.messages
+        );
+        println!(
+            "copied {} rooms of accounts, with their read markers",
+            copied.account_rooms
         );
         Ok(copied)
     })
@@ -195,8 +201,10 @@ async fn copy_store(source: &dyn Store, target: &dyn Store) -> Result<Copied> {
             break;
         }
     }
+    let mut ids = std::collections::HashMap::new();
     for room in rooms {
         let id = target.import_room(&room).await?;
+        ids.insert(room.name.clone(), id);
         let mut after = 0;
         while after < room.last_seq {
             let page = source
@@ -208,6 +216,13 @@ async fn copy_store(source: &dyn Store, target: &dyn Store) -> Result<Copied> {
             copied.messages += page.len() as u64;
         }
         copied.rooms += 1;
+    }
+    for row in source.all_account_rooms().await? {
+        // A room created after the room list was read is not copied.
+        if let Some(&id) = ids.get(&row.room) {
+            target.import_account_room(&row.user, id, row.read).await?;
+            copied.account_rooms += 1;
+        }
     }
     Ok(copied)
 }

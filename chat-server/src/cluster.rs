@@ -8,6 +8,9 @@
 //! - Presence: a hash per room (`chat:presence:NAME`) with one field per
 //!   (node, user). Lua scripts update it atomically and say whether a user's
 //!   first connection in the cluster arrived or last one left.
+//! - Pub/sub, one channel for every node (`chat:users`): events for all the
+//!   connections of one user (a read marker moved, a room left for good),
+//!   which every node delivers to that user's connections on it.
 //! - Liveness: each node refreshes `chat:node:ID` (15 s TTL) every 5 s. A
 //!   node whose key expired is reaped by one surviving node (a `SET NX`
 //!   lock): its presence fields are removed and `left` is announced.
@@ -31,7 +34,7 @@ use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, UserEvent};
 use crate::rooms::{frame, Rooms};
 use crate::store::{Commit, RoomId, Store, Stored};
 use crate::untrusted::{untrusted, Untrusted};
@@ -75,6 +78,12 @@ enum Envelope {
         except_user: Option<String>,
         event: ServerEvent,
     },
+    /// An event for every connection of `user` (on `chat:users`).
+    User {
+        origin: String,
+        user: String,
+        event: UserEvent,
+    },
     /// The room `room_id` was deleted by an admin on `origin`.
     Deleted {
         origin: String,
@@ -103,6 +112,8 @@ pub struct Cluster {
     subscriptions: mpsc::UnboundedSender<Subscription>,
     /// Set while Redis is unreachable, so the outage is logged once.
     down: AtomicBool,
+    /// User events from other nodes, for the hub to deliver here.
+    user_events: mpsc::Sender<(String, UserEvent)>,
     join_script: Script,
     leave_script: Script,
     reap_script: Script,
@@ -157,8 +168,29 @@ fn check_envelope(envelope: &Envelope, room: &str) -> Result<(), &'static str> {
             }
             Ok(())
         }
+        // On `chat:users`, checked by `check_user_envelope`.
+        Envelope::User { .. } => Err("a user event on a room's channel"),
     }
 }
+
+/// Checks what arrived on [`USERS_CHANNEL`] as [`check_envelope`] does for
+/// rooms.
+fn check_user_envelope(envelope: &Envelope) -> Result<(), &'static str> {
+    let Envelope::User { user, event, .. } = envelope else {
+        return Err("not a user event");
+    };
+    if !is_valid_name(user) {
+        return Err("invalid user name");
+    }
+    let (UserEvent::Read { room, .. } | UserEvent::Forgot { room }) = event;
+    if !is_valid_name(room) {
+        return Err("invalid room name");
+    }
+    Ok(())
+}
+
+/// The channel of user events, which every node subscribes to.
+const USERS_CHANNEL: &str = "chat:users";
 
 fn room_channel(room: &str) -> String {
     format!("chat:room:{room}")
@@ -194,6 +226,7 @@ impl Cluster {
         url: &str,
         rooms: Arc<Rooms>,
         store: Arc<dyn Store>,
+        user_events: mpsc::Sender<(String, UserEvent)>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let client = redis::Client::open(url).map_err(|source| ClusterError::BadUrl {
             url: url.to_owned(),
@@ -227,6 +260,7 @@ impl Cluster {
             publish_full: AtomicBool::new(false),
             subscriptions,
             down: AtomicBool::new(false),
+            user_events,
             join_script: Script::new(&format!(
                 "redis.call('HSET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], '1')
                  redis.call('SADD', KEYS[2], ARGV[3]){COUNT_USER}"
@@ -437,6 +471,25 @@ return absent",
                 return;
             }
         };
+        if channel == USERS_CHANNEL {
+            if let Err(problem) = check_user_envelope(&envelope) {
+                tracing::warn!(problem, "ignoring an invalid cluster user event");
+                return;
+            }
+            if let Envelope::User {
+                origin,
+                user,
+                event,
+            } = envelope
+            {
+                // A full queue (a flood through Redis) drops the event: read
+                // markers are in the store, and the next `welcome` has them.
+                if origin != self.node && self.user_events.try_send((user, event)).is_err() {
+                    tracing::warn!("user events from other nodes are piling up; dropping one");
+                }
+            }
+            return;
+        }
         let room = channel.strip_prefix("chat:room:").unwrap_or_default();
         if let Err(problem) = check_envelope(&envelope, room) {
             tracing::warn!(
@@ -477,6 +530,7 @@ return absent",
                 self.rooms
                     .broadcast(&room, &frame(&event), except_user.as_deref());
             }
+            Envelope::User { .. } => {}
             Envelope::Deleted {
                 origin,
                 room,
@@ -512,7 +566,10 @@ return absent",
                 };
             let (mut sink, mut stream) = pubsub.split();
             let mut subscribed = HashSet::new();
-            let mut healthy = true;
+            // User events are not caught up after an outage: a read marker
+            // is in the store (and in the next `welcome`), and a forgotten
+            // room's other connections keep it until they reconnect.
+            let mut healthy = sink.subscribe(USERS_CHANNEL).await.is_ok();
             for (room, _) in self.rooms.occupied() {
                 if sink.subscribe(room_channel(&room)).await.is_err() {
                     healthy = false;
@@ -815,6 +872,15 @@ impl Fanout for Cluster {
             Commit::Messages(messages) => self.publish_messages(messages),
             Commit::RoomDeleted { name, id, .. } => self.publish_deleted(name, *id),
         }
+    }
+
+    fn to_user(&self, user: &str, event: &UserEvent) {
+        let envelope = Envelope::User {
+            origin: self.node.clone(),
+            user: user.to_owned(),
+            event: event.clone(),
+        };
+        self.queue_publish(USERS_CHANNEL.to_owned(), Self::envelope_text(&envelope));
     }
 
     async fn room_deleted(&self, room: &str) {

@@ -15,9 +15,22 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chat_proto::PresenceState;
+use serde::{Deserialize, Serialize};
 
 use crate::rooms::Rooms;
 use crate::store::{Commit, RoomId};
+
+/// An event for every connection of one user, wherever it is connected
+/// (protocol part 2): another device of theirs moved a read marker, or left
+/// a room for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UserEvent {
+    /// The user's read marker of `room` is now `seq`.
+    Read { room: String, seq: u64 },
+    /// The user left `room` for good: every connection leaves it.
+    Forgot { room: String },
+}
 
 /// Where room events go besides this node's members.
 #[async_trait]
@@ -42,6 +55,9 @@ pub trait Fanout: Send + Sync + 'static {
     /// Bookkeeping after this node deleted a room (its members here were
     /// told when the deletion committed).
     async fn room_deleted(&self, room: &str);
+    /// Carries `event` to the user's connections on the other nodes (this
+    /// node's were told by the hub). Must not wait.
+    fn to_user(&self, user: &str, event: &UserEvent);
 }
 
 /// Fan-out of a single node: everything stays in [`Rooms`].
@@ -88,4 +104,6 @@ impl Fanout for LocalFanout {
     fn publish(&self, _commit: &Commit) {}
 
     async fn room_deleted(&self, _room: &str) {}
+
+    fn to_user(&self, _user: &str, _event: &UserEvent) {}
 }

@@ -16,16 +16,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_proto::limits::close;
-use chat_proto::{MessageRecord, RoomSummary};
+use chat_proto::{AccountRoom, MessageRecord, RoomSummary, ServerEvent};
 use tokio::sync::mpsc;
 
-use crate::fanout::Fanout;
-use crate::rooms::{FillOutcome, GapFill, JoinPoint, Rooms, SessionHandle};
+use crate::fanout::{Fanout, UserEvent};
+use crate::rooms::{frame, FillOutcome, GapFill, JoinPoint, Outbound, Rooms, SessionHandle};
 use crate::store::{
     Appended, Commit, CommitFeed, HistoryPage, RoomId, SessionId, Store, StoreError, Stored,
     UserRecord,
 };
 use crate::untrusted::Untrusted;
+
+/// User events from other nodes waiting to be delivered here; past this,
+/// they are dropped (see `cluster`).
+pub const USER_EVENTS_QUEUE: usize = 4096;
 
 /// Why the hub did not do what was asked, for the session to put in words.
 #[derive(Debug, thiserror::Error)]
@@ -121,20 +125,23 @@ impl Hub {
         rooms: Arc<Rooms>,
         gap_requests: mpsc::UnboundedReceiver<GapFill>,
         fanout: Arc<dyn Fanout>,
+        from_other_nodes: mpsc::Receiver<(String, UserEvent)>,
         limits: RoomLimits,
     ) -> Arc<Hub> {
         tokio::spawn(deliver_commits(feed, rooms.clone(), fanout.clone()));
         tokio::spawn(fill_gaps(gap_requests, store.clone(), rooms.clone()));
         let accounts = Arc::new(Accounts::default());
         tokio::spawn(watch_accounts(store.clone(), Arc::downgrade(&accounts)));
-        Arc::new(Hub {
+        let hub = Arc::new(Hub {
             store,
             rooms,
             fanout,
             accounts,
             limits,
             created: Default::default(),
-        })
+        });
+        tokio::spawn(deliver_user_events(from_other_nodes, Arc::downgrade(&hub)));
+        hub
     }
 
     /// Registers a session that just logged in with `password_hash`, so an
@@ -275,6 +282,12 @@ impl Hub {
                 }
             }
         };
+        // The room becomes one of the account's (part 2), before the join
+        // is answered: a `welcome` on another device lists it from now on.
+        if let Err(err) = self.store.remember_room(&session.user, room_id).await {
+            self.undo_join(room, session.id, &point);
+            return Err(err.into());
+        }
         if point.first_local {
             self.fanout.user_joined(room, &session.user).await;
         }
@@ -303,6 +316,93 @@ impl Hub {
                     self.fanout.user_left(room, user).await;
                 }
                 Ok(())
+            }
+        }
+    }
+
+    // ---- The account's rooms and read markers (part 2). ----
+
+    /// The rooms of `user`'s account, for `welcome`.
+    pub async fn account_rooms(&self, user: &str) -> Result<Vec<AccountRoom>, Refusal> {
+        Ok(self
+            .store
+            .account_rooms(user)
+            .await?
+            .into_iter()
+            .map(|r| AccountRoom {
+                name: r.name,
+                last_seq: r.last_seq,
+                read: r.read,
+                private: false,
+            })
+            .collect())
+    }
+
+    /// Moves the read marker of `session`'s user in `room` forward to `seq`
+    /// (capped at the room's newest); when it moved, the user's other
+    /// connections, on every node, are told.
+    pub async fn read(&self, session: &SessionHandle, room: &str, seq: u64) -> Result<(), Refusal> {
+        let head = self.store.room(room).await?.ok_or(Refusal::NoSuchRoom)?;
+        if let Some(marker) = self.store.mark_read(&session.user, head.id, seq).await? {
+            let event = UserEvent::Read {
+                room: room.to_owned(),
+                seq: marker,
+            };
+            self.to_user_here(&session.user, &event, Some(session.id))
+                .await;
+            self.fanout.to_user(&session.user, &event);
+        }
+        Ok(())
+    }
+
+    /// Removes `room` from the account of `session`'s user; the user's other
+    /// connections, on every node, leave it and are told `left`. (The
+    /// session itself leaves it before asking.)
+    pub async fn forget(&self, session: &SessionHandle, room: &str) -> Result<(), Refusal> {
+        let head = self.store.room(room).await?.ok_or(Refusal::NoSuchRoom)?;
+        self.store.forget_room(&session.user, head.id).await?;
+        let event = UserEvent::Forgot {
+            room: room.to_owned(),
+        };
+        self.to_user_here(&session.user, &event, Some(session.id))
+            .await;
+        self.fanout.to_user(&session.user, &event);
+        Ok(())
+    }
+
+    /// Delivers `event` to `user`'s connections on this node, but `except`.
+    async fn to_user_here(&self, user: &str, event: &UserEvent, except: Option<SessionId>) {
+        let sessions: Vec<Arc<SessionHandle>> = match self.accounts.lock().get(user) {
+            Some(live) => live
+                .iter()
+                .filter(|(s, _)| Some(s.id) != except)
+                .map(|(s, _)| s.clone())
+                .collect(),
+            None => return,
+        };
+        match event {
+            UserEvent::Read { room, seq } => {
+                let frame = frame(&ServerEvent::Read {
+                    room: room.clone(),
+                    seq: *seq,
+                });
+                for session in sessions {
+                    session.push(Outbound::Event(frame.clone()));
+                }
+            }
+            UserEvent::Forgot { room } => {
+                let frame = frame(&ServerEvent::Left {
+                    room: room.clone(),
+                    re: None,
+                });
+                for session in sessions {
+                    // Not a member of it on that connection is fine.
+                    let _ = self.leave(room, session.id, &session.user).await;
+                    session.push(Outbound::Left {
+                        room: room.clone(),
+                        frame: frame.clone(),
+                    });
+                }
             }
         }
     }
@@ -420,6 +520,20 @@ async fn deliver_commits(mut feed: CommitFeed, rooms: Arc<Rooms>, fanout: Arc<dy
             }
         }
         fanout.publish(&commit);
+    }
+}
+
+/// Delivers user events from the other nodes to this node's connections of
+/// their users, while the hub lives.
+async fn deliver_user_events(
+    mut events: mpsc::Receiver<(String, UserEvent)>,
+    hub: std::sync::Weak<Hub>,
+) {
+    while let Some((user, event)) = events.recv().await {
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        hub.to_user_here(&user, &event, None).await;
     }
 }
 

@@ -63,6 +63,9 @@ pub enum Outbound {
     },
     /// Any other event.
     Event(Frame),
+    /// `left` for a room the user left for good from another connection:
+    /// the session stops counting itself a member.
+    Left { room: String, frame: Frame },
     /// Wakes the session to close it (see [`SessionHandle::close`]).
     Close,
 }
@@ -660,7 +663,7 @@ mod tests {
         let mut out = Vec::new();
         for item in rx.take_now().unwrap_or_default() {
             let frame = match item {
-                Outbound::Event(frame) => frame,
+                Outbound::Event(frame) | Outbound::Left { frame, .. } => frame,
                 Outbound::Room {
                     seq: None, frame, ..
                 } => frame,

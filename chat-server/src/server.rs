@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::auth::Auth;
@@ -90,15 +90,25 @@ impl Server {
             })?;
         let (rooms, gap_requests) = Rooms::new();
         let rooms = Arc::new(rooms);
+        // Events for a user's connections, from the other nodes to the hub.
+        let (user_events, from_other_nodes) = mpsc::channel(crate::hub::USER_EVENTS_QUEUE);
         let fanout: Arc<dyn Fanout> = match &config.redis {
-            Some(url) => Cluster::connect(url, rooms.clone(), store.clone()).await?,
+            Some(url) => Cluster::connect(url, rooms.clone(), store.clone(), user_events).await?,
             None => Arc::new(LocalFanout::new(rooms.clone())),
         };
         let limits = RoomLimits {
             max_rooms: config.max_rooms,
             per_user_per_hour: config.room_quota,
         };
-        let hub = Hub::new(store, feed, rooms, gap_requests, fanout, limits);
+        let hub = Hub::new(
+            store,
+            feed,
+            rooms,
+            gap_requests,
+            fanout,
+            from_other_nodes,
+            limits,
+        );
         let (stop, shutdown) = watch::channel(false);
         let state = Arc::new(ServerState {
             config,

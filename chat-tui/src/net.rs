@@ -904,7 +904,11 @@ impl Worker {
                 }
                 let id = self.new_id('l');
                 self.requests.insert(id.clone(), Pending::Other);
-                send(ws, Request::with_id(ClientEvent::Leave { room }, id)).await
+                let leave = ClientEvent::Leave {
+                    room,
+                    forget: false,
+                };
+                send(ws, Request::with_id(leave, id)).await
             }
             NetCommand::Send { id, room, text } => {
                 self.enqueue(id, room, text);
@@ -1122,7 +1126,8 @@ impl Worker {
                 }
                 Ok(())
             }
-            ServerEvent::Welcome { .. } => Ok(()),
+            // This client keeps no read markers (it never sends `read`).
+            ServerEvent::Welcome { .. } | ServerEvent::Read { .. } => Ok(()),
         }
     }
 

@@ -70,6 +70,8 @@ async fn login_and_join(ws: &mut Ws, last_seq: u64, backlog: Vec<MessageRecord>)
             admin: false,
             protocol: 1,
             server: "fake".into(),
+            features: Vec::new(),
+            rooms: Vec::new(),
             re: login.id,
         },
     )
@@ -325,6 +327,8 @@ async fn a_busy_server_is_asked_again_after_a_pause() {
                 admin: false,
                 protocol: 1,
                 server: "fake".into(),
+                features: Vec::new(),
+                rooms: Vec::new(),
                 re: login.id,
             },
         )

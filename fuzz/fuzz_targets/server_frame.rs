@@ -99,7 +99,8 @@ fn answers(frame: &str, logged_in: bool) -> Vec<ServerEvent> {
     }
     let room = match &event {
         ClientEvent::Join { room, .. }
-        | ClientEvent::Leave { room }
+        | ClientEvent::Leave { room, .. }
+        | ClientEvent::Read { room, .. }
         | ClientEvent::Send { room, .. }
         | ClientEvent::History { room, .. }
         | ClientEvent::Typing { room }
@@ -138,9 +139,13 @@ fn answers(frame: &str, logged_in: bool) -> Vec<ServerEvent> {
                 ServerEvent::error(ErrorCode::Forbidden, format!("{room} is full"), id),
             ]
         }
-        ClientEvent::Leave { room } => {
+        ClientEvent::Leave { room, .. } => {
             to_hub_room(&room);
             vec![ServerEvent::Left { room, re: id }]
+        }
+        ClientEvent::Read { room, seq } => {
+            to_hub_room(&room);
+            vec![ServerEvent::Read { room, seq }]
         }
         ClientEvent::Send { room, text } => {
             to_hub_room(&room);
@@ -218,6 +223,8 @@ fn welcome(user: String, re: &Option<String>) -> ServerEvent {
         admin: false,
         protocol: chat_proto::PROTOCOL_VERSION,
         server: "chat-server".into(),
+        features: vec!["read".into()],
+        rooms: Vec::new(),
         re: re.clone(),
     }
 }

@@ -17,6 +17,7 @@ backend_tests! {
     a_room_emptied_on_a_node_then_joined_again_resumes_from_the_store,
     a_deletion_during_a_redis_outage_still_reaches_other_nodes,
     forged_envelopes_from_redis_are_refused_and_skip_nothing,
+    read_markers_and_forgotten_rooms_reach_the_users_devices_on_other_nodes,
 }
 
 struct Cluster {
@@ -318,4 +319,58 @@ async fn forged_envelopes_from_redis_are_refused_and_skip_nothing(backend: Backe
         }
     }
     assert_eq!(seqs(&seen), vec![1, 2, 3, 4]);
+}
+
+async fn read_markers_and_forgotten_rooms_reach_the_users_devices_on_other_nodes(backend: Backend) {
+    let cluster = cluster(backend, 2);
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut laptop = Client::login(&one.url(), "alice", PASSWORD).await;
+    let mut phone = Client::login(&two.url(), "alice", PASSWORD).await;
+    laptop.join("general", None).await;
+    phone.join("general", None).await;
+    laptop.say("general", "one").await;
+    laptop.say("general", "two").await;
+
+    // Read on one node, told on the other; the marker is the store's.
+    laptop
+        .send(json!({"type":"read","room":"general","seq":2}))
+        .await;
+    let read = phone.recv_type("read").await;
+    assert_eq!(read, json!({"type":"read","room":"general","seq":2}));
+    let mut tablet = Client::connect(&two.url()).await;
+    let welcome = tablet
+        .request(json!({"type":"login","user":"alice","password":PASSWORD}))
+        .await;
+    assert_eq!(
+        welcome["rooms"],
+        json!([{"name":"general","last_seq":2,"read":2,"private":false}])
+    );
+
+    // Forgotten on the other node: every device there leaves the room.
+    let left = phone
+        .request(json!({"type":"leave","room":"general","forget":true,"id":"f"}))
+        .await;
+    assert_eq!(left, json!({"type":"left","room":"general","re":"f"}));
+    let told = laptop.recv_type("left").await;
+    assert_eq!(told, json!({"type":"left","room":"general"}));
+    let answer = laptop
+        .request(json!({"type":"send","room":"general","text":"gone?"}))
+        .await;
+    assert_eq!(answer["code"], "not_joined", "{answer}");
+    let told = tablet.recv_type("left").await;
+    assert_eq!(told["room"], "general");
+
+    // What arrives on the users' channel is checked like client input: a
+    // forged event with a room name no client could send is dropped, and
+    // the well-formed one published after it is the next thing delivered.
+    let forged = json!({"kind":"user","origin":"elsewhere","user":"alice",
+                        "event":{"kind":"read","room":"\u{1b}[2Jgeneral","seq":1}});
+    let fine = json!({"kind":"user","origin":"elsewhere","user":"alice",
+                      "event":{"kind":"read","room":"general","seq":1}});
+    cluster.redis.publish("chat:users", &forged.to_string());
+    cluster.redis.publish("chat:users", &fine.to_string());
+    let read = laptop.recv_type("read").await;
+    assert_eq!(read, json!({"type":"read","room":"general","seq":1}));
+    one.wait_for_log("ignoring an invalid cluster user event", 1)
+        .await;
 }

@@ -96,7 +96,18 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything_and_resume_has_no_gap() {
     );
     alice.join("small", None).await;
     alice.say("small", "the only one").await;
-    drop(alice);
+    // A read marker, which the copies keep with the account's rooms.
+    alice
+        .send(json!({"type":"read","room":"big","seq":MESSAGES - 100}))
+        .await;
+    // Requests are answered in order: once the ping is, the marker is stored.
+    alice.request(json!({"type":"ping"})).await;
+    let mut check = Client::connect(&original.url()).await;
+    let welcome = check
+        .request(json!({"type":"login","user":"alice","password":PASSWORD}))
+        .await;
+    assert_eq!(welcome["rooms"][0]["read"], MESSAGES - 100, "{welcome}");
+    drop((alice, check));
     let sqlite = original.scratch().db().to_owned();
     assert!(original.terminate().success());
 
@@ -126,8 +137,19 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything_and_resume_has_no_gap() {
     // SQLite one that went there and back.
     for scratch in [postgres, back] {
         let server = TestServer::start_with(scratch, Options::unlimited());
-        // Password hashes were copied: the old password still works.
-        let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+        // Password hashes were copied: the old password still works. The
+        // account's rooms and read markers came along.
+        let mut alice = Client::connect(&server.url()).await;
+        let welcome = alice
+            .request(json!({"type":"login","user":"alice","password":PASSWORD}))
+            .await;
+        assert_eq!(
+            welcome["rooms"],
+            json!([
+                {"name":"big","last_seq":MESSAGES,"read":MESSAGES - 100,"private":false},
+                {"name":"small","last_seq":1,"read":0,"private":false},
+            ])
+        );
         // A client that had everything up to 9990 resumes: exactly the rest.
         let (joined, missed) = backlog(&mut alice, "big", MESSAGES - 10).await;
         assert_eq!(joined["last_seq"], MESSAGES, "{joined}");

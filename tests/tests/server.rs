@@ -41,11 +41,19 @@ async fn login_welcome_and_failures(backend: Backend) {
     let welcome = c
         .request(json!({"type":"login","user":"alice","password":PASSWORD,"id":"l1"}))
         .await;
+    // Part 1's fields exactly, then part 2's (which part-1 clients ignore):
+    // a new account has no rooms yet.
+    let mut part_2 = welcome.clone();
+    let part_2 = part_2.as_object_mut().unwrap();
+    let features = part_2.remove("features");
+    let rooms = part_2.remove("rooms");
     assert_eq!(
-        welcome,
+        json!(part_2),
         json!({"type":"welcome","user":"alice","admin":false,"protocol":1,
                "server":format!("chat-server {}", env!("CARGO_PKG_VERSION")),"re":"l1"})
     );
+    assert_eq!(features, Some(json!(["read", "rooms_paging"])));
+    assert_eq!(rooms, Some(json!([])));
 
     let admin = Client::login(&url, "root", PASSWORD).await;
     drop(admin);

@@ -8,7 +8,8 @@ use std::time::Instant;
 use chat_proto::limits::{close, DEFAULT_PAGE, JOIN_HISTORY, MAX_PAGE, MAX_ROOMS_PAGE};
 use chat_proto::validate::{is_valid_name, is_valid_password, normalize_text, TextError};
 use chat_proto::{
-    decode_client, ClientEvent, ErrorCode, MessageRecord, Request, ServerEvent, PROTOCOL_VERSION,
+    decode_client, features, ClientEvent, ErrorCode, MessageRecord, Request, ServerEvent,
+    PROTOCOL_VERSION,
 };
 
 use super::{Account, Ending, JoinedRoom, Session};
@@ -75,7 +76,8 @@ impl Session {
         // Every request that names a room: a malformed name is refused first.
         let room = match &event {
             ClientEvent::Join { room, .. }
-            | ClientEvent::Leave { room }
+            | ClientEvent::Leave { room, .. }
+            | ClientEvent::Read { room, .. }
             | ClientEvent::Send { room, .. }
             | ClientEvent::History { room, .. }
             | ClientEvent::Typing { room }
@@ -92,7 +94,13 @@ impl Session {
             }
             ClientEvent::Rooms { after, limit } => self.rooms(after, limit, id).await,
             ClientEvent::Join { room, since } => self.join(&handle, room, since, id).await,
-            ClientEvent::Leave { room } => self.leave(&handle, room, id).await,
+            ClientEvent::Leave { room, forget } => self.leave(&handle, room, forget, id).await,
+            ClientEvent::Read { room, seq } => match self.state.hub.read(&handle, &room, seq).await
+            {
+                // No answer: the other connections of the user are told.
+                Ok(()) => Ok(()),
+                Err(refusal) => self.refused(refusal, &room, id).await,
+            },
             ClientEvent::Send { room, text } => self.send(&handle, room, text, id).await,
             ClientEvent::History {
                 room,
@@ -255,6 +263,12 @@ impl Session {
         password_hash: String,
         id: Option<String>,
     ) -> Result<(), Ending> {
+        // Read first: a login whose rooms cannot be read is refused (the
+        // client retries) rather than welcomed without them.
+        let rooms = match self.state.hub.account_rooms(&user).await {
+            Ok(rooms) => rooms,
+            Err(refusal) => return self.refused(refusal, &user, id).await,
+        };
         tracing::info!(peer = %self.peer, user = %Untrusted(&user), "logged in");
         let handle = Arc::new(SessionHandle::new(self.id, user.as_str().into()));
         self.state.hub.logged_in(&handle, password_hash);
@@ -264,6 +278,10 @@ impl Session {
             admin,
             protocol: PROTOCOL_VERSION,
             server: format!("chat-server {}", env!("CARGO_PKG_VERSION")),
+            features: [features::READ, features::ROOMS_PAGING]
+                .map(String::from)
+                .to_vec(),
+            rooms,
             re: id,
         })
         .await
@@ -381,7 +399,7 @@ impl Session {
             .map(|j| j.room_id)
     }
 
-    fn forget_joined(&mut self, room: &str) {
+    pub(super) fn forget_joined(&mut self, room: &str) {
         self.joined.retain(|j| j.name != room);
     }
 
@@ -446,14 +464,26 @@ impl Session {
         .await
     }
 
+    /// Leaves `room`; with `forget`, also removes it from the account's
+    /// rooms, on every device (then this connection need not be in it).
     async fn leave(
         &mut self,
         handle: &Arc<SessionHandle>,
         room: String,
+        forget: bool,
         id: Option<String>,
     ) -> Result<(), Ending> {
         self.forget_joined(&room);
-        match self.state.hub.leave(&room, self.id, &handle.user).await {
+        let left = self.state.hub.leave(&room, self.id, &handle.user).await;
+        let done = match left {
+            Err(Refusal::NotJoined) if forget => Ok(()),
+            other => other,
+        };
+        let done = match done {
+            Ok(()) if forget => self.state.hub.forget(handle, &room).await,
+            other => other,
+        };
+        match done {
             Ok(()) => self.reply(&ServerEvent::Left { room, re: id }).await,
             Err(refusal) => self.refused(refusal, &room, id).await,
         }

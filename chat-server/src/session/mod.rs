@@ -514,6 +514,10 @@ impl Session {
     fn feed(&mut self, item: Outbound) {
         let frame = match item {
             Outbound::Event(frame) => frame,
+            Outbound::Left { room, frame } => {
+                self.forget_joined(&room);
+                frame
+            }
             // Only a wake-up: the main loop reads why.
             Outbound::Close => return,
             Outbound::Room {

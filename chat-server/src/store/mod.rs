@@ -118,6 +118,24 @@ pub struct RoomRecord {
     pub last_activity: i64,
 }
 
+/// One of an account's rooms: joined from some device and not forgotten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRoomRecord {
+    pub room_id: RoomId,
+    pub name: String,
+    pub last_seq: u64,
+    /// The user's read marker, at most `last_seq`.
+    pub read: u64,
+}
+
+/// One account-room row as `migrate-db` copies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRoomRow {
+    pub user: String,
+    pub room: String,
+    pub read: u64,
+}
+
 /// One page of history, ascending.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
@@ -194,6 +212,26 @@ pub trait Store: Send + Sync + 'static {
     /// announces it, in commit order with messages.
     async fn delete_room(&self, name: &str, requested_by: SessionId) -> Result<RoomId, StoreError>;
 
+    // ---- The account's rooms and read markers. ----
+
+    /// The rooms `user` joined and did not forget, by name, with their read
+    /// markers. Deleted rooms and deleted accounts have none.
+    async fn account_rooms(&self, user: &str) -> Result<Vec<AccountRoomRecord>, StoreError>;
+    /// Adds `room` to the rooms of `user` (nothing when it is there).
+    async fn remember_room(&self, user: &str, room: RoomId) -> Result<(), StoreError>;
+    /// Removes `room` from the rooms of `user`, read marker included.
+    async fn forget_room(&self, user: &str, room: RoomId) -> Result<(), StoreError>;
+    /// Moves the read marker of `user` in `room` forward to `seq`, capped at
+    /// the room's newest `seq` (and adds the room to the account's rooms).
+    /// Returns the new marker when it moved; `None` when it was already
+    /// there or past it. `NoSuchRoom` when the room is gone.
+    async fn mark_read(
+        &self,
+        user: &str,
+        room: RoomId,
+        seq: u64,
+    ) -> Result<Option<u64>, StoreError>;
+
     // ---- Messages. ----
 
     /// Stores a message in the room `room` (by id: a send for a deleted
@@ -239,6 +277,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         room: RoomId,
         messages: &[MessageRecord],
+    ) -> Result<(), StoreError>;
+
+    /// Every account-room row, by user then room (for `migrate-db`).
+    async fn all_account_rooms(&self) -> Result<Vec<AccountRoomRow>, StoreError>;
+    /// Adds an account-room row as given (for `migrate-db`).
+    async fn import_account_room(
+        &self,
+        user: &str,
+        room: RoomId,
+        read: u64,
     ) -> Result<(), StoreError>;
 
     /// Finishes every queued write, then stops. Later calls get `Closed`

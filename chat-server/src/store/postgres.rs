@@ -77,8 +77,8 @@ use tokio::time::timeout;
 
 use super::jobs::{answer, Outcome, WriteJob};
 use super::{
-    now_ms, Appended, Commit, Durability, HistoryPage, RoomHead, RoomId, RoomRecord, SessionId,
-    Store, StoreError, Stored, UserRecord,
+    now_ms, AccountRoomRecord, AccountRoomRow, Appended, Commit, Durability, HistoryPage, RoomHead,
+    RoomId, RoomRecord, SessionId, Store, StoreError, Stored, UserRecord,
 };
 
 type PgError = tokio_postgres::Error;
@@ -173,7 +173,23 @@ const MIGRATIONS: &[&str] = &[
      END $$;
      CREATE TRIGGER users_changed AFTER UPDATE OR DELETE ON users
          FOR EACH STATEMENT EXECUTE FUNCTION bump_account_changes();",
+    // The account's rooms and read markers (protocol part 2). Rows go with
+    // their account or room through the foreign keys, whoever deletes (the
+    // server, the admin commands). The primary key serves an account's
+    // lookups; the index, the cascade from a deleted room.
+    "CREATE TABLE account_rooms (
+         user_name text NOT NULL
+             CONSTRAINT account_rooms_user_fkey REFERENCES users (name) ON DELETE CASCADE,
+         room_id bigint NOT NULL
+             CONSTRAINT account_rooms_room_fkey REFERENCES rooms (id) ON DELETE CASCADE,
+         read_seq bigint NOT NULL DEFAULT 0 CHECK (read_seq >= 0),
+         PRIMARY KEY (user_name, room_id)
+     );
+     CREATE INDEX account_rooms_by_room ON account_rooms (room_id);",
 ];
+
+/// The foreign key from `account_rooms` to `rooms` (see [`MARK_READ`]).
+const ACCOUNT_ROOMS_ROOM_FKEY: &str = "account_rooms_room_fkey";
 
 /// Why the schema could not be brought up to date.
 enum MigrateError {
@@ -645,6 +661,47 @@ const READ_RANGE: &str = "SELECT seq, \"user\", text, ts FROM messages
 
 const IMPORT_MESSAGES: &str = "INSERT INTO messages (room_id, seq, \"user\", text, ts)
      SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[])";
+
+/// `COLLATE "C"`: bytewise, as SQLite orders them.
+const ACCOUNT_ROOMS: &str = "SELECT r.id, r.name, r.last_seq, a.read_seq
+     FROM account_rooms a JOIN rooms r ON r.id = a.room_id
+     WHERE a.user_name = $1
+     ORDER BY r.name COLLATE \"C\"";
+
+const REMEMBER_ROOM: &str = "INSERT INTO account_rooms (user_name, room_id) VALUES ($1, $2)
+     ON CONFLICT (user_name, room_id) DO NOTHING";
+
+const FORGET_ROOM: &str = "DELETE FROM account_rooms WHERE user_name = $1 AND room_id = $2";
+
+/// Moves a read marker forward in one statement: the room's row caps the
+/// target (no row: no such room, no answer), the row is added when missing
+/// and raised only when below the target. Answers the target, and whether
+/// the marker moved: raised, or added above 0 (a new row starts at 0).
+/// Concurrent calls for one row serialize on it, and each sees the other's
+/// marker before comparing.
+const MARK_READ: &str = "WITH room AS (
+         SELECT LEAST(last_seq, $3::bigint) AS target FROM rooms WHERE id = $2::bigint
+     ), marked AS (
+         INSERT INTO account_rooms AS a (user_name, room_id, read_seq)
+         SELECT $1::text, $2::bigint, target FROM room
+         ON CONFLICT (user_name, room_id) DO UPDATE SET read_seq = excluded.read_seq
+             WHERE a.read_seq < excluded.read_seq
+         RETURNING 1
+     )
+     SELECT target, target > 0 AND EXISTS (SELECT 1 FROM marked) FROM room";
+
+const ALL_ACCOUNT_ROOMS: &str = "SELECT a.user_name, r.name, a.read_seq
+     FROM account_rooms a JOIN rooms r ON r.id = a.room_id
+     ORDER BY a.user_name COLLATE \"C\", r.name COLLATE \"C\"";
+
+const IMPORT_ACCOUNT_ROOM: &str =
+    "INSERT INTO account_rooms (user_name, room_id, read_seq) VALUES ($1, $2, $3)";
+
+/// A foreign key refused the row: its account or room is gone (or went
+/// while the statement ran).
+fn is_foreign_key_violation(err: &PgError) -> bool {
+    err.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION)
+}
 
 fn user_from_row(row: &Row) -> Result<UserRecord, PgError> {
     Ok(UserRecord {
@@ -1744,6 +1801,134 @@ impl Store for PostgresStore {
                 let statement = conn.prepare_cached(IMPORT_MESSAGES).await?;
                 conn.execute(&statement, &[&room.0, &seqs, &users, &texts, &stamps])
                     .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn account_rooms(&self, user: &str) -> Result<Vec<AccountRoomRecord>, StoreError> {
+        let user = user.to_owned();
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(ACCOUNT_ROOMS).await?;
+                let rows = conn.query(&statement, &[&user]).await?;
+                let rooms = rows
+                    .iter()
+                    .map(|row| {
+                        let last_seq = from_db(row.try_get(2)?);
+                        let read = from_db(row.try_get(3)?);
+                        Ok(AccountRoomRecord {
+                            room_id: RoomId(row.try_get(0)?),
+                            name: row.try_get(1)?,
+                            last_seq,
+                            read: read.min(last_seq),
+                        })
+                    })
+                    .collect::<Result<_, PgError>>()?;
+                Ok(rooms)
+            })
+        })
+        .await
+    }
+
+    async fn remember_room(&self, user: &str, room: RoomId) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(REMEMBER_ROOM).await?;
+                match conn.execute(&statement, &[&user, &room.0]).await {
+                    // The account or the room is gone: its rows went with
+                    // it, this one would have too.
+                    Err(err) if is_foreign_key_violation(&err) => Ok(()),
+                    Err(err) => Err(err.into()),
+                    Ok(_) => Ok(()),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn forget_room(&self, user: &str, room: RoomId) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(FORGET_ROOM).await?;
+                conn.execute(&statement, &[&user, &room.0]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        user: &str,
+        room: RoomId,
+        seq: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let user = user.to_owned();
+        let seq = to_db(seq);
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(MARK_READ).await?;
+                let row = match conn.query_opt(&statement, &[&user, &room.0, &seq]).await {
+                    Ok(row) => row,
+                    Err(err) if is_foreign_key_violation(&err) => {
+                        let constraint = err.as_db_error().and_then(|db| db.constraint());
+                        if constraint == Some(ACCOUNT_ROOMS_ROOM_FKEY) {
+                            // Deleted after the statement read it.
+                            return Err(StoreError::NoSuchRoom.into());
+                        }
+                        // The account is gone: no marker to move.
+                        return Ok(None);
+                    }
+                    Err(err) => return Err(err.into()),
+                };
+                let Some(row) = row else {
+                    return Err(StoreError::NoSuchRoom.into());
+                };
+                let target = from_db(row.try_get(0)?);
+                let moved: bool = row.try_get(1)?;
+                Ok(moved.then_some(target))
+            })
+        })
+        .await
+    }
+
+    async fn all_account_rooms(&self) -> Result<Vec<AccountRoomRow>, StoreError> {
+        self.with_conn(ANSWER_TIMEOUT, |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(ALL_ACCOUNT_ROOMS).await?;
+                let rows = conn.query(&statement, &[]).await?;
+                let rows = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(AccountRoomRow {
+                            user: row.try_get(0)?,
+                            room: row.try_get(1)?,
+                            read: from_db(row.try_get(2)?),
+                        })
+                    })
+                    .collect::<Result<_, PgError>>()?;
+                Ok(rows)
+            })
+        })
+        .await
+    }
+
+    async fn import_account_room(
+        &self,
+        user: &str,
+        room: RoomId,
+        read: u64,
+    ) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        let read = to_db(read);
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(IMPORT_ACCOUNT_ROOM).await?;
+                conn.execute(&statement, &[&user, &room.0, &read]).await?;
                 Ok(())
             })
         })

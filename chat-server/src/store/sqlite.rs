@@ -30,8 +30,8 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::jobs::{answer, Outcome, WriteJob};
 use super::{
-    now_ms, page_range, Appended, Commit, Durability, HistoryPage, RoomHead, RoomId, RoomRecord,
-    SessionId, Store, StoreError, Stored, UserRecord,
+    now_ms, page_range, AccountRoomRecord, AccountRoomRow, Appended, Commit, Durability,
+    HistoryPage, RoomHead, RoomId, RoomRecord, SessionId, Store, StoreError, Stored, UserRecord,
 };
 
 /// Most jobs folded into one transaction.
@@ -110,6 +110,24 @@ fn migrations() -> Migrations<'static> {
              END;
              CREATE TRIGGER users_deleted AFTER DELETE ON users BEGIN
                  UPDATE account_changes SET version = version + 1 WHERE id = 1;
+             END;",
+        ),
+        // The account's rooms and read markers (protocol part 2). Rows go
+        // with their room or account, by triggers: every writer (the
+        // server, the admin commands) deletes through them.
+        M::up(
+            "CREATE TABLE account_rooms (
+                 user TEXT NOT NULL,
+                 room_id INTEGER NOT NULL,
+                 read_seq INTEGER NOT NULL DEFAULT 0,
+                 PRIMARY KEY (user, room_id)
+             ) WITHOUT ROWID;
+             CREATE INDEX account_rooms_by_room ON account_rooms (room_id);
+             CREATE TRIGGER rooms_deleted_from_accounts AFTER DELETE ON rooms BEGIN
+                 DELETE FROM account_rooms WHERE room_id = OLD.id;
+             END;
+             CREATE TRIGGER users_deleted_from_rooms AFTER DELETE ON users BEGIN
+                 DELETE FROM account_rooms WHERE user = OLD.name;
              END;",
         ),
     ])
@@ -759,6 +777,133 @@ impl Store for SqliteStore {
             for m in &messages {
                 insert.execute(params![room.0, m.seq, m.user, m.text, m.ts])?;
             }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn account_rooms(&self, user: &str) -> Result<Vec<AccountRoomRecord>, StoreError> {
+        let user = user.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT r.id, r.name, r.last_seq, a.read_seq
+                 FROM account_rooms a JOIN rooms r ON r.id = a.room_id
+                 WHERE a.user = ?1 ORDER BY r.name",
+            )?;
+            let rows = stmt.query_map([&user], |row| {
+                let last_seq: u64 = row.get(2)?;
+                let read: u64 = row.get(3)?;
+                Ok(AccountRoomRecord {
+                    room_id: RoomId(row.get(0)?),
+                    name: row.get(1)?,
+                    last_seq,
+                    read: read.min(last_seq),
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn remember_room(&self, user: &str, room: RoomId) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        // Most joins are of rooms the account has: a read then, not a
+        // write transaction (and its sync) per join.
+        let known = user.clone();
+        let remembered = self
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT 1 FROM account_rooms WHERE user = ?1 AND room_id = ?2")?
+                    .exists(params![known, room.0])?)
+            })
+            .await?;
+        if remembered {
+            return Ok(());
+        }
+        self.write_alone(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO account_rooms (user, room_id) VALUES (?1, ?2)",
+                params![user, room.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn forget_room(&self, user: &str, room: RoomId) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.write_alone(move |tx| {
+            tx.execute(
+                "DELETE FROM account_rooms WHERE user = ?1 AND room_id = ?2",
+                params![user, room.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        user: &str,
+        room: RoomId,
+        seq: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let user = user.to_owned();
+        self.write_alone(move |tx| {
+            let last_seq: Option<u64> = tx
+                .query_row(
+                    "SELECT last_seq FROM rooms WHERE id = ?1",
+                    [room.0],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let last_seq = last_seq.ok_or(StoreError::NoSuchRoom)?;
+            let target = seq.min(last_seq);
+            tx.execute(
+                "INSERT OR IGNORE INTO account_rooms (user, room_id) VALUES (?1, ?2)",
+                params![user, room.0],
+            )?;
+            let moved = tx.execute(
+                "UPDATE account_rooms SET read_seq = ?3
+                 WHERE user = ?1 AND room_id = ?2 AND read_seq < ?3",
+                params![user, room.0, target],
+            )?;
+            Ok((moved > 0).then_some(target))
+        })
+        .await
+    }
+
+    async fn all_account_rooms(&self) -> Result<Vec<AccountRoomRow>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT a.user, r.name, a.read_seq
+                 FROM account_rooms a JOIN rooms r ON r.id = a.room_id
+                 ORDER BY a.user, r.name",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(AccountRoomRow {
+                    user: row.get(0)?,
+                    room: row.get(1)?,
+                    read: row.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn import_account_room(
+        &self,
+        user: &str,
+        room: RoomId,
+        read: u64,
+    ) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.write_alone(move |tx| {
+            tx.execute(
+                "INSERT INTO account_rooms (user, room_id, read_seq) VALUES (?1, ?2, ?3)",
+                params![user, room.0, read],
+            )?;
             Ok(())
         })
         .await
