@@ -177,6 +177,7 @@ pub async fn join(ws: &mut Ws, room: &str) -> Result<u64> {
         &Request::new(ClientEvent::Join {
             room: room.into(),
             since: None,
+            private: false,
         }),
     )
     .await?;

@@ -57,7 +57,14 @@ pub enum ClientEvent {
         room: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// Create the room as private when it does not exist (part 2).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        private: bool,
     },
+    /// Make `user` a member of the private room `room` (part 2).
+    Invite { room: String, user: String },
+    /// Open the direct conversation with `user` (part 2).
+    Dm { user: String },
     /// Leave a joined room. With `forget`, also remove it from the
     /// account's rooms (part 2), on every device.
     Leave {
@@ -193,6 +200,14 @@ pub enum ServerEvent {
         room: String,
         seq: u64,
     },
+    /// `user` became a member of the private room `room`, invited by `by`.
+    Invited {
+        room: String,
+        user: String,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<String>,
+    },
     Presence {
         room: String,
         user: String,
@@ -249,6 +264,8 @@ pub enum ErrorCode {
     /// The server cannot take this request now (too many logins waiting):
     /// try again in a moment. The connection stays open.
     Busy,
+    /// The request named a user that does not exist (part 2).
+    NoSuchUser,
 }
 
 impl ErrorCode {
@@ -268,6 +285,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::Busy => "busy",
+            ErrorCode::NoSuchUser => "no_such_user",
         }
     }
 }

@@ -26,4 +26,8 @@ pub mod features {
     pub const READ: &str = "read";
     /// `rooms` with `after` and `limit`, and `has_more`.
     pub const ROOMS_PAGING: &str = "rooms_paging";
+    /// `join` with `private`, and `invite`.
+    pub const PRIVATE: &str = "private";
+    /// `dm`.
+    pub const DM: &str = "dm";
 }

@@ -30,6 +30,27 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
+/// The room of the direct conversation between users `a` and `b` (part
+/// 2): the two names sorted bytewise, joined by `+`, which no user or room
+/// name contains.
+pub fn dm_room(a: &str, b: &str) -> String {
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    format!("{first}+{second}")
+}
+
+/// The two users of a direct-conversation room name, when `room` is one:
+/// two different valid names, sorted, joined by `+`.
+pub fn dm_users(room: &str) -> Option<(&str, &str)> {
+    let (a, b) = room.split_once('+')?;
+    (is_valid_name(a) && is_valid_name(b) && a < b).then_some((a, b))
+}
+
+/// True when `room` may name a room in a request: a valid name, or a
+/// direct conversation's.
+pub fn is_valid_room(room: &str) -> bool {
+    is_valid_name(room) || dm_users(room).is_some()
+}
+
 /// True when `id` may be used as a request id.
 pub fn is_valid_id(id: &str) -> bool {
     id.chars().count() <= MAX_ID_CHARS
@@ -78,6 +99,26 @@ pub fn is_forbidden_control(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn direct_conversations_have_one_name_per_pair() {
+        assert_eq!(dm_room("bob", "alice"), "alice+bob");
+        assert_eq!(dm_room("alice", "bob"), "alice+bob");
+        assert_eq!(dm_users("alice+bob"), Some(("alice", "bob")));
+        // Unsorted, one user twice, a third part, bad names: not a DM.
+        for room in [
+            "bob+alice",
+            "alice+alice",
+            "a+b+c",
+            "+bob",
+            "alice+",
+            "al ice+bob",
+        ] {
+            assert_eq!(dm_users(room), None, "{room}");
+            assert!(!is_valid_room(room), "{room}");
+        }
+        assert!(is_valid_room("general") && is_valid_room("alice+bob"));
+    }
+
     use super::*;
 
     #[test]

@@ -44,13 +44,37 @@ fn client_events_decode_from_the_documented_json() {
             Request::new(ClientEvent::Join {
                 room: "general".into(),
                 since: None,
+                private: false,
             }),
+        ),
+        (
+            r#"{"type":"join","room":"ops","private":true}"#,
+            Request::new(ClientEvent::Join {
+                room: "ops".into(),
+                since: None,
+                private: true,
+            }),
+        ),
+        (
+            r#"{"type":"invite","room":"ops","user":"bob","id":"i1"}"#,
+            Request::with_id(
+                ClientEvent::Invite {
+                    room: "ops".into(),
+                    user: "bob".into(),
+                },
+                "i1",
+            ),
+        ),
+        (
+            r#"{"type":"dm","user":"bob"}"#,
+            Request::new(ClientEvent::Dm { user: "bob".into() }),
         ),
         (
             r#"{"type":"join","room":"general","since":41}"#,
             Request::new(ClientEvent::Join {
                 room: "general".into(),
                 since: Some(41),
+                private: false,
             }),
         ),
         (
@@ -157,6 +181,24 @@ fn server_events_encode_to_the_documented_json() {
                 seq: 120,
             },
             json!({"type":"read","room":"general","seq":120}),
+        ),
+        (
+            ServerEvent::Invited {
+                room: "ops".into(),
+                user: "bob".into(),
+                by: "alice".into(),
+                re: Some("i1".into()),
+            },
+            json!({"type":"invited","room":"ops","user":"bob","by":"alice","re":"i1"}),
+        ),
+        (
+            ServerEvent::Invited {
+                room: "alice+bob".into(),
+                user: "bob".into(),
+                by: "alice".into(),
+                re: None,
+            },
+            json!({"type":"invited","room":"alice+bob","user":"bob","by":"alice"}),
         ),
         (
             ServerEvent::Rooms {
@@ -308,6 +350,7 @@ fn every_error_code_has_its_documented_name() {
         (ErrorCode::RateLimited, "rate_limited"),
         (ErrorCode::Internal, "internal"),
         (ErrorCode::Busy, "busy"),
+        (ErrorCode::NoSuchUser, "no_such_user"),
     ];
     for (code, name) in codes {
         assert_eq!(wire(&code), json!(name));

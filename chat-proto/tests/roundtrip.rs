@@ -30,8 +30,13 @@ fn client_event() -> impl Strategy<Value = ClientEvent> {
             proptest::option::of(any::<u64>())
         )
             .prop_map(|(after, limit)| ClientEvent::Rooms { after, limit }),
-        (text(), proptest::option::of(any::<u64>()))
-            .prop_map(|(room, since)| ClientEvent::Join { room, since }),
+        (text(), proptest::option::of(any::<u64>())).prop_map(|(room, since)| ClientEvent::Join {
+            room,
+            since,
+            private: false
+        }),
+        (text(), text()).prop_map(|(room, user)| ClientEvent::Invite { room, user }),
+        text().prop_map(|user| ClientEvent::Dm { user }),
         (text(), any::<bool>()).prop_map(|(room, forget)| ClientEvent::Leave { room, forget }),
         (text(), any::<u64>()).prop_map(|(room, seq)| ClientEvent::Read { room, seq }),
         (text(), text()).prop_map(|(room, text)| ClientEvent::Send { room, text }),

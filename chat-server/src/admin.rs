@@ -194,7 +194,7 @@ async fn copy_store(source: &dyn Store, target: &dyn Store) -> Result<Copied> {
         let after = rooms
             .last()
             .map(|r: &crate::store::RoomRecord| r.name.clone());
-        let page = source.list_rooms(after.as_deref(), COPY_PAGE).await?;
+        let page = source.list_rooms(after.as_deref(), COPY_PAGE, None).await?;
         let done = page.len() < COPY_PAGE;
         rooms.extend(page);
         if done {

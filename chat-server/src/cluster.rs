@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_proto::validate::{is_valid_name, normalize_text};
+use chat_proto::validate::{is_valid_name, is_valid_room, normalize_text};
 use chat_proto::{MessageRecord, PresenceState, ServerEvent};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
@@ -128,7 +128,9 @@ fn check_envelope(envelope: &Envelope, room: &str) -> Result<(), &'static str> {
             Err(what)
         }
     };
-    name(room, "not a room's channel")?;
+    if !is_valid_room(room) {
+        return Err("not a room's channel");
+    }
     match envelope {
         Envelope::Message { message, .. } => {
             if message.room != room {
@@ -182,9 +184,16 @@ fn check_user_envelope(envelope: &Envelope) -> Result<(), &'static str> {
     if !is_valid_name(user) {
         return Err("invalid user name");
     }
-    let (UserEvent::Read { room, .. } | UserEvent::Forgot { room }) = event;
-    if !is_valid_name(room) {
+    let (UserEvent::Read { room, .. }
+    | UserEvent::Forgot { room }
+    | UserEvent::Invited { room, .. }) = event;
+    if !is_valid_room(room) {
         return Err("invalid room name");
+    }
+    if let UserEvent::Invited { by, .. } = event {
+        if !is_valid_name(by) {
+            return Err("invalid user name");
+        }
     }
     Ok(())
 }

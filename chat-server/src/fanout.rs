@@ -30,6 +30,8 @@ pub enum UserEvent {
     Read { room: String, seq: u64 },
     /// The user left `room` for good: every connection leaves it.
     Forgot { room: String },
+    /// The user became a member of the private room `room`, by `by`.
+    Invited { room: String, by: String },
 }
 
 /// Where room events go besides this node's members.

@@ -22,10 +22,11 @@ use tokio::sync::mpsc;
 use crate::fanout::{Fanout, UserEvent};
 use crate::rooms::{frame, FillOutcome, GapFill, JoinPoint, Outbound, Rooms, SessionHandle};
 use crate::store::{
-    Appended, Commit, CommitFeed, HistoryPage, RoomId, SessionId, Store, StoreError, Stored,
-    UserRecord,
+    Appended, Commit, CommitFeed, HistoryPage, RoomHead, RoomId, SessionId, Store, StoreError,
+    Stored, UserRecord,
 };
 use crate::untrusted::Untrusted;
+use chat_proto::validate::{dm_room, dm_users};
 
 /// User events from other nodes waiting to be delivered here; past this,
 /// they are dropped (see `cluster`).
@@ -48,6 +49,16 @@ pub enum Refusal {
     /// The server holds as many rooms as it may.
     #[error("too many rooms")]
     TooManyRooms(u64),
+    /// A private room (or direct conversation) of which the user is not a
+    /// member, or a request its members may not make.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The request named a user that does not exist.
+    #[error("no such user")]
+    NoSuchUser,
+    /// A request that cannot be made as asked.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     /// The store failed (logged where it happened); nothing was done, or
     /// for a send nothing was acknowledged.
     #[error("store unavailable: {0}")]
@@ -59,6 +70,7 @@ impl From<StoreError> for Refusal {
         match err {
             StoreError::NoSuchRoom => Refusal::NoSuchRoom,
             StoreError::UserExists => Refusal::UserExists,
+            StoreError::NoSuchUser => Refusal::NoSuchUser,
             other => Refusal::Unavailable(other),
         }
     }
@@ -196,12 +208,18 @@ impl Hub {
     /// A page of rooms in name order after `after` (at most `limit`), each
     /// with its newest message and how many are online, and whether more
     /// follow.
+    /// The rooms `viewer` may see, in name order (private rooms only when
+    /// a member).
     pub async fn rooms(
         &self,
+        viewer: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<RoomSummary>, bool), Refusal> {
-        let mut stored = self.store.list_rooms(after, limit + 1).await?;
+        let mut stored = self
+            .store
+            .list_rooms(after, limit + 1, Some(viewer))
+            .await?;
         let has_more = stored.len() > limit;
         stored.truncate(limit);
         let counts: HashMap<String, u64> = self.fanout.member_counts().await;
@@ -247,16 +265,37 @@ impl Hub {
 
     /// Makes `session` a member of `room` (created if needed) and announces
     /// the user's arrival when it is their first connection there.
-    pub async fn join(&self, session: &Arc<SessionHandle>, room: &str) -> Result<Joined, Refusal> {
+    pub async fn join(
+        &self,
+        session: &Arc<SessionHandle>,
+        room: &str,
+        private: bool,
+    ) -> Result<Joined, Refusal> {
         // A deletion (and re-creation) of the room can race the steps below;
         // then they are simply taken again.
         let mut attempts = 0;
         if self.store.room(room).await?.is_none() {
+            // Direct conversations are opened with `dm`, which makes both
+            // users members.
+            if dm_users(room).is_some() {
+                return Err(Refusal::NoSuchRoom);
+            }
             self.may_create_room(&session.user).await?;
+            if private {
+                // With its creator as member, in one transaction. When
+                // another join created the room first, that one stands
+                // (and says who may enter).
+                self.store
+                    .create_private_room(room, &[&session.user])
+                    .await?;
+            }
         }
         let (room_id, point) = loop {
             attempts += 1;
             let head = self.store.open_room(room).await?;
+            if head.private && !self.store.is_member(&session.user, head.id).await? {
+                return Err(Refusal::Forbidden("the room is private"));
+            }
             let Some(point) = self.rooms.join(room, head.id, session, head.last_seq) else {
                 continue;
             };
@@ -320,6 +359,102 @@ impl Hub {
         }
     }
 
+    // ---- Private rooms and direct conversations (part 2). ----
+
+    /// Refuses `user` when `room` is private and they are not a member.
+    async fn may_read(&self, user: &str, room: &RoomHead) -> Result<(), Refusal> {
+        if room.private && !self.store.is_member(user, room.id).await? {
+            return Err(Refusal::Forbidden("the room is private"));
+        }
+        Ok(())
+    }
+
+    /// Refuses `user` when `room` is private and they are not a member
+    /// (nothing to say about a room that does not exist).
+    pub async fn may_enter(&self, user: &str, room: &str) -> Result<(), Refusal> {
+        match self.store.room(room).await? {
+            Some(head) => self.may_read(user, &head).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Makes `user` a member of the private room `room`, at the request of
+    /// `session`'s user, a member; `user`'s connections, on every node, are
+    /// told.
+    pub async fn invite(
+        &self,
+        session: &SessionHandle,
+        room: &str,
+        user: &str,
+    ) -> Result<(), Refusal> {
+        let head = self.store.room(room).await?.ok_or(Refusal::NoSuchRoom)?;
+        self.may_read(&session.user, &head).await?;
+        if dm_users(room).is_some() {
+            return Err(Refusal::Forbidden(
+                "nobody can be invited into a direct conversation",
+            ));
+        }
+        if !head.private {
+            return Err(Refusal::BadRequest(
+                "only private rooms take invitations: anyone may join this one",
+            ));
+        }
+        if self.store.find_user(user).await?.is_none() {
+            return Err(Refusal::NoSuchUser);
+        }
+        self.store.remember_room(user, head.id).await?;
+        let event = UserEvent::Invited {
+            room: room.to_owned(),
+            by: session.user.to_string(),
+        };
+        self.to_user_here(user, &event, None).await;
+        self.fanout.to_user(user, &event);
+        Ok(())
+    }
+
+    /// Opens the direct conversation of `session`'s user with `user`,
+    /// creating it (both members) the first time; returns its room name.
+    /// `user`'s connections are told when they become a member.
+    pub async fn dm(&self, session: &SessionHandle, user: &str) -> Result<String, Refusal> {
+        if user == &*session.user {
+            return Err(Refusal::BadRequest(
+                "a direct conversation needs another user",
+            ));
+        }
+        if self.store.find_user(user).await?.is_none() {
+            return Err(Refusal::NoSuchUser);
+        }
+        let room = dm_room(&session.user, user);
+        let newly_theirs = match self.store.room(&room).await? {
+            None => {
+                let created = self
+                    .store
+                    .create_private_room(&room, &[&session.user, user])
+                    .await?;
+                // Raced with the other user's `dm`: theirs made us both
+                // members.
+                created.is_some()
+            }
+            Some(head) => {
+                // Either of the two may have left it for good: the first
+                // `dm` again brings each back.
+                let theirs = self.store.is_member(user, head.id).await?;
+                self.store.remember_room(&session.user, head.id).await?;
+                self.store.remember_room(user, head.id).await?;
+                !theirs
+            }
+        };
+        if newly_theirs {
+            let event = UserEvent::Invited {
+                room: room.clone(),
+                by: session.user.to_string(),
+            };
+            self.to_user_here(user, &event, None).await;
+            self.fanout.to_user(user, &event);
+        }
+        Ok(room)
+    }
+
     // ---- The account's rooms and read markers (part 2). ----
 
     /// The rooms of `user`'s account, for `welcome`.
@@ -333,7 +468,7 @@ impl Hub {
                 name: r.name,
                 last_seq: r.last_seq,
                 read: r.read,
-                private: false,
+                private: r.private,
             })
             .collect())
     }
@@ -343,6 +478,7 @@ impl Hub {
     /// connections, on every node, are told.
     pub async fn read(&self, session: &SessionHandle, room: &str, seq: u64) -> Result<(), Refusal> {
         let head = self.store.room(room).await?.ok_or(Refusal::NoSuchRoom)?;
+        self.may_read(&session.user, &head).await?;
         if let Some(marker) = self.store.mark_read(&session.user, head.id, seq).await? {
             let event = UserEvent::Read {
                 room: room.to_owned(),
@@ -385,6 +521,17 @@ impl Hub {
                 let frame = frame(&ServerEvent::Read {
                     room: room.clone(),
                     seq: *seq,
+                });
+                for session in sessions {
+                    session.push(Outbound::Event(frame.clone()));
+                }
+            }
+            UserEvent::Invited { room, by } => {
+                let frame = frame(&ServerEvent::Invited {
+                    room: room.clone(),
+                    user: user.to_owned(),
+                    by: by.clone(),
+                    re: None,
                 });
                 for session in sessions {
                     session.push(Outbound::Event(frame.clone()));
@@ -439,10 +586,13 @@ impl Hub {
     /// A page of history before `before` (the newest page without it).
     pub async fn history(
         &self,
+        viewer: &str,
         room: &str,
         before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, Refusal> {
+        let head = self.store.room(room).await?.ok_or(Refusal::NoSuchRoom)?;
+        self.may_read(viewer, &head).await?;
         Ok(self.store.history(room, before, limit).await?)
     }
 

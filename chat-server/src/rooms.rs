@@ -61,6 +61,9 @@ pub enum Outbound {
         seq: Option<u64>,
         frame: Frame,
     },
+    /// A `presence` or `typing` of one room: dropped by a session that has
+    /// left the room by the time it would write it.
+    RoomEvent { room_id: RoomId, frame: Frame },
     /// Any other event.
     Event(Frame),
     /// `left` for a room the user left for good from another connection:
@@ -227,7 +230,10 @@ impl RoomState {
     fn fan_out(&self, frame: &Frame, except_user: Option<&str>) {
         for member in &self.members {
             if except_user != Some(&*member.user) {
-                member.push(Outbound::Event(frame.clone()));
+                member.push(Outbound::RoomEvent {
+                    room_id: self.room_id,
+                    frame: frame.clone(),
+                });
             }
         }
     }
@@ -663,7 +669,9 @@ mod tests {
         let mut out = Vec::new();
         for item in rx.take_now().unwrap_or_default() {
             let frame = match item {
-                Outbound::Event(frame) | Outbound::Left { frame, .. } => frame,
+                Outbound::Event(frame)
+                | Outbound::Left { frame, .. }
+                | Outbound::RoomEvent { frame, .. } => frame,
                 Outbound::Room {
                     seq: None, frame, ..
                 } => frame,

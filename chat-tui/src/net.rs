@@ -883,6 +883,7 @@ impl Worker {
         let join = ClientEvent::Join {
             room: room.to_owned(),
             since,
+            private: false,
         };
         send(ws, Request::with_id(join, id)).await
     }
@@ -1126,8 +1127,11 @@ impl Worker {
                 }
                 Ok(())
             }
-            // This client keeps no read markers (it never sends `read`).
-            ServerEvent::Welcome { .. } | ServerEvent::Read { .. } => Ok(()),
+            // This client keeps no read markers (it never sends `read`), and
+            // opens only the rooms of its configuration.
+            ServerEvent::Welcome { .. }
+            | ServerEvent::Read { .. }
+            | ServerEvent::Invited { .. } => Ok(()),
         }
     }
 

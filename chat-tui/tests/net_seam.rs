@@ -77,7 +77,7 @@ async fn login_and_join(ws: &mut Ws, last_seq: u64, backlog: Vec<MessageRecord>)
     )
     .await;
     let join = recv(ws).await;
-    let ClientEvent::Join { room, since } = join.event else {
+    let ClientEvent::Join { room, since, .. } = join.event else {
         panic!("expected join, got {join:?}");
     };
     assert_eq!(room, "general");

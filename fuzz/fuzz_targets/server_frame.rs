@@ -15,7 +15,7 @@
 //! 3. logged out (`account` is `None`): `login` (`is_valid_name` decides
 //!    whether the store is asked), `register` (`is_valid_name`, then
 //!    `is_valid_password`), anything else `auth_required`;
-//! 4. logged in: a room name is checked with `is_valid_name` first; then
+//! 4. logged in: a room name is checked with `is_valid_room` first; then
 //!    `rooms` and `history` refuse `limit: 0` and clamp the rest, `send`
 //!    applies `normalize_text` (`too_large` or `bad_request`).
 //!
@@ -35,7 +35,7 @@
 
 use chat_proto::limits::{DEFAULT_PAGE, MAX_FRAME_BYTES, MAX_PAGE, MAX_ROOMS_PAGE, MAX_TEXT_BYTES};
 use chat_proto::validate::{
-    is_valid_id, is_valid_name, is_valid_password, normalize_text, TextError,
+    is_valid_id, is_valid_name, is_valid_password, is_valid_room, normalize_text, TextError,
 };
 use chat_proto::{
     decode_client, decode_server, encode, ClientEvent, ErrorCode, MessageRecord, Request,
@@ -45,7 +45,7 @@ use libfuzzer_sys::fuzz_target;
 
 /// A room name the hub may be given.
 fn to_hub_room(room: &str) {
-    assert!(is_valid_name(room), "{room:?} would reach the hub");
+    assert!(is_valid_room(room), "{room:?} would reach the hub");
 }
 
 /// A `limit` as the server computes it: refused at 0, else clamped.
@@ -107,7 +107,7 @@ fn answers(frame: &str, logged_in: bool) -> Vec<ServerEvent> {
         | ClientEvent::DeleteRoom { room } => Some(room),
         _ => None,
     };
-    if room.is_some_and(|room| !is_valid_name(room)) {
+    if room.is_some_and(|room| !is_valid_room(room)) {
         return error(ErrorCode::InvalidName, "room names are ...", &id);
     }
     match event {
@@ -126,7 +126,7 @@ fn answers(frame: &str, logged_in: bool) -> Vec<ServerEvent> {
                 re: id,
             }]
         }
-        ClientEvent::Join { room, since } => {
+        ClientEvent::Join { room, since, .. } => {
             to_hub_room(&room);
             let last_seq = since.unwrap_or(0);
             vec![
@@ -213,6 +213,21 @@ fn answers(frame: &str, logged_in: bool) -> Vec<ServerEvent> {
             to_hub_room(&room);
             vec![ServerEvent::RoomDeleted { room, re: id }]
         }
+        ClientEvent::Invite { room, user } => {
+            to_hub_room(&room);
+            vec![ServerEvent::Invited {
+                room,
+                user,
+                by: "alice".into(),
+                re: id,
+            }]
+        }
+        ClientEvent::Dm { user } => vec![ServerEvent::Invited {
+            room: chat_proto::validate::dm_room("alice", &user),
+            user,
+            by: "alice".into(),
+            re: id,
+        }],
         ClientEvent::Ping => vec![ServerEvent::Pong { re: id }],
     }
 }

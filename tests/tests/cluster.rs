@@ -18,6 +18,7 @@ backend_tests! {
     a_deletion_during_a_redis_outage_still_reaches_other_nodes,
     forged_envelopes_from_redis_are_refused_and_skip_nothing,
     read_markers_and_forgotten_rooms_reach_the_users_devices_on_other_nodes,
+    direct_and_private_conversations_cross_nodes,
 }
 
 struct Cluster {
@@ -373,4 +374,52 @@ async fn read_markers_and_forgotten_rooms_reach_the_users_devices_on_other_nodes
     assert_eq!(read, json!({"type":"read","room":"general","seq":1}));
     one.wait_for_log("ignoring an invalid cluster user event", 1)
         .await;
+}
+
+async fn direct_and_private_conversations_cross_nodes(backend: Backend) {
+    let cluster = cluster(backend, 2);
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut alice = Client::login(&one.url(), "alice", PASSWORD).await;
+    let mut bob = Client::login(&two.url(), "bob", PASSWORD).await;
+    let mut carol = Client::login(&two.url(), "carol", PASSWORD).await;
+
+    // A direct conversation opened on one node reaches the other user on
+    // the other, and its messages cross in both directions.
+    let joined = alice.request(json!({"type":"dm","user":"bob"})).await;
+    assert_eq!(joined["room"], "alice+bob", "{joined}");
+    alice.recv_type("history").await;
+    let told = bob.recv_type("invited").await;
+    assert_eq!(
+        told,
+        json!({"type":"invited","room":"alice+bob","user":"bob","by":"alice"})
+    );
+    bob.join("alice+bob", None).await;
+    let ack = alice.say("alice+bob", "from node one").await;
+    let seen = bob
+        .messages_until("alice+bob", ack["seq"].as_u64().unwrap())
+        .await;
+    assert_eq!(seen.last().unwrap()["text"], "from node one");
+    let ack = bob.say("alice+bob", "from node two").await;
+    let seen = alice
+        .messages_until("alice+bob", ack["seq"].as_u64().unwrap())
+        .await;
+    assert_eq!(seen.last().unwrap()["text"], "from node two");
+
+    // A private room: the invitation crosses nodes, non-members are
+    // refused on either node.
+    let joined = alice
+        .request(json!({"type":"join","room":"ops","private":true}))
+        .await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    let answer = carol.request(json!({"type":"join","room":"ops"})).await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+    alice
+        .request(json!({"type":"invite","room":"ops","user":"carol"}))
+        .await;
+    let told = carol.recv_type("invited").await;
+    assert_eq!(told["room"], "ops");
+    let (joined, _) = carol.join("ops", None).await;
+    assert_eq!(joined["members"], json!(["alice", "carol"]));
+    let answer = bob.request(json!({"type":"history","room":"ops"})).await;
+    assert_eq!(answer["code"], "forbidden", "{answer}");
 }

@@ -52,7 +52,10 @@ async fn login_welcome_and_failures(backend: Backend) {
         json!({"type":"welcome","user":"alice","admin":false,"protocol":1,
                "server":format!("chat-server {}", env!("CARGO_PKG_VERSION")),"re":"l1"})
     );
-    assert_eq!(features, Some(json!(["read", "rooms_paging"])));
+    assert_eq!(
+        features,
+        Some(json!(["read", "rooms_paging", "private", "dm"]))
+    );
     assert_eq!(rooms, Some(json!([])));
 
     let admin = Client::login(&url, "root", PASSWORD).await;

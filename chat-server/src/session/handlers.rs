@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chat_proto::limits::{close, DEFAULT_PAGE, JOIN_HISTORY, MAX_PAGE, MAX_ROOMS_PAGE};
-use chat_proto::validate::{is_valid_name, is_valid_password, normalize_text, TextError};
+use chat_proto::validate::{
+    is_valid_name, is_valid_password, is_valid_room, normalize_text, TextError,
+};
 use chat_proto::{
     decode_client, features, ClientEvent, ErrorCode, MessageRecord, Request, ServerEvent,
     PROTOCOL_VERSION,
@@ -78,13 +80,15 @@ impl Session {
             ClientEvent::Join { room, .. }
             | ClientEvent::Leave { room, .. }
             | ClientEvent::Read { room, .. }
+            | ClientEvent::Invite { room, .. }
             | ClientEvent::Send { room, .. }
             | ClientEvent::History { room, .. }
             | ClientEvent::Typing { room }
             | ClientEvent::DeleteRoom { room } => Some(room),
             _ => None,
         };
-        if room.is_some_and(|room| !is_valid_name(room)) {
+        // A direct conversation's name (`alice+bob`) is a room name too.
+        if room.is_some_and(|room| !is_valid_room(room)) {
             return self.invalid_room(id).await;
         }
         match event {
@@ -93,7 +97,45 @@ impl Session {
                     .await
             }
             ClientEvent::Rooms { after, limit } => self.rooms(after, limit, id).await,
-            ClientEvent::Join { room, since } => self.join(&handle, room, since, id).await,
+            ClientEvent::Join {
+                room,
+                since,
+                private,
+            } => self.join(&handle, room, since, private, id).await,
+            ClientEvent::Invite { room, user } => {
+                if !is_valid_name(&user) {
+                    return self.invalid_user(id).await;
+                }
+                match self.state.hub.invite(&handle, &room, &user).await {
+                    Ok(()) => {
+                        let by = handle.user.to_string();
+                        self.reply(&ServerEvent::Invited {
+                            room,
+                            user,
+                            by,
+                            re: id,
+                        })
+                        .await
+                    }
+                    Err(refusal) => {
+                        let subject = match refusal {
+                            Refusal::NoSuchUser => user,
+                            _ => room,
+                        };
+                        self.refused(refusal, &subject, id).await
+                    }
+                }
+            }
+            ClientEvent::Dm { user } => {
+                if !is_valid_name(&user) {
+                    return self.invalid_user(id).await;
+                }
+                match self.state.hub.dm(&handle, &user).await {
+                    // Answered as a join of the conversation's room.
+                    Ok(room) => self.join(&handle, room, None, false, id).await,
+                    Err(refusal) => self.refused(refusal, &user, id).await,
+                }
+            }
             ClientEvent::Leave { room, forget } => self.leave(&handle, room, forget, id).await,
             ClientEvent::Read { room, seq } => match self.state.hub.read(&handle, &room, seq).await
             {
@@ -109,9 +151,7 @@ impl Session {
             } => self.history(room, before, limit, id).await,
             ClientEvent::Typing { room } => {
                 let Some(room_id) = self.joined_room(&room) else {
-                    return self
-                        .error(ErrorCode::NotJoined, format!("join {room} first"), id)
-                        .await;
+                    return self.not_joined(&handle, &room, "join it first", id).await;
                 };
                 self.state.hub.typing(&room, room_id, &handle.user).await;
                 Ok(())
@@ -278,9 +318,14 @@ impl Session {
             admin,
             protocol: PROTOCOL_VERSION,
             server: format!("chat-server {}", env!("CARGO_PKG_VERSION")),
-            features: [features::READ, features::ROOMS_PAGING]
-                .map(String::from)
-                .to_vec(),
+            features: [
+                features::READ,
+                features::ROOMS_PAGING,
+                features::PRIVATE,
+                features::DM,
+            ]
+            .map(String::from)
+            .to_vec(),
             rooms,
             re: id,
         })
@@ -298,6 +343,9 @@ impl Session {
         let (code, message) = match refusal {
             Refusal::NoSuchRoom => (ErrorCode::NoSuchRoom, format!("there is no room {subject}")),
             Refusal::NotJoined => (ErrorCode::NotJoined, format!("you are not in {subject}")),
+            Refusal::Forbidden(why) => (ErrorCode::Forbidden, format!("{subject}: {why}")),
+            Refusal::NoSuchUser => (ErrorCode::NoSuchUser, format!("there is no user {subject}")),
+            Refusal::BadRequest(why) => (ErrorCode::BadRequest, why.to_owned()),
             Refusal::DeletedWhileJoining => (
                 ErrorCode::NoSuchRoom,
                 "the room was deleted while joining".to_owned(),
@@ -342,7 +390,9 @@ impl Session {
             }
             Some(n) => n.min(MAX_ROOMS_PAGE as u64) as usize,
         };
-        match self.state.hub.rooms(after.as_deref(), limit).await {
+        let viewer = self.account.as_ref().map(|a| a.handle.user.clone());
+        let viewer = viewer.as_deref().unwrap_or_default();
+        match self.state.hub.rooms(viewer, after.as_deref(), limit).await {
             Ok((rooms, has_more)) => {
                 self.reply(&ServerEvent::Rooms {
                     rooms,
@@ -360,9 +410,10 @@ impl Session {
         handle: &Arc<SessionHandle>,
         room: String,
         since: Option<u64>,
+        private: bool,
         id: Option<String>,
     ) -> Result<(), Ending> {
-        let joined = match self.state.hub.join(handle, &room).await {
+        let joined = match self.state.hub.join(handle, &room, private).await {
             Ok(joined) => joined,
             Err(refusal) => return self.refused(refusal, &room, id).await,
         };
@@ -455,6 +506,34 @@ impl Session {
         .await
     }
 
+    /// The answer to a request for a room this connection is not in:
+    /// `forbidden` when the room is private and the user not a member (it
+    /// is none of their business), `not_joined` otherwise.
+    async fn not_joined(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        room: &str,
+        advice: &str,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        match self.state.hub.may_enter(&handle.user, room).await {
+            Ok(()) => {
+                let message = format!("you are not in {room}: {advice}");
+                self.error(ErrorCode::NotJoined, message, id).await
+            }
+            Err(refusal) => self.refused(refusal, room, id).await,
+        }
+    }
+
+    async fn invalid_user(&mut self, id: Option<String>) -> Result<(), Ending> {
+        self.error(
+            ErrorCode::InvalidName,
+            "user names are 1 to 32 characters from A-Z a-z 0-9 _ - .",
+            id,
+        )
+        .await
+    }
+
     async fn invalid_room(&mut self, id: Option<String>) -> Result<(), Ending> {
         self.error(
             ErrorCode::InvalidName,
@@ -500,11 +579,7 @@ impl Session {
             Some(room_id) => room_id,
             None => {
                 return self
-                    .error(
-                        ErrorCode::NotJoined,
-                        format!("join {room} before sending to it"),
-                        id,
-                    )
+                    .not_joined(handle, &room, "join it before sending to it", id)
                     .await
             }
         };
@@ -551,7 +626,7 @@ impl Session {
         limit: Option<u64>,
         id: Option<String>,
     ) -> Result<(), Ending> {
-        if !is_valid_name(&room) {
+        if !is_valid_room(&room) {
             return self.invalid_room(id).await;
         }
         let limit = match limit {
@@ -563,7 +638,9 @@ impl Session {
             }
             Some(n) => n.min(MAX_PAGE as u64) as usize,
         };
-        match self.state.hub.history(&room, before, limit).await {
+        let viewer = self.account.as_ref().map(|a| a.handle.user.clone());
+        let viewer = viewer.as_deref().unwrap_or_default();
+        match self.state.hub.history(viewer, &room, before, limit).await {
             Ok(page) => {
                 self.reply(&ServerEvent::History {
                     room,

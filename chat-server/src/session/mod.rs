@@ -514,6 +514,12 @@ impl Session {
     fn feed(&mut self, item: Outbound) {
         let frame = match item {
             Outbound::Event(frame) => frame,
+            Outbound::RoomEvent { room_id, frame } => {
+                if !self.joined.iter().any(|j| j.room_id == room_id) {
+                    return;
+                }
+                frame
+            }
             Outbound::Left { room, frame } => {
                 self.forget_joined(&room);
                 frame

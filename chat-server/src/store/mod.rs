@@ -63,6 +63,8 @@ pub struct RoomHead {
     pub id: RoomId,
     /// Newest `seq` stored (0: no messages yet).
     pub last_seq: u64,
+    /// Only its members (the account rooms that hold it) may see it.
+    pub private: bool,
 }
 
 /// Where and when a message was stored.
@@ -114,6 +116,7 @@ pub struct RoomRecord {
     pub id: RoomId,
     pub name: String,
     pub last_seq: u64,
+    pub private: bool,
     /// Time of the newest message (or of creation), milliseconds.
     pub last_activity: i64,
 }
@@ -126,6 +129,7 @@ pub struct AccountRoomRecord {
     pub last_seq: u64,
     /// The user's read marker, at most `last_seq`.
     pub read: u64,
+    pub private: bool,
 }
 
 /// One account-room row as `migrate-db` copies it.
@@ -200,12 +204,23 @@ pub trait Store: Send + Sync + 'static {
     async fn open_room(&self, name: &str) -> Result<RoomHead, StoreError>;
     /// The room's head, or `None` when it does not exist.
     async fn room(&self, name: &str) -> Result<Option<RoomHead>, StoreError>;
-    /// Rooms in name order (bytewise), those after `after`, at most `limit`.
+    /// Rooms in name order (bytewise), those after `after`, at most
+    /// `limit`. With `viewer`, only the rooms that user may see: every
+    /// public room, and the private ones among the user's account rooms.
     async fn list_rooms(
         &self,
         after: Option<&str>,
         limit: usize,
+        viewer: Option<&str>,
     ) -> Result<Vec<RoomRecord>, StoreError>;
+    /// Creates the private room `name` with `members` (the account rooms of
+    /// each), in one transaction. `None` when a room of that name exists
+    /// (nothing is changed then).
+    async fn create_private_room(
+        &self,
+        name: &str,
+        members: &[&str],
+    ) -> Result<Option<RoomHead>, StoreError>;
     /// Number of rooms.
     async fn count_rooms(&self) -> Result<u64, StoreError>;
     /// Deletes a room and its history; `NoSuchRoom` when absent. The feed
@@ -217,8 +232,12 @@ pub trait Store: Send + Sync + 'static {
     /// The rooms `user` joined and did not forget, by name, with their read
     /// markers. Deleted rooms and deleted accounts have none.
     async fn account_rooms(&self, user: &str) -> Result<Vec<AccountRoomRecord>, StoreError>;
-    /// Adds `room` to the rooms of `user` (nothing when it is there).
+    /// Adds `room` to the rooms of `user` (nothing when it is there). For a
+    /// private room this makes the user a member.
     async fn remember_room(&self, user: &str, room: RoomId) -> Result<(), StoreError>;
+    /// Whether `room` is one of the rooms of `user` (for a private room:
+    /// whether the user is a member).
+    async fn is_member(&self, user: &str, room: RoomId) -> Result<bool, StoreError>;
     /// Removes `room` from the rooms of `user`, read marker included.
     async fn forget_room(&self, user: &str, room: RoomId) -> Result<(), StoreError>;
     /// Moves the read marker of `user` in `room` forward to `seq`, capped at

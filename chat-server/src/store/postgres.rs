@@ -186,10 +186,16 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (user_name, room_id)
      );
      CREATE INDEX account_rooms_by_room ON account_rooms (room_id);",
+    // Private rooms and direct messages: their members are the accounts
+    // whose rooms hold them.
+    "ALTER TABLE rooms ADD COLUMN private boolean NOT NULL DEFAULT false;",
 ];
 
 /// The foreign key from `account_rooms` to `rooms` (see [`MARK_READ`]).
 const ACCOUNT_ROOMS_ROOM_FKEY: &str = "account_rooms_room_fkey";
+/// The foreign key from `account_rooms` to `users` (see
+/// [`CREATE_PRIVATE_ROOM`]).
+const ACCOUNT_ROOMS_USER_FKEY: &str = "account_rooms_user_fkey";
 
 /// Why the schema could not be brought up to date.
 enum MigrateError {
@@ -615,7 +621,23 @@ const CREATE_ROOM: &str = "INSERT INTO rooms (name, last_activity) VALUES ($1, $
 /// Run as its own statement after [`CREATE_ROOM`]: a statement's snapshot
 /// predates the statement, so one that also read the room would miss a
 /// room another node created meanwhile (which made the insert do nothing).
-const ROOM_HEAD: &str = "SELECT id, last_seq FROM rooms WHERE name = $1";
+const ROOM_HEAD: &str = "SELECT id, last_seq, private FROM rooms WHERE name = $1";
+
+/// Creates a private room and its members' account rooms in one statement
+/// (atomic on its own): `$1` the name, `$2` the time, `$3` the members.
+/// No row: a room of that name exists, and nothing changed. A member that
+/// is not a user fails the whole statement on `account_rooms_user_fkey`.
+const CREATE_PRIVATE_ROOM: &str = "WITH r AS (
+         INSERT INTO rooms (name, last_seq, last_activity, private)
+         VALUES ($1, 0, $2, true)
+         ON CONFLICT (name) DO NOTHING
+         RETURNING id, last_seq
+     ), m AS (
+         INSERT INTO account_rooms (user_name, room_id)
+         SELECT u, r.id FROM r, unnest($3::text[]) AS u
+         ON CONFLICT DO NOTHING
+     )
+     SELECT id, last_seq FROM r";
 
 const CREATE_USER: &str =
     "INSERT INTO users (name, password_hash, admin, created_at) VALUES ($1, $2, $3, $4)
@@ -640,8 +662,12 @@ const FIND_USER: &str = "SELECT name, password_hash, admin, created_at FROM user
 const LIST_USERS: &str =
     "SELECT name, password_hash, admin, created_at FROM users ORDER BY name COLLATE \"C\"";
 
-const LIST_ROOMS: &str = "SELECT id, name, last_seq, last_activity FROM rooms
-     WHERE $1::text IS NULL OR name COLLATE \"C\" > $1
+/// With a viewer (`$3`), only the public rooms and the private ones among
+/// the viewer's account rooms.
+const LIST_ROOMS: &str = "SELECT id, name, last_seq, last_activity, private FROM rooms
+     WHERE ($1::text IS NULL OR name COLLATE \"C\" > $1)
+       AND ($3::text IS NULL OR NOT private OR EXISTS (
+            SELECT 1 FROM account_rooms a WHERE a.user_name = $3 AND a.room_id = rooms.id))
      ORDER BY name COLLATE \"C\" LIMIT $2";
 
 /// A history page in one round trip: the room's row gives the page's end
@@ -663,13 +689,16 @@ const IMPORT_MESSAGES: &str = "INSERT INTO messages (room_id, seq, \"user\", tex
      SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[])";
 
 /// `COLLATE "C"`: bytewise, as SQLite orders them.
-const ACCOUNT_ROOMS: &str = "SELECT r.id, r.name, r.last_seq, a.read_seq
+const ACCOUNT_ROOMS: &str = "SELECT r.id, r.name, r.last_seq, a.read_seq, r.private
      FROM account_rooms a JOIN rooms r ON r.id = a.room_id
      WHERE a.user_name = $1
      ORDER BY r.name COLLATE \"C\"";
 
 const REMEMBER_ROOM: &str = "INSERT INTO account_rooms (user_name, room_id) VALUES ($1, $2)
      ON CONFLICT (user_name, room_id) DO NOTHING";
+
+const IS_MEMBER: &str =
+    "SELECT EXISTS (SELECT 1 FROM account_rooms WHERE user_name = $1 AND room_id = $2)";
 
 const FORGET_ROOM: &str = "DELETE FROM account_rooms WHERE user_name = $1 AND room_id = $2";
 
@@ -720,6 +749,7 @@ async fn room_head(conn: &ClientWrapper, name: &str) -> Result<Option<RoomHead>,
     Ok(Some(RoomHead {
         id: RoomId(row.try_get(0)?),
         last_seq: from_db(row.try_get(1)?),
+        private: row.try_get(2)?,
     }))
 }
 
@@ -1076,9 +1106,12 @@ fn read_replies(
             }
             (Step::RoomHead(index), Reply::Rows(rows)) => {
                 rare[index] = Some(match rows.first() {
+                    // Public when this batch created it; a room of that
+                    // name that already existed keeps what it is.
                     Some(row) => Outcome::Opened(RoomHead {
                         id: RoomId(row.try_get(0)?),
                         last_seq: from_db(row.try_get(1)?),
+                        private: row.try_get(2)?,
                     }),
                     // Deleted by another node between the two statements.
                     None => Outcome::Refused(StoreError::NoSuchRoom),
@@ -1606,13 +1639,15 @@ impl Store for PostgresStore {
         &self,
         after: Option<&str>,
         limit: usize,
+        viewer: Option<&str>,
     ) -> Result<Vec<RoomRecord>, StoreError> {
         let after = after.map(str::to_owned);
+        let viewer = viewer.map(str::to_owned);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_conn(ANSWER_TIMEOUT, move |conn| {
             Box::pin(async move {
                 let statement = conn.prepare_cached(LIST_ROOMS).await?;
-                let rows = conn.query(&statement, &[&after, &limit]).await?;
+                let rows = conn.query(&statement, &[&after, &limit, &viewer]).await?;
                 let rooms = rows
                     .iter()
                     .map(|row| {
@@ -1620,11 +1655,50 @@ impl Store for PostgresStore {
                             id: RoomId(row.try_get(0)?),
                             name: row.try_get(1)?,
                             last_seq: from_db(row.try_get(2)?),
+                            private: row.try_get(4)?,
                             last_activity: row.try_get(3)?,
                         })
                     })
                     .collect::<Result<_, PgError>>()?;
                 Ok(rooms)
+            })
+        })
+        .await
+    }
+
+    async fn create_private_room(
+        &self,
+        name: &str,
+        members: &[&str],
+    ) -> Result<Option<RoomHead>, StoreError> {
+        let name = name.to_owned();
+        let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        let ts = now_ms();
+        // One statement: write_alone's connection runs no transaction.
+        self.write_alone(move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(CREATE_PRIVATE_ROOM).await?;
+                let row = match conn.query_opt(&statement, &[&name, &ts, &members]).await {
+                    Ok(row) => row,
+                    Err(err) if is_foreign_key_violation(&err) => {
+                        let constraint = err.as_db_error().and_then(|db| db.constraint());
+                        if constraint == Some(ACCOUNT_ROOMS_USER_FKEY) {
+                            // A member is not (or no longer) a user: the
+                            // room was not created either.
+                            return Err(StoreError::NoSuchUser.into());
+                        }
+                        return Err(err.into());
+                    }
+                    Err(err) => return Err(err.into()),
+                };
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                Ok(Some(RoomHead {
+                    id: RoomId(row.try_get(0)?),
+                    last_seq: from_db(row.try_get(1)?),
+                    private: true,
+                }))
             })
         })
         .await
@@ -1772,9 +1846,15 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 let row = conn
                     .query_one(
-                        "INSERT INTO rooms (name, last_seq, last_activity) VALUES ($1, $2, $3)
+                        "INSERT INTO rooms (name, last_seq, last_activity, private)
+                         VALUES ($1, $2, $3, $4)
                          RETURNING id",
-                        &[&room.name, &to_db(room.last_seq), &room.last_activity],
+                        &[
+                            &room.name,
+                            &to_db(room.last_seq),
+                            &room.last_activity,
+                            &room.private,
+                        ],
                     )
                     .await?;
                 Ok(RoomId(row.try_get(0)?))
@@ -1823,6 +1903,7 @@ impl Store for PostgresStore {
                             name: row.try_get(1)?,
                             last_seq,
                             read: read.min(last_seq),
+                            private: row.try_get(4)?,
                         })
                     })
                     .collect::<Result<_, PgError>>()?;
@@ -1844,6 +1925,18 @@ impl Store for PostgresStore {
                     Err(err) => Err(err.into()),
                     Ok(_) => Ok(()),
                 }
+            })
+        })
+        .await
+    }
+
+    async fn is_member(&self, user: &str, room: RoomId) -> Result<bool, StoreError> {
+        let user = user.to_owned();
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(IS_MEMBER).await?;
+                let row = conn.query_one(&statement, &[&user, &room.0]).await?;
+                Ok(row.try_get(0)?)
             })
         })
         .await

@@ -130,6 +130,9 @@ fn migrations() -> Migrations<'static> {
                  DELETE FROM account_rooms WHERE user = OLD.name;
              END;",
         ),
+        // Private rooms and direct messages: their members are the
+        // accounts whose rooms hold them.
+        M::up("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0;"),
     ])
 }
 
@@ -275,11 +278,12 @@ fn insert_user(conn: &Connection, user: &UserRecord) -> Result<(), StoreError> {
 
 fn room_head(conn: &Connection, name: &str) -> Result<Option<RoomHead>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT id, last_seq FROM rooms WHERE name = ?1")?
+        .prepare_cached("SELECT id, last_seq, private FROM rooms WHERE name = ?1")?
         .query_row([name], |row| {
             Ok(RoomHead {
                 id: RoomId(row.get(0)?),
                 last_seq: row.get(1)?,
+                private: row.get(2)?,
             })
         })
         .optional()?)
@@ -642,20 +646,26 @@ impl Store for SqliteStore {
         &self,
         after: Option<&str>,
         limit: usize,
+        viewer: Option<&str>,
     ) -> Result<Vec<RoomRecord>, StoreError> {
         let after = after.map(str::to_owned);
+        let viewer = viewer.map(str::to_owned);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |conn| {
             // BINARY collation: byte order, as PostgreSQL's "C".
             let mut stmt = conn.prepare_cached(
-                "SELECT id, name, last_seq, last_activity FROM rooms
-                 WHERE ?1 IS NULL OR name > ?1 ORDER BY name LIMIT ?2",
+                "SELECT id, name, last_seq, last_activity, private FROM rooms r
+                 WHERE (?1 IS NULL OR name > ?1)
+                   AND (?3 IS NULL OR NOT private OR EXISTS (
+                        SELECT 1 FROM account_rooms a WHERE a.user = ?3 AND a.room_id = r.id))
+                 ORDER BY name LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![after, limit], |row| {
+            let rows = stmt.query_map(params![after, limit, viewer], |row| {
                 Ok(RoomRecord {
                     id: RoomId(row.get(0)?),
                     name: row.get(1)?,
                     last_seq: row.get(2)?,
+                    private: row.get(4)?,
                     last_activity: row.get(3)?,
                 })
             })?;
@@ -754,9 +764,9 @@ impl Store for SqliteStore {
         let room = room.clone();
         self.write_alone(move |tx| {
             let id = tx.query_row(
-                "INSERT INTO rooms (name, last_seq, last_activity) VALUES (?1, ?2, ?3)
+                "INSERT INTO rooms (name, last_seq, last_activity, private) VALUES (?1, ?2, ?3, ?4)
                  RETURNING id",
-                params![room.name, room.last_seq, room.last_activity],
+                params![room.name, room.last_seq, room.last_activity, room.private],
                 |row| row.get(0),
             )?;
             Ok(RoomId(id))
@@ -786,7 +796,7 @@ impl Store for SqliteStore {
         let user = user.to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT r.id, r.name, r.last_seq, a.read_seq
+                "SELECT r.id, r.name, r.last_seq, a.read_seq, r.private
                  FROM account_rooms a JOIN rooms r ON r.id = a.room_id
                  WHERE a.user = ?1 ORDER BY r.name",
             )?;
@@ -798,6 +808,7 @@ impl Store for SqliteStore {
                     name: row.get(1)?,
                     last_seq,
                     read: read.min(last_seq),
+                    private: row.get(4)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -826,6 +837,44 @@ impl Store for SqliteStore {
                 params![user, room.0],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn is_member(&self, user: &str, room: RoomId) -> Result<bool, StoreError> {
+        let user = user.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM account_rooms WHERE user = ?1 AND room_id = ?2")?
+                .exists(params![user, room.0])?)
+        })
+        .await
+    }
+
+    async fn create_private_room(
+        &self,
+        name: &str,
+        members: &[&str],
+    ) -> Result<Option<RoomHead>, StoreError> {
+        let name = name.to_owned();
+        let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+        self.write_alone(move |tx| {
+            let created = tx.execute(
+                "INSERT INTO rooms (name, last_seq, last_activity, private) VALUES (?1, 0, ?2, 1)
+                 ON CONFLICT(name) DO NOTHING",
+                params![name, now_ms()],
+            )?;
+            if created == 0 {
+                return Ok(None);
+            }
+            let head = room_head(tx, &name)?.ok_or(StoreError::NoSuchRoom)?;
+            for member in &members {
+                tx.execute(
+                    "INSERT OR IGNORE INTO account_rooms (user, room_id) VALUES (?1, ?2)",
+                    params![member, head.id.0],
+                )?;
+            }
+            Ok(Some(head))
         })
         .await
     }
