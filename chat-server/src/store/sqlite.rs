@@ -817,20 +817,12 @@ impl Store for SqliteStore {
     }
 
     async fn remember_room(&self, user: &str, room: RoomId) -> Result<(), StoreError> {
-        let user = user.to_owned();
         // Most joins are of rooms the account has: a read then, not a
         // write transaction (and its sync) per join.
-        let known = user.clone();
-        let remembered = self
-            .read(move |conn| {
-                Ok(conn
-                    .prepare_cached("SELECT 1 FROM account_rooms WHERE user = ?1 AND room_id = ?2")?
-                    .exists(params![known, room.0])?)
-            })
-            .await?;
-        if remembered {
+        if self.is_member(user, room).await? {
             return Ok(());
         }
+        let user = user.to_owned();
         self.write_alone(move |tx| {
             tx.execute(
                 "INSERT OR IGNORE INTO account_rooms (user, room_id) VALUES (?1, ?2)",
