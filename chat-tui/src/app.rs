@@ -8,8 +8,8 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use chat_proto::validate::{is_valid_name, normalize_text, TextError};
-use chat_proto::{ErrorCode, MessageRecord, PresenceState, RoomSummary};
+use chat_proto::validate::{dm_room, dm_users, is_valid_name, normalize_text, TextError};
+use chat_proto::{AccountRoom, ErrorCode, MessageRecord, PresenceState, RoomSummary};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
 
@@ -130,6 +130,11 @@ pub struct Room {
     pub anchor: Option<Pos>,
     /// Messages that arrived below the view while scrolled back.
     pub unseen_below: usize,
+    /// Only its members see it (a private room, or a direct conversation).
+    pub private: bool,
+    /// The read marker as the server has it (sent by this client, or moved
+    /// by another device of the user).
+    pub read: u64,
 }
 
 impl Room {
@@ -150,6 +155,18 @@ impl Room {
             pending: Vec::new(),
             anchor: None,
             unseen_below: 0,
+            private: false,
+            read: 0,
+        }
+    }
+
+    /// How the room is named on screen for `me`: a direct conversation as
+    /// `@` and the other user, a private room with a `*` in front.
+    pub fn label(&self, me: &str) -> String {
+        match dm_users(&self.name) {
+            Some((a, b)) => format!("@{}", if a == me { b } else { a }),
+            None if self.private => format!("*{}", self.name),
+            None => self.name.clone(),
         }
     }
 
@@ -380,6 +397,64 @@ impl App {
         }
     }
 
+    /// Opens the account's rooms (from `welcome`) that are not open yet,
+    /// with their unread counts; returns the joins to send.
+    pub fn open_account_rooms(&mut self, rooms: &[AccountRoom]) -> Vec<NetCommand> {
+        let mut joins = Vec::new();
+        for account in rooms {
+            if self.room_index(&account.name).is_some() {
+                continue;
+            }
+            let mut room = Room::new(account.name.clone());
+            room.private = account.private;
+            room.read = account.read;
+            room.unread = usize::try_from(account.last_seq.saturating_sub(account.read))
+                .unwrap_or(usize::MAX);
+            if room.unread > 0 {
+                room.first_unread = Some(account.read + 1);
+            }
+            self.rooms.push(room);
+            joins.push(NetCommand::Join {
+                room: account.name.clone(),
+            });
+        }
+        joins
+    }
+
+    /// The read marker to send, when the user is looking at the newest
+    /// message of the current room and the server's marker is behind it.
+    pub fn read_to_send(&mut self) -> Option<Action> {
+        if self.link != Link::Connected || self.overlay.is_some() {
+            return None;
+        }
+        let room = self.rooms.get_mut(self.current)?;
+        let newest = room.newest_seq()?;
+        if !room.joined || room.anchor.is_some() || newest <= room.read {
+            return None;
+        }
+        room.read = newest;
+        Some(Action::Net(NetCommand::Read {
+            room: room.name.clone(),
+            seq: newest,
+        }))
+    }
+
+    /// Another device of the user read `room` up to `seq`.
+    fn read_elsewhere(&mut self, room_index: usize, seq: u64) {
+        let is_current = room_index == self.current;
+        let room = &mut self.rooms[room_index];
+        room.read = room.read.max(seq);
+        if is_current {
+            return;
+        }
+        let read = room.read;
+        room.unread = room.log.range(read + 1..).filter(|(_, e)| !e.own).count();
+        if room.unread == 0 {
+            room.mentioned = false;
+            room.first_unread = None;
+        }
+    }
+
     /// A new message for the user: counts, mentions, echo of a pending line.
     fn arrived(&mut self, room_index: usize, seq: u64) {
         let is_current = room_index == self.current;
@@ -532,6 +607,10 @@ pub fn update(app: &mut App, event: Event) -> Option<Action> {
         Event::Tick => None,
         Event::Net(event) => on_net(app, event),
     }
+    // Whatever moved the view (a key, a new message, a room switch), a read
+    // marker goes out once the newest line is in sight; when this update
+    // already has an action, the next one (a tick at the latest) sends it.
+    .or_else(|| app.read_to_send())
 }
 
 fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
@@ -800,18 +879,101 @@ fn command(app: &mut App, line: String) -> Option<Action> {
     match (name, arg, extra) {
         ("/join" | "/j", Some(room), false) => app.join(room),
         ("/join" | "/j", _, _) => usage(app, "/join ROOM"),
-        ("/leave" | "/part", room, false) => {
+        ("/leave" | "/part" | "/leave!", room, false) => {
+            let forget = name == "/leave!";
             let name = match room {
                 Some(room) => room.strip_prefix('#').unwrap_or(room).to_owned(),
                 None => app.current_room()?.name.clone(),
             };
-            if app.room_index(&name).is_none() {
+            if app.room_index(&name).is_none() && !forget {
                 app.notify(format!("not in room {}", sanitize_line(&name)), true);
                 return None;
             }
             app.remove_room(&name);
+            if forget {
+                app.notify(
+                    format!("left {} for good, on every device", sanitize_line(&name)),
+                    false,
+                );
+                return Some(Action::Net(NetCommand::Forget { room: name }));
+            }
+            app.notify(
+                format!(
+                    "left {}: it stays in your rooms on your other devices and at the next start; /leave! {} forgets it",
+                    sanitize_line(&name),
+                    sanitize_line(&name)
+                ),
+                false,
+            );
             Some(Action::Net(NetCommand::Leave { room: name }))
         }
+        ("/dm" | "/msg", Some(user), false) => {
+            if !is_valid_name(user) {
+                app.notify(
+                    format!("'{}' is not a user name", sanitize_line(user)),
+                    true,
+                );
+                return None;
+            }
+            if user == app.user {
+                app.notify("a direct conversation needs another user", true);
+                return None;
+            }
+            let room = dm_room(&app.user, user);
+            if let Some(index) = app.room_index(&room) {
+                app.switch_to(index);
+                return None;
+            }
+            let mut opened = Room::new(room.clone());
+            opened.private = true;
+            app.rooms.push(opened);
+            app.switch_to(app.rooms.len() - 1);
+            Some(Action::Net(NetCommand::Dm {
+                user: user.to_owned(),
+                room,
+            }))
+        }
+        ("/dm" | "/msg", _, _) => usage(app, "/dm USER"),
+        ("/private", Some(room), false) => {
+            let room = room.strip_prefix('#').unwrap_or(room);
+            if !is_valid_name(room) {
+                app.notify(
+                    format!("'{}' is not a room name", sanitize_line(room)),
+                    true,
+                );
+                return None;
+            }
+            if let Some(index) = app.room_index(room) {
+                app.switch_to(index);
+                return None;
+            }
+            let mut opened = Room::new(room);
+            opened.private = true;
+            app.rooms.push(opened);
+            app.switch_to(app.rooms.len() - 1);
+            Some(Action::Net(NetCommand::CreatePrivate {
+                room: room.to_owned(),
+            }))
+        }
+        ("/private", _, _) => usage(app, "/private ROOM"),
+        ("/invite", Some(user), false) => {
+            let Some(room) = app.current_room() else {
+                app.notify("join a private room first", true);
+                return None;
+            };
+            if !room.private || dm_users(&room.name).is_some() {
+                app.notify(
+                    "only private rooms take invitations (/private ROOM makes one)",
+                    true,
+                );
+                return None;
+            }
+            Some(Action::Net(NetCommand::Invite {
+                room: room.name.clone(),
+                user: user.to_owned(),
+            }))
+        }
+        ("/invite", _, _) => usage(app, "/invite USER"),
         ("/rooms" | "/list", None, _) => {
             app.overlay = Some(Overlay::Rooms {
                 list: None,
@@ -843,7 +1005,9 @@ fn command(app: &mut App, line: String) -> Option<Action> {
         }
         ("/quit" | "/exit" | "/q", _, _) => Some(Action::Quit),
         ("/reconnect", _, _) => Some(Action::Net(NetCommand::Reconnect)),
-        ("/leave" | "/part" | "/rooms" | "/list" | "/who" | "/names", _, _) => usage(app, name),
+        ("/leave" | "/leave!" | "/part" | "/rooms" | "/list" | "/who" | "/names", _, _) => {
+            usage(app, name)
+        }
         _ => {
             app.notify(
                 format!(
@@ -998,6 +1162,50 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
         // The room left the list when the user typed /leave; by now it may
         // have been joined again.
         NetEvent::Left { .. } => {}
+        NetEvent::Forgotten { room } => {
+            if app.room_index(&room).is_some() {
+                app.remove_room(&room);
+                app.notify(
+                    format!("left {} on another device", sanitize_line(&room)),
+                    false,
+                );
+            }
+        }
+        NetEvent::Read { room, seq } => {
+            let index = app.room_index(&room)?;
+            app.read_elsewhere(index, seq);
+        }
+        NetEvent::Invited { room, user, by } => {
+            let by = sanitize_line(&by);
+            if user != app.user {
+                app.notify(
+                    format!(
+                        "{} is in #{} now",
+                        sanitize_line(&user),
+                        sanitize_line(&room)
+                    ),
+                    false,
+                );
+                return None;
+            }
+            let dm = dm_users(&room).is_some();
+            app.notify(
+                if dm {
+                    format!("{by} started a conversation with you")
+                } else {
+                    format!("{by} invited you to #{}", sanitize_line(&room))
+                },
+                false,
+            );
+            if app.room_index(&room).is_some() {
+                return None;
+            }
+            // Opened without taking the user away from what they read.
+            let mut opened = Room::new(room.clone());
+            opened.private = true;
+            app.rooms.push(opened);
+            return Some(Action::Net(NetCommand::Join { room }));
+        }
         NetEvent::RoomDeleted { room } => {
             app.remove_room(&room);
             app.notify(format!("room #{} was deleted", sanitize_line(&room)), false);

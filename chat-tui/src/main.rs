@@ -161,6 +161,8 @@ fn run(cli: Cli) -> Result<()> {
                 joins.push(command);
             }
         }
+        // Then the account's rooms from other devices, with unread counts.
+        joins.extend(app.open_account_rooms(&net.session.rooms));
         if !app.rooms.is_empty() {
             app.switch_to(0);
         }

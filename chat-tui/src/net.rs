@@ -24,8 +24,8 @@ use std::time::Duration;
 use chat_proto::limits::close;
 use chat_proto::validate::{is_valid_id, normalize_text, TextError};
 use chat_proto::{
-    decode_server, encode, ClientEvent, ErrorCode, MessageRecord, PresenceState, Request,
-    RoomSummary, ServerEvent,
+    decode_server, encode, AccountRoom, ClientEvent, ErrorCode, MessageRecord, PresenceState,
+    Request, RoomSummary, ServerEvent,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -87,6 +87,19 @@ pub enum NetCommand {
     Join { room: String },
     /// Leave a room.
     Leave { room: String },
+    /// Leave a room for good: it leaves the account's rooms, on every
+    /// device (whether or not it is joined here).
+    Forget { room: String },
+    /// Create the private room `room` (or join it, when it exists and the
+    /// user is a member), and keep it joined like `Join`.
+    CreatePrivate { room: String },
+    /// Open the direct conversation with `user`, whose room is `room`, and
+    /// keep it joined like `Join`.
+    Dm { user: String, room: String },
+    /// Make `user` a member of the private room `room`.
+    Invite { room: String, user: String },
+    /// The user has seen `room` up to `seq`: move the read marker.
+    Read { room: String, seq: u64 },
     /// Post a message. `id` is chosen by the app (at most 64 characters) and
     /// comes back in exactly one `Ack` or `SendFailed`.
     Send {
@@ -119,6 +132,9 @@ pub struct Session {
     pub admin: bool,
     /// The server's name and version.
     pub server: String,
+    /// The account's rooms, with read markers (empty from a server without
+    /// protocol part 2).
+    pub rooms: Vec<AccountRoom>,
 }
 
 /// What the network task tells the app.
@@ -188,6 +204,24 @@ pub enum NetEvent {
     /// The server confirmed a `Leave`.
     Left {
         room: String,
+    },
+    /// Another device of the user left `room` for good; it is forgotten
+    /// here too.
+    Forgotten {
+        room: String,
+    },
+    /// Another device of the user has read `room` up to `seq`.
+    Read {
+        room: String,
+        seq: u64,
+    },
+    /// `user` became a member of the private room `room`, invited by `by`
+    /// (`user` is this user when someone invited us, or opened a direct
+    /// conversation with us).
+    Invited {
+        room: String,
+        user: String,
+        by: String,
     },
     /// The room was deleted by an admin; it is forgotten.
     RoomDeleted {
@@ -367,6 +401,7 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
                         user,
                         admin,
                         server,
+                        rooms,
                         ..
                     }) => {
                         return Ok((
@@ -375,6 +410,7 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
                                 user,
                                 admin,
                                 server,
+                                rooms,
                             },
                         ))
                     }
@@ -525,6 +561,16 @@ impl RoomSync {
             inflight: VecDeque::new(),
         }
     }
+}
+
+/// How a room is joined the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JoinAs {
+    Plain,
+    /// Created as a private room when it does not exist.
+    Private,
+    /// The direct conversation with this user (`dm`).
+    Dm(String),
 }
 
 /// What a request id on the wire was for.
@@ -706,6 +752,26 @@ impl Worker {
             }
             NetCommand::Leave { room } => self.forget_room(&room, "left the room"),
             NetCommand::Send { id, room, text } => self.enqueue(id, room, text),
+            NetCommand::Forget { room } => {
+                self.forget_room(&room, "left the room");
+                self.emit(NetEvent::Error {
+                    code: None,
+                    message: format!(
+                        "not connected: {} stays in your rooms on other devices",
+                        sanitize_line(&room)
+                    ),
+                });
+            }
+            // Membership is made online only: these wait for the user to
+            // ask again.
+            NetCommand::CreatePrivate { .. }
+            | NetCommand::Dm { .. }
+            | NetCommand::Invite { .. } => self.emit(NetEvent::Error {
+                code: None,
+                message: "not connected; try again once reconnected".into(),
+            }),
+            // A marker not sent now is sent with the next one.
+            NetCommand::Read { .. } => {}
             NetCommand::History { room, before, .. } => self.emit(NetEvent::PageFailed {
                 room,
                 before,
@@ -867,6 +933,13 @@ impl Worker {
     }
 
     async fn send_join(&mut self, ws: &mut Ws, room: &str) -> Sent {
+        self.send_join_as(ws, room, JoinAs::Plain).await
+    }
+
+    /// Joins `room` as [`Worker::send_join`] does; the first time, as a new
+    /// private room or a direct conversation's `dm`, whose answer is the
+    /// same `joined`.
+    async fn send_join_as(&mut self, ws: &mut Ws, room: &str, how: JoinAs) -> Sent {
         let Some(sync) = self.rooms.get_mut(room) else {
             return Ok(());
         };
@@ -880,10 +953,13 @@ impl Worker {
                 room: room.to_owned(),
             },
         );
-        let join = ClientEvent::Join {
-            room: room.to_owned(),
-            since,
-            private: false,
+        let join = match how {
+            JoinAs::Plain | JoinAs::Private => ClientEvent::Join {
+                room: room.to_owned(),
+                since,
+                private: how == JoinAs::Private,
+            },
+            JoinAs::Dm(user) => ClientEvent::Dm { user },
         };
         send(ws, Request::with_id(join, id)).await
     }
@@ -959,6 +1035,36 @@ impl Worker {
                 let id = self.new_id('d');
                 self.requests.insert(id.clone(), Pending::Other);
                 send(ws, Request::with_id(ClientEvent::DeleteRoom { room }, id)).await
+            }
+            NetCommand::Forget { room } => {
+                self.forget_room(&room, "left the room");
+                let id = self.new_id('l');
+                self.requests.insert(id.clone(), Pending::Other);
+                let leave = ClientEvent::Leave { room, forget: true };
+                send(ws, Request::with_id(leave, id)).await
+            }
+            NetCommand::CreatePrivate { room } => {
+                if self.rooms.contains_key(&room) {
+                    return Ok(());
+                }
+                self.rooms.insert(room.clone(), RoomSync::new());
+                self.send_join_as(ws, &room, JoinAs::Private).await
+            }
+            NetCommand::Dm { user, room } => {
+                if self.rooms.contains_key(&room) {
+                    return Ok(());
+                }
+                self.rooms.insert(room.clone(), RoomSync::new());
+                self.send_join_as(ws, &room, JoinAs::Dm(user)).await
+            }
+            NetCommand::Invite { room, user } => {
+                let id = self.new_id('i');
+                self.requests.insert(id.clone(), Pending::Other);
+                send(ws, Request::with_id(ClientEvent::Invite { room, user }, id)).await
+            }
+            // No answer comes (the other devices are told).
+            NetCommand::Read { room, seq } => {
+                send(ws, Request::new(ClientEvent::Read { room, seq })).await
             }
             NetCommand::Reconnect | NetCommand::Shutdown => Ok(()),
         }
@@ -1069,8 +1175,26 @@ impl Worker {
                 self.on_error(code, message, re);
                 Ok(())
             }
-            ServerEvent::Left { room, .. } => {
+            ServerEvent::Left { room, re: Some(id) } => {
+                self.requests.remove(&id);
                 self.emit(NetEvent::Left { room });
+                Ok(())
+            }
+            // Another device of ours left it for good.
+            ServerEvent::Left { room, re: None } => {
+                self.forget_room(&room, "left the room on another device");
+                self.emit(NetEvent::Forgotten { room });
+                Ok(())
+            }
+            ServerEvent::Read { room, seq } => {
+                self.emit(NetEvent::Read { room, seq });
+                Ok(())
+            }
+            ServerEvent::Invited { room, user, by, re } => {
+                if let Some(id) = re {
+                    self.requests.remove(&id);
+                }
+                self.emit(NetEvent::Invited { room, user, by });
                 Ok(())
             }
             ServerEvent::RoomDeleted { room, re } => {
@@ -1127,11 +1251,7 @@ impl Worker {
                 }
                 Ok(())
             }
-            // This client keeps no read markers (it never sends `read`), and
-            // opens only the rooms of its configuration.
-            ServerEvent::Welcome { .. }
-            | ServerEvent::Read { .. }
-            | ServerEvent::Invited { .. } => Ok(()),
+            ServerEvent::Welcome { .. } => Ok(()),
         }
     }
 

@@ -63,7 +63,7 @@ pub fn layout(area: Rect, app: &App) -> Areas {
         let longest = app
             .rooms
             .iter()
-            .map(|r| wrap::width(&r.name))
+            .map(|r| wrap::width(&r.label(&app.user)))
             .max()
             .unwrap_or(8);
         ((longest + 10) as u16).clamp(18, 28).min(area.width / 3)
@@ -195,7 +195,7 @@ fn render_rooms(app: &App, frame: &mut Frame, area: Rect) {
             badge = format!(" {badge} ");
         }
         let name_room = width.saturating_sub(number.len() + badge.len());
-        let name = fit(&room.name, name_room);
+        let name = fit(&room.label(&app.user), name_room);
         let pad = name_room.saturating_sub(wrap::width(&name));
         let mut style = Style::default();
         if room.unread > 0 {
@@ -226,7 +226,11 @@ fn render_header(app: &App, frame: &mut Frame, area: Rect) {
     let line = match app.current_room() {
         None => Line::from(Span::styled(" no room", dim())),
         Some(room) => {
-            let title = format!(" #{}", room.name);
+            let title = match room.label(&app.user) {
+                label if label.starts_with('@') => format!(" {label}"),
+                _ if room.private => format!(" #{} (private)", room.name),
+                _ => format!(" #{}", room.name),
+            };
             let rest = if !room.joined {
                 match app.link {
                     Link::Connected => "  joining…".to_owned(),
@@ -638,7 +642,13 @@ pub const HELP: &[(&str, &str)] = &[
     ("Ctrl+C", "quit"),
     ("", ""),
     ("/join ROOM", "join or create a room"),
-    ("/leave", "leave the current room"),
+    (
+        "/leave, /leave!",
+        "leave here; ! forgets it on every device",
+    ),
+    ("/dm USER", "talk with USER alone (shown as @USER)"),
+    ("/private ROOM", "create a private room (shown as *ROOM)"),
+    ("/invite USER", "let USER into this private room"),
     ("/rooms", "browse rooms, Enter joins"),
     ("/who", "who is in this room"),
     ("/delete ROOM", "delete a room (admins only)"),

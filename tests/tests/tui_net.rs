@@ -449,3 +449,109 @@ async fn admin_deletes_a_room_members_are_told() {
     .await;
     assert_eq!(code, Some(ErrorCode::NotJoined));
 }
+
+#[tokio::test]
+async fn the_accounts_rooms_dms_invitations_and_read_markers() {
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
+    server.add_user("carol", PASSWORD, false);
+    // Alice's rooms from another device come with the login, read markers
+    // and all.
+    let mut phone = Client::login(&server.url(), "alice", PASSWORD).await;
+    phone.join("general", None).await;
+    phone.say("general", "one").await;
+    phone.say("general", "two").await;
+    phone
+        .send(json!({"type":"read","room":"general","seq":1}))
+        .await;
+    // Answered in order: once the ping is, the marker is stored.
+    phone.request(json!({"type":"ping"})).await;
+    let mut alice = connect(&server, "alice").await;
+    assert_eq!(
+        alice.session.rooms,
+        [chat_proto::AccountRoom {
+            name: "general".into(),
+            last_seq: 2,
+            read: 1,
+            private: false,
+        }]
+    );
+    join(&mut alice, "general").await;
+
+    // A read marker from this client reaches the other device, and one
+    // from there reaches this client.
+    alice.send(NetCommand::Read {
+        room: "general".into(),
+        seq: 2,
+    });
+    let read = phone.recv_type("read").await;
+    assert_eq!(read, json!({"type":"read","room":"general","seq":2}));
+    phone.say("general", "three").await;
+    phone
+        .send(json!({"type":"read","room":"general","seq":3}))
+        .await;
+    let seq = wait_for(&mut alice, |event| match event {
+        NetEvent::Read { room, seq } if room == "general" => Some(seq),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seq, 3);
+
+    // Bob opens a conversation: this client hears of it, joins it, and
+    // gets its messages.
+    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+    let joined = bob.request(json!({"type":"dm","user":"alice"})).await;
+    assert_eq!(joined["room"], "alice+bob", "{joined}");
+    let (room, by) = wait_for(&mut alice, |event| match event {
+        NetEvent::Invited { room, user, by } if user == "alice" => Some((room, by)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((room.as_str(), by.as_str()), ("alice+bob", "bob"));
+    join(&mut alice, "alice+bob").await;
+    bob.say("alice+bob", "psst").await;
+    let text = wait_for(&mut alice, |event| match event {
+        NetEvent::Message(m) if m.room == "alice+bob" => Some(m.text),
+        _ => None,
+    })
+    .await;
+    assert_eq!(text, "psst");
+
+    // This client opens one with carol, and a private room it invites
+    // her into.
+    alice.send(NetCommand::Dm {
+        user: "carol".into(),
+        room: "alice+carol".into(),
+    });
+    wait_for(&mut alice, |event| match event {
+        NetEvent::Joined { room, .. } if room == "alice+carol" => Some(()),
+        _ => None,
+    })
+    .await;
+    let mut carol = Client::login(&server.url(), "carol", PASSWORD).await;
+    alice.send(NetCommand::CreatePrivate { room: "ops".into() });
+    wait_for(&mut alice, |event| match event {
+        NetEvent::Joined { room, .. } if room == "ops" => Some(()),
+        _ => None,
+    })
+    .await;
+    alice.send(NetCommand::Invite {
+        room: "ops".into(),
+        user: "carol".into(),
+    });
+    let invited = carol.recv_type("invited").await;
+    assert_eq!(
+        invited,
+        json!({"type":"invited","room":"ops","user":"carol","by":"alice"})
+    );
+
+    // Forgotten on the other device: this client is told and stops.
+    phone
+        .request(json!({"type":"leave","room":"general","forget":true}))
+        .await;
+    wait_for(&mut alice, |event| match event {
+        NetEvent::Forgotten { room } if room == "general" => Some(()),
+        _ => None,
+    })
+    .await;
+    alice.shutdown().await;
+}

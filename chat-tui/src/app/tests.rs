@@ -552,6 +552,7 @@ fn offline_lines_stay_pending() {
             user: "alice".into(),
             admin: false,
             server: "chat-server".into(),
+            rooms: Vec::new(),
         }),
     );
     assert_eq!(app.link, Link::Connected);
@@ -874,4 +875,230 @@ fn memory_per_room_is_capped() {
     assert_eq!(room.log.len(), MAX_LOADED);
     assert_eq!(room.oldest_seq(), Some(11));
     assert!(room.has_more, "dropped messages can be fetched again");
+}
+
+#[test]
+fn the_accounts_rooms_open_with_their_unread_counts() {
+    let mut app = app();
+    let joins = app.open_account_rooms(&[
+        AccountRoom {
+            name: "alice+bob".into(),
+            last_seq: 4,
+            read: 4,
+            private: true,
+        },
+        AccountRoom {
+            name: "general".into(),
+            last_seq: 10,
+            read: 7,
+            private: false,
+        },
+        AccountRoom {
+            name: "ops".into(),
+            last_seq: 0,
+            read: 0,
+            private: true,
+        },
+    ]);
+    assert_eq!(
+        joins,
+        ["alice+bob", "general", "ops"].map(|room| NetCommand::Join { room: room.into() })
+    );
+    let labels: Vec<String> = app.rooms.iter().map(|r| r.label("alice")).collect();
+    assert_eq!(labels, ["@bob", "general", "*ops"]);
+    let unread: Vec<usize> = app.rooms.iter().map(|r| r.unread).collect();
+    assert_eq!(unread, [0, 3, 0]);
+    // A room already open (from the config file) is not opened twice.
+    assert!(app
+        .open_account_rooms(&[AccountRoom {
+            name: "general".into(),
+            last_seq: 12,
+            read: 7,
+            private: false,
+        }])
+        .is_empty());
+}
+
+#[test]
+fn a_read_marker_goes_out_once_the_newest_line_is_in_view() {
+    let mut app = app();
+    app.link = Link::Connected;
+    join_with(&mut app, "general", 3, false);
+    // The join's own update already sent it, or the next one does.
+    app.rooms[0].read = 0;
+    assert_eq!(
+        update(&mut app, Event::Tick),
+        Some(Action::Net(NetCommand::Read {
+            room: "general".into(),
+            seq: 3,
+        }))
+    );
+    assert_eq!(update(&mut app, Event::Tick), None, "sent once");
+    // A new message in view moves it on.
+    let action = net(&mut app, NetEvent::Message(msg("general", 4, "bob", "hi")));
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::Read {
+            room: "general".into(),
+            seq: 4,
+        }))
+    );
+    // Scrolled back, the newest line is not in view: nothing is sent.
+    for seq in 5..=60 {
+        net(
+            &mut app,
+            NetEvent::Message(msg("general", seq, "bob", "more")),
+        );
+    }
+    update(&mut app, key(KeyCode::PageUp));
+    assert!(app.rooms[0].anchor.is_some());
+    assert_eq!(
+        net(
+            &mut app,
+            NetEvent::Message(msg("general", 61, "bob", "unseen"))
+        ),
+        None
+    );
+    // Offline, nothing either.
+    update(&mut app, key(KeyCode::End));
+    app.link = Link::Connecting;
+    assert_eq!(update(&mut app, Event::Tick), None);
+}
+
+#[test]
+fn a_read_on_another_device_clears_the_unread_count() {
+    let mut app = app();
+    join_with(&mut app, "general", 1, false);
+    join_with(&mut app, "random", 1, false);
+    app.switch_to(1);
+    for seq in 2..=4 {
+        net(
+            &mut app,
+            NetEvent::Message(msg("general", seq, "bob", "@alice look")),
+        );
+    }
+    assert_eq!((app.rooms[0].unread, app.rooms[0].mentioned), (3, true));
+    // Read up to 3 elsewhere: one left.
+    net(
+        &mut app,
+        NetEvent::Read {
+            room: "general".into(),
+            seq: 3,
+        },
+    );
+    assert_eq!(app.rooms[0].unread, 1);
+    net(
+        &mut app,
+        NetEvent::Read {
+            room: "general".into(),
+            seq: 4,
+        },
+    );
+    assert_eq!((app.rooms[0].unread, app.rooms[0].mentioned), (0, false));
+    // An older marker does not bring anything back.
+    net(
+        &mut app,
+        NetEvent::Read {
+            room: "general".into(),
+            seq: 1,
+        },
+    );
+    assert_eq!(app.rooms[0].unread, 0);
+}
+
+#[test]
+fn direct_conversations_private_rooms_and_invitations() {
+    let mut app = app();
+    // /dm opens the conversation's room and asks for it.
+    assert_eq!(
+        enter(&mut app, "/dm bob"),
+        Some(Action::Net(NetCommand::Dm {
+            user: "bob".into(),
+            room: "alice+bob".into(),
+        }))
+    );
+    assert_eq!(app.current_room().unwrap().label("alice"), "@bob");
+    assert_eq!(enter(&mut app, "/dm alice"), None, "not with oneself");
+    assert_eq!(enter(&mut app, "/dm bob"), None, "already open");
+    // Invitations only into private rooms.
+    assert_eq!(enter(&mut app, "/invite carol"), None, "not into a DM");
+    assert_eq!(
+        enter(&mut app, "/private ops"),
+        Some(Action::Net(NetCommand::CreatePrivate {
+            room: "ops".into()
+        }))
+    );
+    assert_eq!(
+        enter(&mut app, "/invite carol"),
+        Some(Action::Net(NetCommand::Invite {
+            room: "ops".into(),
+            user: "carol".into(),
+        }))
+    );
+    join_with(&mut app, "general", 0, false);
+    assert_eq!(
+        enter(&mut app, "/invite carol"),
+        None,
+        "not into a public room"
+    );
+    // Someone opens a conversation with us: it opens, without switching.
+    let current = app.current;
+    assert_eq!(
+        net(
+            &mut app,
+            NetEvent::Invited {
+                room: "alice+dave".into(),
+                user: "alice".into(),
+                by: "dave".into(),
+            },
+        ),
+        Some(Action::Net(NetCommand::Join {
+            room: "alice+dave".into()
+        }))
+    );
+    assert_eq!(app.current, current);
+    assert_eq!(app.rooms.last().unwrap().label("alice"), "@dave");
+    // Another member's invitation is news, not a room to open.
+    let rooms = app.rooms.len();
+    assert_eq!(
+        net(
+            &mut app,
+            NetEvent::Invited {
+                room: "ops".into(),
+                user: "carol".into(),
+                by: "alice".into(),
+            },
+        ),
+        None
+    );
+    assert_eq!(app.rooms.len(), rooms);
+}
+
+#[test]
+fn leave_asks_and_leave_bang_forgets_everywhere() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    join_with(&mut app, "random", 0, false);
+    assert_eq!(
+        enter(&mut app, "/leave random"),
+        Some(Action::Net(NetCommand::Leave {
+            room: "random".into()
+        }))
+    );
+    assert!(app.notice.as_ref().unwrap().text.contains("/leave! random"));
+    assert_eq!(
+        enter(&mut app, "/leave! random"),
+        Some(Action::Net(NetCommand::Forget {
+            room: "random".into()
+        })),
+        "a room left here can still be forgotten"
+    );
+    // Forgotten on another device: gone here too.
+    net(
+        &mut app,
+        NetEvent::Forgotten {
+            room: "general".into(),
+        },
+    );
+    assert!(app.rooms.is_empty());
 }

@@ -510,3 +510,29 @@ fn narrow_screens_tell_of_unread_rooms_in_the_header() {
         " #random  (@1 unread elsewhere)  2 online: alice,…"
     );
 }
+
+#[test]
+fn direct_conversations_and_private_rooms_are_marked() {
+    let mut app = app(80, 8);
+    join(&mut app, "general", vec![]);
+    join(&mut app, "alice+bob", vec![]);
+    join(&mut app, "ops", vec![]);
+    app.rooms[1].private = true;
+    app.rooms[2].private = true;
+    app.switch_to(1);
+    let rows = screen(&app);
+    let (list, titles): (Vec<String>, Vec<String>) = rows[..4]
+        .iter()
+        .map(|r| {
+            let (list, pane) = r.split_once('│').unwrap_or((r, ""));
+            (list.trim_end().to_owned(), pane.to_owned())
+        })
+        .unzip();
+    assert_eq!(list, [" Rooms", " 1 general", " 2 @bob", " 3 *ops"]);
+    // The title names the conversation by the other user.
+    assert!(titles[0].starts_with(" @bob "), "{rows:#?}");
+    app.switch_to(2);
+    let rows = screen(&app);
+    let title = rows[0].split_once('│').unwrap().1;
+    assert!(title.starts_with(" #ops (private) "), "{rows:#?}");
+}
