@@ -16,6 +16,7 @@ use ratatui::layout::Rect;
 use crate::clock::{LocalTime, ZoneFn};
 use crate::input::LineEditor;
 use crate::net::{NetCommand, NetEvent};
+use crate::notify::{self, Alert, Arrival};
 use crate::sanitize::{sanitize, sanitize_line};
 use crate::timeline::{self, Pos};
 
@@ -46,6 +47,8 @@ pub enum Event {
     Resize(u16, u16),
     /// Time passed: typing lines fade, countdowns move.
     Tick,
+    /// The terminal gained (true) or lost focus, where it reports it.
+    Focus(bool),
     Net(NetEvent),
 }
 
@@ -135,6 +138,8 @@ pub struct Room {
     /// The read marker as the server has it (sent by this client, or moved
     /// by another device of the user).
     pub read: u64,
+    /// No notifications from this room (`/mute`).
+    pub muted: bool,
 }
 
 impl Room {
@@ -157,6 +162,7 @@ impl Room {
             unseen_below: 0,
             private: false,
             read: 0,
+            muted: false,
         }
     }
 
@@ -235,6 +241,14 @@ pub struct App {
     pub zone: ZoneFn,
     /// Terminal size, for scrolling by pages.
     pub size: (u16, u16),
+    /// Which messages interrupt the user (`notify` in the config file).
+    pub notify_level: notify::Level,
+    /// Whether the terminal has focus. True until the terminal says
+    /// otherwise: not every terminal reports focus.
+    pub focused: bool,
+    /// Interruptions to make, in order; the caller takes them after each
+    /// update (they are side effects on the terminal, not state).
+    pub alerts: Vec<Alert>,
     next_id: u64,
     last_typing_sent: Option<(String, Instant)>,
 }
@@ -255,6 +269,9 @@ impl App {
             now: Instant::now(),
             zone,
             size: (80, 24),
+            notify_level: notify::Level::default(),
+            focused: true,
+            alerts: Vec::new(),
             next_id: 0,
             last_typing_sent: None,
         }
@@ -424,7 +441,7 @@ impl App {
     /// The read marker to send, when the user is looking at the newest
     /// message of the current room and the server's marker is behind it.
     pub fn read_to_send(&mut self) -> Option<Action> {
-        if self.link != Link::Connected || self.overlay.is_some() {
+        if self.link != Link::Connected || self.overlay.is_some() || !self.focused {
             return None;
         }
         let room = self.rooms.get_mut(self.current)?;
@@ -455,13 +472,30 @@ impl App {
         }
     }
 
-    /// A new message for the user: counts, mentions, echo of a pending line.
-    fn arrived(&mut self, room_index: usize, seq: u64) {
+    /// A new message for the user: counts, mentions, echo of a pending
+    /// line, and (when `live`) whether it interrupts the user.
+    fn arrived(&mut self, room_index: usize, seq: u64, live: bool) {
         let is_current = room_index == self.current;
         let room = &mut self.rooms[room_index];
         let Some(entry) = room.log.get(&seq) else {
             return;
         };
+        let arrival = Arrival {
+            own: entry.own,
+            mention: entry.mention,
+            dm: dm_users(&room.name).is_some(),
+            backlog: !live,
+            in_view: is_current && room.anchor.is_none() && self.focused,
+            muted: room.muted,
+        };
+        if notify::should_alert(self.notify_level, arrival) {
+            let user = self.user.clone();
+            self.alerts.push(Alert {
+                room: room.label(&user),
+                user: entry.user.clone(),
+                text: entry.text.replace('\n', " "),
+            });
+        }
         room.typing.remove(&entry.user);
         if entry.own {
             // Our line is back from the server: it is no longer pending,
@@ -605,6 +639,10 @@ pub fn update(app: &mut App, event: Event) -> Option<Action> {
             None
         }
         Event::Tick => None,
+        Event::Focus(focused) => {
+            app.focused = focused;
+            None
+        }
         Event::Net(event) => on_net(app, event),
     }
     // Whatever moved the view (a key, a new message, a room switch), a read
@@ -974,6 +1012,23 @@ fn command(app: &mut App, line: String) -> Option<Action> {
             }))
         }
         ("/invite", _, _) => usage(app, "/invite USER"),
+        ("/mute", None, _) => {
+            let label = {
+                let user = app.user.clone();
+                let room = app.current_room_mut()?;
+                room.muted = !room.muted;
+                (room.label(&user), room.muted)
+            };
+            let text = match label {
+                (label, true) => {
+                    format!("muted {label}: no notifications from it (/mute again to undo)")
+                }
+                (label, false) => format!("unmuted {label}"),
+            };
+            app.notify(text, false);
+            None
+        }
+        ("/mute", _, _) => usage(app, "/mute"),
         ("/rooms" | "/list", None, _) => {
             app.overlay = Some(Overlay::Rooms {
                 list: None,
@@ -1063,7 +1118,7 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
             for message in messages {
                 let seq = message.seq;
                 if app.insert(index, message) && resumed {
-                    app.arrived(index, seq);
+                    app.arrived(index, seq, false);
                 }
             }
             if !resumed || was_empty {
@@ -1075,7 +1130,7 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
             let index = app.room_index(&message.room)?;
             let seq = message.seq;
             if app.insert(index, message) {
-                app.arrived(index, seq);
+                app.arrived(index, seq, true);
                 app.trim(index);
             }
         }

@@ -21,6 +21,9 @@ pub struct Config {
     /// Rooms to join at start, in the order they appear in the room list.
     #[serde(default)]
     pub rooms: Vec<String>,
+    /// Which messages ring the bell and show a desktop notification:
+    /// `off`, `mentions`, or `mentions-and-dms` (the default).
+    pub notify: Option<crate::notify::Level>,
 }
 
 /// Why the config file could not be used.

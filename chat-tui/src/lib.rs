@@ -7,6 +7,7 @@
 //!   offline queue), spoken to over channels.
 //! - [`tls`]: dialing `ws://` and `wss://`, and which certificates to
 //!   trust (authorities, known servers, a pinned fingerprint).
+//! - [`notify`]: which messages interrupt the user, and how.
 //! - [`input`], [`wrap`], [`sanitize`], [`timeline`], [`clock`],
 //!   [`config`]: the pieces they are built from.
 //! - [`bench`]: the render-time measurement behind `--bench-render`.
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod input;
 pub mod net;
+pub mod notify;
 pub mod sanitize;
 pub mod timeline;
 pub mod tls;

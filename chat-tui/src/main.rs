@@ -16,11 +16,11 @@ use chat_tui::app::{self, Action, App, Event};
 use chat_tui::net::{ConnectError, NetClient, NetConfig};
 use chat_tui::sanitize::sanitize;
 use chat_tui::tls::{CertificateError, Fingerprint, Trust};
-use chat_tui::{bench, clock, config, ui};
+use chat_tui::{bench, clock, config, notify, ui};
 use clap::Parser;
 use crossterm::event::{
-    DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture,
-    Event as TermEvent, EventStream,
+    DisableBracketedPaste, DisableFocusChange, DisableMouseCapture, EnableBracketedPaste,
+    EnableFocusChange, EnableMouseCapture, Event as TermEvent, EventStream,
 };
 use crossterm::terminal::{
     disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
@@ -90,6 +90,7 @@ fn main() -> ExitCode {
 struct Start {
     net: NetConfig,
     rooms: Vec<String>,
+    notify: notify::Level,
 }
 
 fn resolve(cli: Cli) -> Result<Start> {
@@ -139,7 +140,11 @@ fn resolve(cli: Cli) -> Result<Start> {
         pinned,
         known_servers: config::known_servers_path(),
     };
-    Ok(Start { net, rooms })
+    Ok(Start {
+        net,
+        rooms,
+        notify: file.notify.unwrap_or_default(),
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -155,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
         let net = connect(start.net).await?;
         let mut app = App::new(user, url, clock::local);
         app.admin = net.session.admin;
+        app.notify_level = start.notify;
         let mut joins = Vec::new();
         for room in &start.rooms {
             if let Some(Action::Net(command)) = app.join(room) {
@@ -274,7 +280,8 @@ impl TerminalGuard {
             stdout,
             EnterAlternateScreen,
             EnableMouseCapture,
-            EnableBracketedPaste
+            EnableBracketedPaste,
+            EnableFocusChange
         ) {
             restore_terminal();
             return Err(err).context("cannot set up the terminal");
@@ -301,6 +308,7 @@ fn restore_terminal() {
     let _ = execute!(
         stdout,
         DisableBracketedPaste,
+        DisableFocusChange,
         DisableMouseCapture,
         LeaveAlternateScreen,
         cursor::Show
@@ -378,6 +386,14 @@ async fn event_loop(terminal: &mut Term, app: &mut App, mut net: NetClient) -> R
             }
             dirty = true;
         }
+        for alert in app.alerts.drain(..) {
+            // Straight to the terminal, beside what ratatui draws: the bell
+            // and notification sequences move no cursor and draw nothing.
+            let mut stdout = io::stdout();
+            let _ = stdout.write_all(notify::terminal_bytes(&alert).as_bytes());
+            let _ = stdout.flush();
+            notify::desktop(&alert);
+        }
     }
     net.shutdown().await;
     Ok(())
@@ -389,7 +405,8 @@ fn terminal_event(event: TermEvent) -> Option<Event> {
         TermEvent::Mouse(mouse) => Some(Event::Mouse(mouse)),
         TermEvent::Paste(text) => Some(Event::Paste(text)),
         TermEvent::Resize(width, height) => Some(Event::Resize(width, height)),
-        TermEvent::FocusGained | TermEvent::FocusLost => None,
+        TermEvent::FocusGained => Some(Event::Focus(true)),
+        TermEvent::FocusLost => Some(Event::Focus(false)),
     }
 }
 

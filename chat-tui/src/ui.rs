@@ -649,6 +649,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("/dm USER", "talk with USER alone (shown as @USER)"),
     ("/private ROOM", "create a private room (shown as *ROOM)"),
     ("/invite USER", "let USER into this private room"),
+    ("/mute", "no notifications from this room"),
     ("/rooms", "browse rooms, Enter joins"),
     ("/who", "who is in this room"),
     ("/delete ROOM", "delete a room (admins only)"),

@@ -964,3 +964,112 @@ impl TestServer {
         self.url().replacen("ws://", "wss://", 1)
     }
 }
+
+/// A tmux server of the test's own (its own socket, no config file),
+/// killed when dropped, with one session running `sh`.
+pub struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    pub const SESSION: &'static str = "chat";
+
+    pub fn start(dir: &Path, env: &[(&str, &Path)]) -> Tmux {
+        let tmux = Tmux {
+            socket: dir.join("tmux.sock"),
+        };
+        // The server inherits this command's environment: HOME and
+        // XDG_CONFIG_HOME point into the test's folder.
+        let mut command = tmux.command();
+        command
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                Self::SESSION,
+                "-x",
+                "200",
+                "-y",
+                "50",
+                "sh",
+            ])
+            .envs(env.iter().copied())
+            .env("PS1", "$ ");
+        let status = command
+            .status()
+            .expect("tmux must be installed (see .ci/run)");
+        assert!(status.success(), "tmux new-session failed");
+        tmux
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("tmux");
+        command
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["-f", "/dev/null"]);
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) {
+        let out = self
+            .command()
+            .args(args)
+            .stdout(Stdio::null())
+            .output()
+            .expect("run tmux");
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+    }
+
+    /// Types `line` into the session and presses Enter.
+    pub fn type_line(&self, line: &str) {
+        self.run(&["send-keys", "-t", Self::SESSION, "-l", line]);
+        self.run(&["send-keys", "-t", Self::SESSION, "Enter"]);
+    }
+
+    pub fn screen(&self) -> String {
+        let out = self
+            .command()
+            .args(["capture-pane", "-p", "-J", "-t", Self::SESSION])
+            .output()
+            .expect("run tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits (bounded) until the screen shows every one of `parts`.
+    pub fn wait_for(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let screen = self.screen();
+            if parts.iter().all(|part| screen.contains(part)) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {parts:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Clears the screen, and waits until it is.
+    pub fn clear(&self) {
+        self.type_line("clear");
+        let deadline = Instant::now() + TIMEOUT;
+        while self.screen().contains("exit=") {
+            assert!(Instant::now() < deadline, "the screen was not cleared");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self
+            .command()
+            .arg("kill-server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

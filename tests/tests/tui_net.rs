@@ -6,7 +6,7 @@
 //! The client cannot tell the store backends apart: these run on SQLite.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_e2e::*;
 use chat_proto::{ErrorCode, PresenceState};
@@ -554,4 +554,71 @@ async fn the_accounts_rooms_dms_invitations_and_read_markers() {
     })
     .await;
     alice.shutdown().await;
+}
+
+/// Driven in tmux as a person uses it: a direct message from a WebSocket
+/// client opens in the terminal client as `@bob`, and since that room is not
+/// the one in view, the bell and the desktop notification sequence reach the
+/// terminal (read from the raw bytes of the pane).
+#[test]
+fn a_dm_opens_in_the_terminal_and_rings_the_bell_when_not_in_view() {
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
+    let home = tempfile::tempdir().expect("temp dir");
+    let config = home.path().join("config");
+    std::fs::create_dir_all(config.join("chat-tui")).unwrap();
+    std::fs::write(
+        config.join("chat-tui").join("config.toml"),
+        "notify = \"mentions-and-dms\"\n",
+    )
+    .unwrap();
+    let tmux = Tmux::start(
+        home.path(),
+        &[
+            ("HOME", home.path()),
+            ("XDG_CONFIG_HOME", &config),
+            ("CHAT_PASSWORD", std::path::Path::new(PASSWORD)),
+        ],
+    );
+    let raw = home.path().join("pane.raw");
+    tmux.run(&[
+        "pipe-pane",
+        "-o",
+        "-t",
+        Tmux::SESSION,
+        &format!("cat >> '{}'", raw.display()),
+    ]);
+    tmux.type_line(&format!(
+        "'{}' {} --user alice --join general",
+        tui_binary().display(),
+        server.url()
+    ));
+    tmux.wait_for(&["general", "alice"]);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+        let joined = bob.request(json!({"type":"dm","user":"alice"})).await;
+        assert_eq!(joined["room"], "alice+bob", "{joined}");
+        bob.recv_type("history").await;
+        // Once alice's client is in the conversation, bob says something.
+        bob.recv_matching(TIMEOUT, |e| e["type"] == "presence" && e["user"] == "alice")
+            .await;
+        bob.say("alice+bob", "psst, lunch?").await;
+    });
+    tmux.wait_for(&["@bob"]);
+    let expected = "\x07\x1b]777;notify;bob in @bob;psst, lunch?\x07";
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let bytes = std::fs::read(&raw).unwrap_or_default();
+        if String::from_utf8_lossy(&bytes).contains(expected) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bell and notification in the pane's output: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tmux.run(&["send-keys", "-t", Tmux::SESSION, "C-c"]);
 }

@@ -1102,3 +1102,91 @@ fn leave_asks_and_leave_bang_forgets_everywhere() {
     );
     assert!(app.rooms.is_empty());
 }
+
+#[test]
+fn which_messages_ring_for_the_user() {
+    let mut app = app();
+    join_with(&mut app, "general", 0, false);
+    enter(&mut app, "/dm bob");
+    net(
+        &mut app,
+        NetEvent::Joined {
+            room: "alice+bob".into(),
+            last_seq: 0,
+            members: vec!["alice".into()],
+        },
+    );
+    app.switch_to(0);
+    let alerts = |app: &mut App| -> Vec<(String, String)> {
+        app.alerts.drain(..).map(|a| (a.room, a.text)).collect()
+    };
+    // A DM not in view, a mention, but not chatter nor one's own lines.
+    net(
+        &mut app,
+        NetEvent::Message(msg("alice+bob", 1, "bob", "lunch?")),
+    );
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 1, "bob", "hi all")),
+    );
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 2, "alice", "@alice me")),
+    );
+    assert_eq!(alerts(&mut app), [("@bob".into(), "lunch?".into())]);
+    // The room in view, followed, in a focused terminal: seen, no ring.
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 3, "bob", "@alice look")),
+    );
+    assert!(alerts(&mut app).is_empty());
+    // Unfocused, the same rings.
+    update(&mut app, Event::Focus(false));
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 4, "bob", "@alice now")),
+    );
+    assert_eq!(alerts(&mut app), [("general".into(), "@alice now".into())]);
+    update(&mut app, Event::Focus(true));
+    // Muted: nothing from that room.
+    app.switch_to(1);
+    enter(&mut app, "/mute");
+    app.switch_to(0);
+    net(
+        &mut app,
+        NetEvent::Message(msg("alice+bob", 2, "bob", "hello?")),
+    );
+    assert!(alerts(&mut app).is_empty());
+    // Backlog replayed at a reconnect never rings.
+    net(
+        &mut app,
+        NetEvent::Backlog {
+            room: "alice+bob".into(),
+            messages: vec![msg("alice+bob", 3, "bob", "while you were away")],
+            has_more: false,
+            resumed: true,
+        },
+    );
+    assert!(alerts(&mut app).is_empty());
+    // Mentions only: DMs stay quiet.
+    app.switch_to(1);
+    enter(&mut app, "/mute");
+    app.switch_to(0);
+    app.notify_level = notify::Level::Mentions;
+    net(
+        &mut app,
+        NetEvent::Message(msg("alice+bob", 4, "bob", "ping")),
+    );
+    assert!(alerts(&mut app).is_empty());
+    net(
+        &mut app,
+        NetEvent::Message(msg("alice+bob", 5, "bob", "ping @alice")),
+    );
+    assert_eq!(alerts(&mut app).len(), 1);
+    app.notify_level = notify::Level::Off;
+    net(
+        &mut app,
+        NetEvent::Message(msg("alice+bob", 6, "bob", "ping @alice")),
+    );
+    assert!(alerts(&mut app).is_empty());
+}
