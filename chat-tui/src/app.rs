@@ -809,9 +809,6 @@ fn cycle_room(app: &mut App, step: isize) {
 
 /// Completes the user name before the cursor from the room's members.
 fn complete_name(app: &mut App) {
-    let Some(room) = app.current_room() else {
-        return;
-    };
     let text = app.input.text();
     if !app.input.at_end() {
         return;
@@ -826,18 +823,38 @@ fn complete_name(app: &mut App) {
         return;
     }
     let lower = prefix.to_lowercase();
-    let Some(name) = room
-        .members
-        .iter()
-        .chain(room.log.values().rev().take(200).map(|e| &e.user))
-        .find(|name| name.to_lowercase().starts_with(&lower) && **name != app.user)
-        .cloned()
+    // The current room's people first; for a command that names a user
+    // (`/dm`, `/invite`), everyone of every open room, and the other user
+    // of each direct conversation.
+    let command = start > 0
+        && ["/dm ", "/msg ", "/invite "]
+            .iter()
+            .any(|c| text.starts_with(c));
+    let current = app.current_room().into_iter();
+    let others = app.rooms.iter().filter(|_| command);
+    let Some(name) = current
+        .chain(others)
+        .flat_map(|room| people(room, &app.user))
+        .find(|name| name.to_lowercase().starts_with(&lower) && *name != app.user)
+        .map(str::to_owned)
     else {
         return;
     };
     let suffix = if start == 0 { ": " } else { " " };
     let completed = format!("{}{at}{name}{suffix}", &text[..start]);
     app.input.set_text(completed);
+}
+
+/// The people of `room` for name completion: members online, recent
+/// authors, and the other user of a direct conversation.
+fn people<'a>(room: &'a Room, me: &str) -> Vec<&'a str> {
+    let partner = dm_users(&room.name).map(|(a, b)| if a == me { b } else { a });
+    room.members
+        .iter()
+        .map(String::as_str)
+        .chain(room.log.values().rev().take(200).map(|e| e.user.as_str()))
+        .chain(partner)
+        .collect()
 }
 
 /// Tells the room the user is typing, at most every few seconds.

@@ -1190,3 +1190,31 @@ fn which_messages_ring_for_the_user() {
     );
     assert!(alerts(&mut app).is_empty());
 }
+
+#[test]
+fn tab_completes_user_names_in_dm_and_invite() {
+    let mut app = app();
+    join_with(&mut app, "general", 1, false);
+    join_with(&mut app, "random", 0, false);
+    net(
+        &mut app,
+        NetEvent::Presence {
+            room: "general".into(),
+            user: "carol".into(),
+            state: PresenceState::Joined,
+        },
+    );
+    // carol is in general, not in the room in view: a command finds her.
+    type_str(&mut app, "/dm ca");
+    update(&mut app, key(KeyCode::Tab));
+    assert_eq!(app.input.text(), "/dm carol ");
+    app.input.set_text(String::new());
+    // In a line to the room, only the room's own people complete.
+    type_str(&mut app, "hi ca");
+    update(&mut app, key(KeyCode::Tab));
+    assert_eq!(app.input.text(), "hi ca");
+    app.input.set_text(String::new());
+    type_str(&mut app, "/invite b");
+    update(&mut app, key(KeyCode::Tab));
+    assert_eq!(app.input.text(), "/invite bob ");
+}
