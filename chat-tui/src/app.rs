@@ -497,16 +497,9 @@ impl App {
             });
         }
         room.typing.remove(&entry.user);
+        // Our own line: its pending copy went with its `Ack`, which the
+        // network task sends before the echo.
         if entry.own {
-            // Our line is back from the server: it is no longer pending,
-            // whether its `ack` came first or is still on the way.
-            if let Some(at) = room
-                .pending
-                .iter()
-                .position(|p| p.failed.is_none() && p.text == entry.text)
-            {
-                room.pending.remove(at);
-            }
             return;
         }
         if is_current {

@@ -517,9 +517,6 @@ struct Outgoing {
     /// Sent on a connection that dropped before its `ack`: the server may
     /// have stored it.
     maybe_sent: bool,
-    /// Our own message with this text came back on this connection before
-    /// the `ack` (seq, ts): if the connection drops now, it was stored.
-    echo: Option<(u64, i64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -816,7 +813,6 @@ impl Worker {
             id,
             text,
             maybe_sent: false,
-            echo: None,
         });
     }
 
@@ -837,27 +833,15 @@ impl Worker {
     /// Puts every room back to `Idle`, unsent lines back in their queues,
     /// and fails the requests that died with the connection.
     fn connection_lost(&mut self) {
-        let mut acks = Vec::new();
-        for (name, sync) in &mut self.rooms {
+        for sync in self.rooms.values_mut() {
             sync.phase = Phase::Idle;
             sync.held.clear();
+            // An echoed line was acknowledged at its echo: what is still in
+            // flight may or may not have been stored.
             while let Some(mut line) = sync.inflight.pop_back() {
-                match line.echo {
-                    Some((seq, ts)) => acks.push(NetEvent::Ack {
-                        id: line.id,
-                        room: name.clone(),
-                        seq,
-                        ts,
-                    }),
-                    None => {
-                        line.maybe_sent = true;
-                        sync.queue.push_front(line);
-                    }
-                }
+                line.maybe_sent = true;
+                sync.queue.push_front(line);
             }
-        }
-        for ack in acks {
-            self.emit(ack);
         }
         for (_, pending) in std::mem::take(&mut self.requests) {
             if let Pending::Page { room, before } = pending {
@@ -1088,10 +1072,9 @@ impl Worker {
             let Some(sync) = self.rooms.get_mut(&room) else {
                 return Ok(());
             };
-            let Some(mut line) = sync.queue.pop_front() else {
+            let Some(line) = sync.queue.pop_front() else {
                 continue;
             };
-            line.echo = None;
             let request = Request::with_id(
                 ClientEvent::Send {
                     room: room.clone(),
@@ -1310,15 +1293,17 @@ impl Worker {
                 line.maybe_sent = false;
             }
         }
+        // Acknowledged before their messages arrive in the app, as live
+        // echoes are.
+        for ack in acks {
+            self.emit(ack);
+        }
         self.emit(NetEvent::Backlog {
             room,
             messages: fresh,
             has_more,
             resumed,
         });
-        for ack in acks {
-            self.emit(ack);
-        }
         held.sort_by_key(|m| m.seq);
         for message in held {
             self.on_message(message);
@@ -1346,13 +1331,25 @@ impl Worker {
             return;
         }
         sync.last_seq = Some(message.seq);
+        // Our own line back from the server is stored: it is acknowledged
+        // now (the `ack` that follows finds nothing in flight). The oldest
+        // line in flight with its text is the one: this connection's sends
+        // are stored in order. This is the one place where a line is
+        // matched to a message; the app knows its lines by id only.
         if &message.user == me {
-            if let Some(line) = sync
+            if let Some(at) = sync
                 .inflight
-                .iter_mut()
-                .find(|line| line.echo.is_none() && line.text == message.text)
+                .iter()
+                .position(|line| line.text == message.text)
             {
-                line.echo = Some((message.seq, message.ts));
+                if let Some(line) = sync.inflight.remove(at) {
+                    self.emit(NetEvent::Ack {
+                        id: line.id,
+                        room: message.room.clone(),
+                        seq: message.seq,
+                        ts: message.ts,
+                    });
+                }
             }
         }
         self.emit(NetEvent::Message(message));

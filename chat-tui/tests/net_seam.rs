@@ -346,3 +346,56 @@ async fn a_busy_server_is_asked_again_after_a_pause() {
     assert_eq!(client.session.user, "alice");
     let _ws = server.await.expect("server script");
 }
+
+#[tokio::test]
+async fn identical_lines_in_flight_are_acknowledged_one_each() {
+    let (listener, config) = start().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        login_and_join(&mut ws, 0, vec![]).await;
+        let (first, _) = recv_send(&mut ws).await;
+        let (second, _) = recv_send(&mut ws).await;
+        // The first comes back before its ack, then both acks arrive.
+        send(&mut ws, ServerEvent::Message(record(1, "alice", "same"))).await;
+        for (id, seq) in [(first, 1), (second, 2)] {
+            send(
+                &mut ws,
+                ServerEvent::Ack {
+                    re: Some(id),
+                    room: "general".into(),
+                    seq,
+                    ts: 0,
+                },
+            )
+            .await;
+        }
+        send(&mut ws, ServerEvent::Message(record(2, "alice", "same"))).await;
+        ws
+    });
+    let mut client = NetClient::connect(config).await.expect("connect");
+    client.send(NetCommand::Join {
+        room: "general".into(),
+    });
+    client.send(send_command("s1", "same"));
+    client.send(send_command("s2", "same"));
+    // One acknowledgement each, the first at its echo: never twice, never
+    // the second for the first's echo. The last echo comes after both acks
+    // on the wire, so every event up to it tells.
+    let mut acks = Vec::new();
+    loop {
+        let event = timeout(LIMIT, client.recv())
+            .await
+            .expect("no event in time")
+            .expect("task ended");
+        match event {
+            NetEvent::Ack { id, seq, .. } => acks.push((id, seq)),
+            NetEvent::Message(m) if m.seq == 2 => break,
+            _ => {}
+        }
+    }
+    assert_eq!(acks, [("s1".to_owned(), 1), ("s2".to_owned(), 2)]);
+    let _ws = timeout(LIMIT, server)
+        .await
+        .expect("server done")
+        .expect("server ok");
+}

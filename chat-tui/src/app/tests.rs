@@ -167,30 +167,45 @@ fn sending_shows_pending_until_ack() {
 }
 
 #[test]
-fn own_message_before_ack_clears_pending_once() {
+fn pending_lines_are_known_by_id_so_identical_lines_stay_apart() {
     let mut app = app();
     join_with(&mut app, "general", 0, false);
-    let Some(Action::Net(NetCommand::Send { id, .. })) = enter(&mut app, "same") else {
-        panic!("no send");
-    };
-    enter(&mut app, "same");
+    let ids: Vec<String> = (0..2)
+        .map(|_| match enter(&mut app, "same") {
+            Some(Action::Net(NetCommand::Send { id, .. })) => id,
+            other => panic!("no send: {other:?}"),
+        })
+        .collect();
     assert_eq!(app.rooms[0].pending.len(), 2);
-    net(
-        &mut app,
-        NetEvent::Message(msg("general", 1, "alice", "same")),
-    );
-    assert_eq!(app.rooms[0].pending.len(), 1, "one echo clears one line");
-    // The ack of the first arrives after its echo: nothing more to clear.
+    // The network task acknowledges the second (at its echo, or its ack):
+    // exactly that one goes, though both say the same.
     net(
         &mut app,
         NetEvent::Ack {
-            id,
+            id: ids[1].clone(),
+            room: "general".into(),
+            seq: 2,
+            ts: BASE_TS,
+        },
+    );
+    let left: Vec<&str> = app.rooms[0].pending.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(left, [ids[0].as_str()]);
+    // An echo of our own line changes nothing here: its ack does.
+    net(
+        &mut app,
+        NetEvent::Message(msg("general", 2, "alice", "same")),
+    );
+    assert_eq!(app.rooms[0].pending.len(), 1);
+    net(
+        &mut app,
+        NetEvent::Ack {
+            id: ids[0].clone(),
             room: "general".into(),
             seq: 1,
             ts: BASE_TS,
         },
     );
-    assert_eq!(app.rooms[0].pending.len(), 1);
+    assert!(app.rooms[0].pending.is_empty());
 }
 
 #[test]
