@@ -362,7 +362,7 @@ impl App {
 
     /// The message pane's size (width, height) at the current terminal size.
     pub fn message_pane(&self) -> (u16, u16) {
-        let areas = crate::ui::layout(Rect::new(0, 0, self.size.0, self.size.1), self);
+        let areas = crate::layout::layout(Rect::new(0, 0, self.size.0, self.size.1), self);
         (areas.messages.width, areas.messages.height)
     }
 
@@ -775,7 +775,7 @@ fn on_mouse(app: &mut App, mouse: MouseEvent) -> Option<Action> {
             None
         }
         MouseEventKind::Down(_) => {
-            let areas = crate::ui::layout(Rect::new(0, 0, app.size.0, app.size.1), app);
+            let areas = crate::layout::layout(Rect::new(0, 0, app.size.0, app.size.1), app);
             let list = areas.rooms;
             if mouse.column >= list.x
                 && mouse.column < list.right()

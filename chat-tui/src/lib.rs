@@ -2,7 +2,8 @@
 //! binary, the tests and the end-to-end suite share one implementation.
 //!
 //! - [`app`]: the state and `update(&mut App, Event) -> Option<Action>`.
-//! - [`ui`]: the pure `render(&App, &mut Frame)`.
+//! - [`ui`]: the pure `render(&App, &mut Frame)`, into the areas of
+//!   [`layout`].
 //! - [`net`]: the task that owns the WebSocket (login, reconnect, resume,
 //!   offline queue), spoken to over channels.
 //! - [`tls`]: dialing `ws://` and `wss://`, and which certificates to
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod input;
+pub mod layout;
 pub mod net;
 pub mod notify;
 pub mod sanitize;

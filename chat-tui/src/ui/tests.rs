@@ -417,22 +417,6 @@ fn multi_line_input_grows_and_places_the_cursor() {
 }
 
 #[test]
-fn input_rows_wrap_and_track_the_cursor() {
-    let (rows, cursor) = input_rows("abcdef", 6, 4);
-    assert_eq!(rows, [0..4, 4..6]);
-    assert_eq!(cursor, (1, 2));
-    let (rows, cursor) = input_rows("abcd", 4, 4);
-    assert_eq!(rows, [0..4, 4..4]);
-    assert_eq!(cursor, (1, 0));
-    let (_, cursor) = input_rows("a日本", 1, 4);
-    assert_eq!(cursor, (0, 1));
-    let (rows, cursor) = input_rows("", 0, 4);
-    assert_eq!(rows.len(), 1);
-    assert!(rows[0].is_empty());
-    assert_eq!(cursor, (0, 0));
-}
-
-#[test]
 fn room_browser_and_who() {
     let mut app = app(80, 16);
     join(&mut app, "general", vec![]);
