@@ -234,6 +234,10 @@ pub struct App {
     pub current: usize,
     pub input: LineEditor,
     pub overlay: Option<Overlay>,
+    /// A room just left with `/leave`, and when: the status bar asks
+    /// whether to forget it on every device, and `y` (on an empty input,
+    /// while the question shows) does.
+    pub forget_offer: Option<(String, Instant)>,
     pub notice: Option<Notice>,
     /// The clock as of the latest event; set by the caller.
     pub now: Instant,
@@ -265,6 +269,7 @@ impl App {
             current: 0,
             input: LineEditor::new(),
             overlay: None,
+            forget_offer: None,
             notice: None,
             now: Instant::now(),
             zone,
@@ -660,6 +665,9 @@ fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
     if app.overlay.is_some() {
         return on_overlay_key(app, key);
     }
+    if let Some(action) = answer_forget_offer(app, key, ctrl || alt) {
+        return action;
+    }
     let (_, pane_height) = app.message_pane();
     let page = i32::from(pane_height).saturating_sub(1).max(1);
     match key.code {
@@ -801,6 +809,35 @@ fn cycle_room(app: &mut App, step: isize) {
 }
 
 /// Completes the user name before the cursor from the room's members.
+/// The answer to "forget it on every device too?" after `/leave`: `y`
+/// forgets, `n` or Esc keeps; only on an empty input and while the
+/// question shows. `None`: the key is not an answer (the question lapses
+/// and the key does what it always does).
+fn answer_forget_offer(app: &mut App, key: KeyEvent, modified: bool) -> Option<Option<Action>> {
+    let (room, at) = app.forget_offer.take()?;
+    let showing = app.now.saturating_duration_since(at) < NOTICE_FOR;
+    if !showing || modified || !app.input.text().is_empty() {
+        return None;
+    }
+    match key.code {
+        KeyCode::Char('y' | 'Y') => {
+            app.notify(
+                format!("forgot {} on every device", sanitize_line(&room)),
+                false,
+            );
+            Some(Some(Action::Net(NetCommand::Forget { room })))
+        }
+        KeyCode::Char('n' | 'N') | KeyCode::Esc => {
+            app.notify(
+                format!("{} stays in your rooms", sanitize_line(&room)),
+                false,
+            );
+            Some(None)
+        }
+        _ => None,
+    }
+}
+
 fn complete_name(app: &mut App) {
     let text = app.input.text();
     if !app.input.at_end() {
@@ -947,12 +984,12 @@ fn command(app: &mut App, line: String) -> Option<Action> {
             }
             app.notify(
                 format!(
-                    "left {}: it stays in your rooms on your other devices and at the next start; /leave! {} forgets it",
-                    sanitize_line(&name),
+                    "left {}. Forget it on every device too? y/n (it stays in your rooms otherwise)",
                     sanitize_line(&name)
                 ),
                 false,
             );
+            app.forget_offer = Some((name.clone(), app.now));
             Some(Action::Net(NetCommand::Leave { room: name }))
         }
         ("/dm" | "/msg", Some(user), false) => {

@@ -1100,7 +1100,29 @@ fn leave_asks_and_leave_bang_forgets_everywhere() {
             room: "random".into()
         }))
     );
-    assert!(app.notice.as_ref().unwrap().text.contains("/leave! random"));
+    // Asked whether to forget it too: `n` keeps it.
+    assert!(app.notice.as_ref().unwrap().text.contains("y/n"));
+    assert_eq!(update(&mut app, key(KeyCode::Char('n'))), None);
+    assert_eq!(app.input.text(), "", "the answer is not typed");
+    // Asked once: a `y` now is text.
+    update(&mut app, key(KeyCode::Char('y')));
+    assert_eq!(app.input.text(), "y");
+    update(&mut app, key(KeyCode::Backspace));
+    // `y` forgets it everywhere.
+    join_with(&mut app, "random", 0, false);
+    enter(&mut app, "/leave");
+    assert_eq!(
+        update(&mut app, key(KeyCode::Char('y'))),
+        Some(Action::Net(NetCommand::Forget {
+            room: "random".into()
+        }))
+    );
+    // Another key lets the question go and does its usual work.
+    join_with(&mut app, "random", 0, false);
+    enter(&mut app, "/leave");
+    update(&mut app, key(KeyCode::Char('h')));
+    assert_eq!(app.input.text(), "h");
+    update(&mut app, key(KeyCode::Backspace));
     assert_eq!(
         enter(&mut app, "/leave! random"),
         Some(Action::Net(NetCommand::Forget {
