@@ -76,28 +76,36 @@ pub fn text_frame<T: Serialize>(event: &T) -> Frame {
         buf.truncate(ROOM);
         buf.extend_from_slice(b"{}");
     }
-    let header = header(0x1, buf.len() - ROOM);
-    let start = ROOM - header.len();
-    buf[start..ROOM].copy_from_slice(&header);
+    let len = buf.len() - ROOM;
+    let start = ROOM - header_len(len);
+    write_text_header(&mut buf[start..ROOM], len);
     let mut frame = Bytes::from(buf);
     frame.advance(start);
     frame
 }
 
-/// A final, unmasked frame header for a payload of `len` bytes.
-fn header(opcode: u8, len: usize) -> Vec<u8> {
-    let first = 0x80 | opcode;
+/// Bytes of a frame header for a payload of `len` bytes: 2, 4 or 10.
+fn header_len(len: usize) -> usize {
     match len {
-        0..=125 => vec![first, len as u8],
+        0..=125 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    }
+}
+
+/// Writes a final, unmasked text frame header for a payload of `len` bytes
+/// into `out`, which is [`header_len`] bytes long.
+fn write_text_header(out: &mut [u8], len: usize) {
+    out[0] = 0x81;
+    match len {
+        0..=125 => out[1] = len as u8,
         126..=0xffff => {
-            let mut h = vec![first, 126];
-            h.extend_from_slice(&(len as u16).to_be_bytes());
-            h
+            out[1] = 126;
+            out[2..].copy_from_slice(&(len as u16).to_be_bytes());
         }
         _ => {
-            let mut h = vec![first, 127];
-            h.extend_from_slice(&(len as u64).to_be_bytes());
-            h
+            out[1] = 127;
+            out[2..].copy_from_slice(&(len as u64).to_be_bytes());
         }
     }
 }

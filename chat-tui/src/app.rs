@@ -166,6 +166,14 @@ impl Room {
         }
     }
 
+    /// A private room (or direct conversation) being joined.
+    pub fn new_private(name: impl Into<String>) -> Self {
+        Room {
+            private: true,
+            ..Room::new(name)
+        }
+    }
+
     /// How the room is named on screen for `me`: a direct conversation as
     /// `@` and the other user, a private room with a `*` in front.
     pub fn label(&self, me: &str) -> String {
@@ -1009,9 +1017,7 @@ fn command(app: &mut App, line: String) -> Option<Action> {
                 app.switch_to(index);
                 return None;
             }
-            let mut opened = Room::new(room.clone());
-            opened.private = true;
-            app.rooms.push(opened);
+            app.rooms.push(Room::new_private(room.clone()));
             app.switch_to(app.rooms.len() - 1);
             Some(Action::Net(NetCommand::Dm {
                 user: user.to_owned(),
@@ -1032,9 +1038,7 @@ fn command(app: &mut App, line: String) -> Option<Action> {
                 app.switch_to(index);
                 return None;
             }
-            let mut opened = Room::new(room);
-            opened.private = true;
-            app.rooms.push(opened);
+            app.rooms.push(Room::new_private(room));
             app.switch_to(app.rooms.len() - 1);
             Some(Action::Net(NetCommand::CreatePrivate {
                 room: room.to_owned(),
@@ -1303,9 +1307,7 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
                 return None;
             }
             // Opened without taking the user away from what they read.
-            let mut opened = Room::new(room.clone());
-            opened.private = true;
-            app.rooms.push(opened);
+            app.rooms.push(Room::new_private(room.clone()));
             return Some(Action::Net(NetCommand::Join { room }));
         }
         NetEvent::RoomDeleted { room } => {

@@ -96,7 +96,7 @@ impl Session {
                 self.error(ErrorCode::BadRequest, "already logged in", id)
                     .await
             }
-            ClientEvent::Rooms { after, limit } => self.rooms(after, limit, id).await,
+            ClientEvent::Rooms { after, limit } => self.rooms(&handle.user, after, limit, id).await,
             ClientEvent::Join {
                 room,
                 since,
@@ -148,7 +148,7 @@ impl Session {
                 room,
                 before,
                 limit,
-            } => self.history(room, before, limit, id).await,
+            } => self.history(&handle.user, room, before, limit, id).await,
             ClientEvent::Typing { room } => {
                 let Some(room_id) = self.joined_room(&room) else {
                     return self.not_joined(&handle, &room, "join it first", id).await;
@@ -375,8 +375,10 @@ impl Session {
         self.error(code, message, id).await
     }
 
+    /// The rooms `viewer` may see.
     async fn rooms(
         &mut self,
+        viewer: &str,
         after: Option<String>,
         limit: Option<u64>,
         id: Option<String>,
@@ -390,8 +392,6 @@ impl Session {
             }
             Some(n) => n.min(MAX_ROOMS_PAGE as u64) as usize,
         };
-        let viewer = self.account.as_ref().map(|a| a.handle.user.clone());
-        let viewer = viewer.as_deref().unwrap_or_default();
         match self.state.hub.rooms(viewer, after.as_deref(), limit).await {
             Ok((rooms, has_more)) => {
                 self.reply(&ServerEvent::Rooms {
@@ -621,6 +621,7 @@ impl Session {
 
     async fn history(
         &mut self,
+        viewer: &str,
         room: String,
         before: Option<u64>,
         limit: Option<u64>,
@@ -638,8 +639,6 @@ impl Session {
             }
             Some(n) => n.min(MAX_PAGE as u64) as usize,
         };
-        let viewer = self.account.as_ref().map(|a| a.handle.user.clone());
-        let viewer = viewer.as_deref().unwrap_or_default();
         match self.state.hub.history(viewer, &room, before, limit).await {
             Ok(page) => {
                 self.reply(&ServerEvent::History {
