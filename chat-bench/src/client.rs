@@ -178,6 +178,7 @@ pub async fn join(ws: &mut Ws, room: &str) -> Result<u64> {
             room: room.into(),
             since: None,
             private: false,
+            since_rev: None,
         }),
     )
     .await?;
@@ -279,6 +280,7 @@ mod tests {
             user: "u".into(),
             text: "123456 xxxx".into(),
             ts: 1,
+            ..Default::default()
         }));
         assert_eq!(
             classify(&message),

@@ -57,6 +57,10 @@ pub enum ClientEvent {
         room: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// With `since`: also receive, as `changes`, the current state of
+        /// every message up to `since` changed after this `rev` (part 2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_rev: Option<u64>,
         /// Create the room as private when it does not exist (part 2).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         private: bool,
@@ -74,8 +78,39 @@ pub enum ClientEvent {
     },
     /// Move the user's read marker of `room` forward to `seq` (part 2).
     Read { room: String, seq: u64 },
-    /// Post a message to a joined room.
-    Send { room: String, text: String },
+    /// Post a message to a joined room, optionally as a reply to message
+    /// `reply_to` of the same room (part 2).
+    Send {
+        room: String,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+    },
+    /// Replace the text of one's own message `seq` (part 2).
+    Edit {
+        room: String,
+        seq: u64,
+        text: String,
+    },
+    /// Delete message `seq`: its author or an admin (part 2).
+    Delete { room: String, seq: u64 },
+    /// Toggle the caller's reaction `emoji` on message `seq` (part 2).
+    React {
+        room: String,
+        seq: u64,
+        emoji: String,
+    },
+    /// Find messages containing every word of `query` (as prefixes), in
+    /// `room` or in every room the user may read, newest first (part 2).
+    Search {
+        query: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
     /// Page backwards through a room's history.
     History {
         room: String,
@@ -92,17 +127,106 @@ pub enum ClientEvent {
     Ping,
 }
 
-/// One stored message, as it appears inside `history` and (with `type`) as a
-/// `message` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One stored message, as it appears inside `history`, `changes` and
+/// `search_results` and (with `type`) as a `message` event. The part-2
+/// fields appear only when they apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
     pub room: String,
     /// Position in the room: 1, 2, 3, … with no holes.
     pub seq: u64,
     pub user: String,
+    /// Empty once the message is deleted.
     pub text: String,
     /// Milliseconds since the Unix epoch, when the server stored it.
     pub ts: i64,
+    /// The message of the same room this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// When the text was last edited, milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<i64>,
+    /// The message was deleted: its `seq` stays taken, its text is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// Who reacted with what.
+    #[serde(default, skip_serializing_if = "Reactions::is_empty")]
+    pub reactions: Reactions,
+}
+
+/// The reactions on a message: each emoji with the users who chose it, in
+/// the order they reacted; emoji in the order of their first reaction. On
+/// the wire a JSON object (`{"👍":["alice","bob"]}`) whose key order is
+/// kept both ways.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reactions(pub Vec<(String, Vec<String>)>);
+
+impl Reactions {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The users who reacted with `emoji`.
+    pub fn users(&self, emoji: &str) -> &[String] {
+        self.0
+            .iter()
+            .find(|(e, _)| e == emoji)
+            .map_or(&[], |(_, users)| users.as_slice())
+    }
+
+    /// Records that `user` turned reaction `emoji` on (`on`) or off.
+    pub fn set(&mut self, emoji: &str, user: &str, on: bool) {
+        let at = self.0.iter().position(|(e, _)| e == emoji);
+        match (at, on) {
+            (Some(at), true) => {
+                if !self.0[at].1.iter().any(|u| u == user) {
+                    self.0[at].1.push(user.to_owned());
+                }
+            }
+            (None, true) => self.0.push((emoji.to_owned(), vec![user.to_owned()])),
+            (Some(at), false) => {
+                self.0[at].1.retain(|u| u != user);
+                if self.0[at].1.is_empty() {
+                    self.0.remove(at);
+                }
+            }
+            (None, false) => {}
+        }
+    }
+}
+
+impl Serialize for Reactions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (emoji, users) in &self.0 {
+            map.serialize_entry(emoji, users)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Reactions {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = Reactions;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of emoji to lists of user names")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Reactions, A::Error> {
+                let mut out = Vec::new();
+                while let Some((emoji, users)) = map.next_entry::<String, Vec<String>>()? {
+                    out.push((emoji, users));
+                }
+                Ok(Reactions(out))
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
 }
 
 /// One line of the `rooms` answer.
@@ -171,6 +295,10 @@ pub enum ServerEvent {
         room: String,
         last_seq: u64,
         members: Vec<String>,
+        /// The room's change counter (part 2): every edit, deletion and
+        /// reaction adds one.
+        #[serde(default)]
+        rev: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         re: Option<String>,
     },
@@ -191,6 +319,52 @@ pub enum ServerEvent {
     },
     Left {
         room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<String>,
+    },
+    /// Message `seq` has a new text (part 2).
+    Edited {
+        room: String,
+        seq: u64,
+        text: String,
+        edited_ts: i64,
+        rev: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<String>,
+    },
+    /// Message `seq` was deleted (part 2).
+    Deleted {
+        room: String,
+        seq: u64,
+        rev: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<String>,
+    },
+    /// `user` turned reaction `emoji` on message `seq` on or off (part 2).
+    Reaction {
+        room: String,
+        seq: u64,
+        user: String,
+        emoji: String,
+        on: bool,
+        rev: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        re: Option<String>,
+    },
+    /// After a `join` with `since_rev`: the current state of messages
+    /// changed while the client was away, as of the room's `rev`.
+    Changes {
+        room: String,
+        messages: Vec<MessageRecord>,
+        rev: u64,
+    },
+    /// The answer to `search`: newest first; `next`, when present, is the
+    /// `cursor` of the following page.
+    SearchResults {
+        query: String,
+        messages: Vec<MessageRecord>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         re: Option<String>,
     },
@@ -266,6 +440,9 @@ pub enum ErrorCode {
     Busy,
     /// The request named a user that does not exist (part 2).
     NoSuchUser,
+    /// The request named a message that does not exist or was deleted
+    /// (part 2).
+    NoSuchMessage,
 }
 
 impl ErrorCode {
@@ -286,6 +463,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Busy => "busy",
             ErrorCode::NoSuchUser => "no_such_user",
+            ErrorCode::NoSuchMessage => "no_such_message",
         }
     }
 }

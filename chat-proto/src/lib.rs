@@ -16,7 +16,7 @@ pub mod validate;
 
 pub use event::{
     decode_client, decode_server, encode, AccountRoom, ClientEvent, DecodeError, ErrorCode,
-    MessageRecord, PresenceState, Request, RoomSummary, ServerEvent,
+    MessageRecord, PresenceState, Reactions, Request, RoomSummary, ServerEvent,
 };
 pub use limits::PROTOCOL_VERSION;
 
@@ -30,4 +30,12 @@ pub mod features {
     pub const PRIVATE: &str = "private";
     /// `dm`.
     pub const DM: &str = "dm";
+    /// `edit` and `delete`, `rev`, `since_rev` and `changes`.
+    pub const EDIT: &str = "edit";
+    /// `react`.
+    pub const REACT: &str = "react";
+    /// `send` with `reply_to`.
+    pub const REPLY: &str = "reply";
+    /// `search`.
+    pub const SEARCH: &str = "search";
 }

@@ -37,6 +37,22 @@ pub const LOGIN_TIMEOUT_SECS: u64 = 10;
 /// `limit`).
 pub const MAX_ROOMS_PAGE: usize = 1000;
 
+/// A reaction's emoji: 1 to this many bytes.
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+/// Default and largest `limit` of a `search`.
+pub const DEFAULT_SEARCH: usize = 20;
+/// See [`DEFAULT_SEARCH`].
+pub const MAX_SEARCH: usize = 100;
+/// A search query: at most this many bytes, and at most
+/// [`MAX_SEARCH_WORDS`] words, so one request cannot ask for unbounded work.
+pub const MAX_QUERY_BYTES: usize = 512;
+/// See [`MAX_QUERY_BYTES`].
+pub const MAX_SEARCH_WORDS: usize = 16;
+
+/// Most messages in one `changes` event.
+pub const MAX_CHANGES_PAGE: usize = 200;
+
 /// Failed logins on one connection before it is closed with 1008.
 pub const MAX_LOGIN_FAILURES: u32 = 3;
 

@@ -3,7 +3,8 @@
 //! refuse bad input before it reaches the network.
 
 use crate::limits::{
-    MAX_ID_CHARS, MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MIN_PASSWORD_BYTES,
+    MAX_EMOJI_BYTES, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_QUERY_BYTES,
+    MAX_SEARCH_WORDS, MAX_TEXT_BYTES, MIN_PASSWORD_BYTES,
 };
 
 /// Why a piece of text was refused; each maps to one protocol error code.
@@ -91,6 +92,56 @@ pub fn normalize_text(text: &str) -> Result<String, TextError> {
     Ok(out)
 }
 
+/// A reaction: 1 to [`MAX_EMOJI_BYTES`] bytes, with no whitespace and no
+/// control characters (so it cannot repaint a terminal or hide in a line).
+pub fn is_valid_emoji(emoji: &str) -> bool {
+    (1..=MAX_EMOJI_BYTES).contains(&emoji.len())
+        && !emoji
+            .chars()
+            .any(|c| c.is_whitespace() || is_forbidden_control(c) || is_invisible_format(c))
+}
+
+/// Format characters that draw nothing on their own (bidi overrides and
+/// the like) but may sit inside emoji sequences: the zero-width joiner
+/// (U+200D) and variation selectors are allowed, the others not.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c as u32, 0x200B | 0x200E | 0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0xFEFF)
+}
+
+/// Why a search query was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("the query has no words to search for")]
+    Empty,
+    #[error("the query is longer than {MAX_QUERY_BYTES} bytes")]
+    TooLong,
+    #[error("the query has more than {MAX_SEARCH_WORDS} words")]
+    TooManyWords,
+}
+
+/// The words of a search query, lowercased: runs of letters and digits
+/// (anything else separates words). Both store backends match each as a
+/// prefix.
+pub fn search_words(query: &str) -> Result<Vec<String>, QueryError> {
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(QueryError::TooLong);
+    }
+    let mut words: Vec<String> = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    words.sort();
+    words.dedup();
+    if words.is_empty() {
+        return Err(QueryError::Empty);
+    }
+    if words.len() > MAX_SEARCH_WORDS {
+        return Err(QueryError::TooManyWords);
+    }
+    Ok(words)
+}
+
 /// C0 and C1 control characters and DEL: the ones that can move a terminal's
 /// cursor or start an escape sequence.
 pub fn is_forbidden_control(c: char) -> bool {
@@ -120,6 +171,32 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn emoji_and_search_words() {
+        for ok in [
+            "👍",
+            "🎉",
+            "+1",
+            "👨\u{200D}👩\u{200D}👧",
+            "❤\u{FE0F}",
+            ":tada:",
+        ] {
+            assert!(is_valid_emoji(ok), "{ok:?}");
+        }
+        for bad in ["", "a b", "\u{1b}[2J", "👍\n", "\u{202E}x", &"x".repeat(33)] {
+            assert!(!is_valid_emoji(bad), "{bad:?}");
+        }
+        assert_eq!(
+            search_words("Deplo, the-BUILD!").unwrap(),
+            ["build", "deplo", "the"]
+        );
+        assert_eq!(search_words("  ,;  "), Err(QueryError::Empty));
+        assert_eq!(search_words(&"a ".repeat(17)).unwrap(), ["a"]);
+        let many: String = (0..17).map(|i| format!("w{i} ")).collect();
+        assert_eq!(search_words(&many), Err(QueryError::TooManyWords));
+        assert_eq!(search_words(&"x".repeat(513)), Err(QueryError::TooLong));
+    }
 
     #[test]
     fn names() {

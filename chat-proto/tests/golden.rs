@@ -44,6 +44,7 @@ fn client_events_decode_from_the_documented_json() {
             Request::new(ClientEvent::Join {
                 room: "general".into(),
                 since: None,
+                since_rev: None,
                 private: false,
             }),
         ),
@@ -52,6 +53,7 @@ fn client_events_decode_from_the_documented_json() {
             Request::new(ClientEvent::Join {
                 room: "ops".into(),
                 since: None,
+                since_rev: None,
                 private: true,
             }),
         ),
@@ -74,6 +76,7 @@ fn client_events_decode_from_the_documented_json() {
             Request::new(ClientEvent::Join {
                 room: "general".into(),
                 since: Some(41),
+                since_rev: None,
                 private: false,
             }),
         ),
@@ -107,9 +110,77 @@ fn client_events_decode_from_the_documented_json() {
                 ClientEvent::Send {
                     room: "general".into(),
                     text: "hello".into(),
+                    reply_to: None,
                 },
                 "c1",
             ),
+        ),
+        (
+            r#"{"type":"send","room":"general","text":"on it","reply_to":7,"id":"c2"}"#,
+            Request::with_id(
+                ClientEvent::Send {
+                    room: "general".into(),
+                    text: "on it".into(),
+                    reply_to: Some(7),
+                },
+                "c2",
+            ),
+        ),
+        (
+            r#"{"type":"edit","room":"general","seq":7,"text":"deployed, finally","id":"e1"}"#,
+            Request::with_id(
+                ClientEvent::Edit {
+                    room: "general".into(),
+                    seq: 7,
+                    text: "deployed, finally".into(),
+                },
+                "e1",
+            ),
+        ),
+        (
+            r#"{"type":"delete","room":"general","seq":8}"#,
+            Request::new(ClientEvent::Delete {
+                room: "general".into(),
+                seq: 8,
+            }),
+        ),
+        (
+            r#"{"type":"react","room":"general","seq":7,"emoji":"👍"}"#,
+            Request::new(ClientEvent::React {
+                room: "general".into(),
+                seq: 7,
+                emoji: "👍".into(),
+            }),
+        ),
+        (
+            r#"{"type":"search","query":"deplo"}"#,
+            Request::new(ClientEvent::Search {
+                query: "deplo".into(),
+                room: None,
+                limit: None,
+                cursor: None,
+            }),
+        ),
+        (
+            r#"{"type":"search","query":"deplo fri","room":"general","limit":50,"cursor":"41","id":"s2"}"#,
+            Request::with_id(
+                ClientEvent::Search {
+                    query: "deplo fri".into(),
+                    room: Some("general".into()),
+                    limit: Some(50),
+                    cursor: Some("41".into()),
+                },
+                "s2",
+            ),
+        ),
+        (
+            r#"{"type":"join","room":"general","since":41,"since_rev":9}"#,
+            Request::new(ClientEvent::Join {
+                room: "general".into(),
+                since: Some(41),
+                since_rev: Some(9),
+                private: false,
+            }),
         ),
         (
             r#"{"type":"history","room":"general","before":120,"limit":50}"#,
@@ -154,8 +225,99 @@ fn server_events_encode_to_the_documented_json() {
         user: "alice".into(),
         text: "hello".into(),
         ts: 1764000000000,
+        ..Default::default()
+    };
+    let mut reactions = Reactions::default();
+    reactions.set("👍", "alice", true);
+    reactions.set("🎉", "carol", true);
+    reactions.set("👍", "bob", true);
+    let lived = MessageRecord {
+        room: "general".into(),
+        seq: 7,
+        user: "bob".into(),
+        text: "deployed, finally".into(),
+        ts: 1764000000000,
+        reply_to: Some(5),
+        edited_ts: Some(1764000060000),
+        deleted: false,
+        reactions,
+    };
+    let deleted = MessageRecord {
+        room: "general".into(),
+        seq: 8,
+        user: "bob".into(),
+        text: String::new(),
+        ts: 1764000000000,
+        deleted: true,
+        ..Default::default()
     };
     let cases: Vec<(ServerEvent, Value)> = vec![
+        (
+            ServerEvent::Edited {
+                room: "general".into(),
+                seq: 7,
+                text: "deployed, finally".into(),
+                edited_ts: 1764000060000,
+                rev: 12,
+                re: Some("e1".into()),
+            },
+            json!({"type":"edited","room":"general","seq":7,"text":"deployed, finally",
+                   "edited_ts":1764000060000u64,"rev":12,"re":"e1"}),
+        ),
+        (
+            ServerEvent::Deleted {
+                room: "general".into(),
+                seq: 8,
+                rev: 13,
+                re: None,
+            },
+            json!({"type":"deleted","room":"general","seq":8,"rev":13}),
+        ),
+        (
+            ServerEvent::Reaction {
+                room: "general".into(),
+                seq: 7,
+                user: "bob".into(),
+                emoji: "👍".into(),
+                on: false,
+                rev: 14,
+                re: None,
+            },
+            json!({"type":"reaction","room":"general","seq":7,"user":"bob","emoji":"👍","on":false,"rev":14}),
+        ),
+        (
+            ServerEvent::Changes {
+                room: "general".into(),
+                messages: vec![lived.clone(), deleted],
+                rev: 14,
+            },
+            json!({"type":"changes","room":"general","rev":14,"messages":[
+                {"room":"general","seq":7,"user":"bob","text":"deployed, finally","ts":1764000000000u64,
+                 "reply_to":5,"edited_ts":1764000060000u64,"reactions":{"👍":["alice","bob"],"🎉":["carol"]}},
+                {"room":"general","seq":8,"user":"bob","text":"","ts":1764000000000u64,"deleted":true}
+            ]}),
+        ),
+        (
+            ServerEvent::SearchResults {
+                query: "deplo".into(),
+                messages: vec![lived],
+                next: Some("41".into()),
+                re: Some("s1".into()),
+            },
+            json!({"type":"search_results","query":"deplo","next":"41","re":"s1","messages":[
+                {"room":"general","seq":7,"user":"bob","text":"deployed, finally","ts":1764000000000u64,
+                 "reply_to":5,"edited_ts":1764000060000u64,"reactions":{"👍":["alice","bob"],"🎉":["carol"]}}
+            ]}),
+        ),
+        (
+            ServerEvent::SearchResults {
+                query: "nothing".into(),
+                messages: vec![],
+                next: None,
+                re: None,
+            },
+            json!({"type":"search_results","query":"nothing","messages":[]}),
+        ),
         (
             ServerEvent::Welcome {
                 user: "alice".into(),
@@ -231,9 +393,10 @@ fn server_events_encode_to_the_documented_json() {
                 room: "general".into(),
                 last_seq: 120,
                 members: vec!["alice".into(), "bob".into()],
+                rev: 3,
                 re: None,
             },
-            json!({"type":"joined","room":"general","last_seq":120,"members":["alice","bob"]}),
+            json!({"type":"joined","room":"general","last_seq":120,"members":["alice","bob"],"rev":3}),
         ),
         (
             ServerEvent::History {
@@ -319,6 +482,26 @@ fn server_events_encode_to_the_documented_json() {
 }
 
 #[test]
+fn reactions_keep_their_order_both_ways() {
+    // Not alphabetical: the order of first reaction.
+    let text = r#"{"type":"message","room":"r","seq":1,"user":"a","text":"t","ts":1,
+                   "reactions":{"🎉":["bob"],"👍":["carol","alice"]}}"#;
+    let ServerEvent::Message(m) = decode_server(text).unwrap() else {
+        panic!("not a message");
+    };
+    assert_eq!(m.reactions.0[0].0, "🎉");
+    assert_eq!(m.reactions.users("👍"), ["carol", "alice"]);
+    assert!(encode(&ServerEvent::Message(m))
+        .contains(r#""reactions":{"🎉":["bob"],"👍":["carol","alice"]}"#));
+    let mut r = Reactions::default();
+    r.set("👍", "a", true);
+    r.set("👍", "a", true);
+    assert_eq!(r.users("👍"), ["a"]);
+    r.set("👍", "a", false);
+    assert!(r.is_empty());
+}
+
+#[test]
 fn a_part_1_welcome_still_decodes() {
     // From a server without part 2: no `features`, no `rooms`.
     let event = decode_server(
@@ -351,6 +534,7 @@ fn every_error_code_has_its_documented_name() {
         (ErrorCode::Internal, "internal"),
         (ErrorCode::Busy, "busy"),
         (ErrorCode::NoSuchUser, "no_such_user"),
+        (ErrorCode::NoSuchMessage, "no_such_message"),
     ];
     for (code, name) in codes {
         assert_eq!(wire(&code), json!(name));

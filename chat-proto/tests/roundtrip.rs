@@ -33,13 +33,18 @@ fn client_event() -> impl Strategy<Value = ClientEvent> {
         (text(), proptest::option::of(any::<u64>())).prop_map(|(room, since)| ClientEvent::Join {
             room,
             since,
-            private: false
+            private: false,
+            since_rev: None,
         }),
         (text(), text()).prop_map(|(room, user)| ClientEvent::Invite { room, user }),
         text().prop_map(|user| ClientEvent::Dm { user }),
         (text(), any::<bool>()).prop_map(|(room, forget)| ClientEvent::Leave { room, forget }),
         (text(), any::<u64>()).prop_map(|(room, seq)| ClientEvent::Read { room, seq }),
-        (text(), text()).prop_map(|(room, text)| ClientEvent::Send { room, text }),
+        (text(), text()).prop_map(|(room, text)| ClientEvent::Send {
+            room,
+            text,
+            reply_to: None,
+        }),
         (
             text(),
             proptest::option::of(any::<u64>()),
@@ -64,6 +69,7 @@ fn message() -> impl Strategy<Value = MessageRecord> {
             user,
             text,
             ts,
+            ..Default::default()
         }
     })
 }

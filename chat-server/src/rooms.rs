@@ -642,6 +642,7 @@ mod tests {
                 user: "u".into(),
                 text: format!("m{seq}"),
                 ts: 0,
+                ..Default::default()
             },
         }
     }

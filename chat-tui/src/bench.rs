@@ -72,6 +72,7 @@ pub fn sample_app(messages: usize, width: u16, height: u16) -> App {
             user: users[i % users.len()].into(),
             text: texts[(i * 7) % texts.len()].into(),
             ts: start + i as i64 * 9_000,
+            ..Default::default()
         })
         .collect();
     update(

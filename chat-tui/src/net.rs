@@ -942,6 +942,7 @@ impl Worker {
                 room: room.to_owned(),
                 since,
                 private: how == JoinAs::Private,
+                since_rev: None,
             },
             JoinAs::Dm(user) => ClientEvent::Dm { user },
         };
@@ -1079,6 +1080,7 @@ impl Worker {
                 ClientEvent::Send {
                     room: room.clone(),
                     text: line.text.clone(),
+                    reply_to: None,
                 },
                 line.id.clone(),
             );
@@ -1094,6 +1096,7 @@ impl Worker {
                 last_seq,
                 members,
                 re,
+                ..
             } => {
                 if let Some(id) = re {
                     self.requests.remove(&id);
@@ -1235,6 +1238,13 @@ impl Worker {
                 Ok(())
             }
             ServerEvent::Welcome { .. } => Ok(()),
+            // Part-2 message changes and search: handled in the next step
+            // of this change (the TUI's edit/react/search views).
+            ServerEvent::Edited { .. }
+            | ServerEvent::Deleted { .. }
+            | ServerEvent::Reaction { .. }
+            | ServerEvent::Changes { .. }
+            | ServerEvent::SearchResults { .. } => Ok(()),
         }
     }
 

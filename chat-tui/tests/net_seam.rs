@@ -52,6 +52,7 @@ fn record(seq: u64, user: &str, text: &str) -> MessageRecord {
         user: user.into(),
         text: text.into(),
         ts: 1_764_000_000_000 + seq as i64,
+        ..Default::default()
     }
 }
 

@@ -101,6 +101,7 @@ impl Session {
                 room,
                 since,
                 private,
+                ..
             } => self.join(&handle, room, since, private, id).await,
             ClientEvent::Invite { room, user } => {
                 if !is_valid_name(&user) {
@@ -143,7 +144,7 @@ impl Session {
                 Ok(()) => Ok(()),
                 Err(refusal) => self.refused(refusal, &room, id).await,
             },
-            ClientEvent::Send { room, text } => self.send(&handle, room, text, id).await,
+            ClientEvent::Send { room, text, .. } => self.send(&handle, room, text, id).await,
             ClientEvent::History {
                 room,
                 before,
@@ -158,6 +159,13 @@ impl Session {
             }
             ClientEvent::DeleteRoom { room } => self.delete_room(&handle, room, id).await,
             ClientEvent::Ping => self.reply(&ServerEvent::Pong { re: id }).await,
+            ClientEvent::Edit { .. }
+            | ClientEvent::Delete { .. }
+            | ClientEvent::React { .. }
+            | ClientEvent::Search { .. } => {
+                self.error(ErrorCode::BadRequest, "not supported yet", id)
+                    .await
+            }
         }
     }
 
@@ -430,6 +438,7 @@ impl Session {
             room: room.clone(),
             last_seq: joined.last_seq,
             members: joined.members,
+            rev: 0,
             re: id,
         })
         .await?;

@@ -772,6 +772,7 @@ async fn read_range(
                 user: row.try_get(1)?,
                 text: row.try_get(2)?,
                 ts: row.try_get(3)?,
+                ..Default::default()
             })
         })
         .collect()
@@ -842,6 +843,7 @@ impl<'a> Plan<'a> {
                     user: self.users[i].to_owned(),
                     text: self.texts[i].to_owned(),
                     ts,
+                    ..Default::default()
                 },
             });
         }
@@ -1772,6 +1774,7 @@ impl Store for PostgresStore {
                         user: row.try_get(2)?,
                         text: row.try_get(3)?,
                         ts: row.try_get(4)?,
+                        ..Default::default()
                     });
                 }
                 Ok(HistoryPage {

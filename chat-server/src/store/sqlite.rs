@@ -307,6 +307,7 @@ fn read_range(
             user: row.get(1)?,
             text: row.get(2)?,
             ts: row.get(3)?,
+            ..Default::default()
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -359,6 +360,7 @@ fn run_job(
                         user: user.clone(),
                         text: text.clone(),
                         ts,
+                        ..Default::default()
                     },
                 },
             );
