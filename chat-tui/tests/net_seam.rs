@@ -88,6 +88,7 @@ async fn login_and_join(ws: &mut Ws, last_seq: u64, backlog: Vec<MessageRecord>)
             room: room.clone(),
             last_seq,
             members: vec!["alice".into()],
+            rev: 0,
             re: join.id,
         },
     )
