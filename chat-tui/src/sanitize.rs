@@ -638,6 +638,7 @@ mod tests {
                 user: user.into(),
                 text: text.into(),
                 ts: BASE_TS + seq as i64 * 60_000,
+                ..Default::default()
             }
         }
 

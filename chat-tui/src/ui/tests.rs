@@ -20,6 +20,7 @@ fn msg(room: &str, seq: u64, user: &str, text: &str) -> MessageRecord {
         user: user.into(),
         text: text.into(),
         ts: BASE_TS + seq as i64 * 60_000,
+        ..Default::default()
     }
 }
 
