@@ -11,6 +11,7 @@
 //! form to it.
 
 pub mod event;
+pub mod export;
 pub mod limits;
 pub mod validate;
 

@@ -4,6 +4,8 @@
 //! daylight-saving change still show the hour they were written at. Tests
 //! use [`utc`] to stay independent of the machine's zone.
 
+use chat_proto::export::civil_from_days;
+
 /// Gives the offset from UTC, in seconds, in force at a timestamp (ms).
 pub type ZoneFn = fn(i64) -> i32;
 
@@ -98,21 +100,6 @@ pub fn format_short(ts_ms: i64, zone: ZoneFn) -> String {
     let time = LocalTime::at(ts_ms, zone);
     let (_, m, d) = civil_from_days(i64::from(time.day));
     format!("{d} {} {}", &MONTHS[(m - 1) as usize][..3], time.hhmm())
-}
-
-/// Proleptic Gregorian (year, month 1-12, day 1-31) of a day number
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
