@@ -4,7 +4,7 @@
 
 use tokio::sync::oneshot;
 
-use super::{Appended, RoomHead, RoomId, SessionId, StoreError, UserRecord};
+use super::{Appended, Change, Changed, RoomHead, RoomId, SessionId, StoreError, UserRecord};
 
 /// A write a client waits for, folded with others into one transaction.
 pub(super) enum WriteJob {
@@ -12,7 +12,16 @@ pub(super) enum WriteJob {
         room: RoomId,
         user: String,
         text: String,
+        reply_to: Option<u64>,
         reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    Change {
+        room: RoomId,
+        seq: u64,
+        user: String,
+        admin: bool,
+        change: Change,
+        reply: oneshot::Sender<Result<Changed, StoreError>>,
     },
     OpenRoom {
         name: String,
@@ -33,6 +42,7 @@ pub(super) enum WriteJob {
 #[derive(Debug)]
 pub(super) enum Outcome {
     Appended(Appended),
+    Changed(Changed),
     Opened(RoomHead),
     Deleted(RoomId),
     Done,
@@ -49,6 +59,12 @@ pub(super) fn answer(job: WriteJob, outcome: Result<Outcome, StoreError>) {
         WriteJob::Append { reply, .. } => {
             let _ = reply.send(match outcome {
                 Ok(Outcome::Appended(appended)) => Ok(appended),
+                other => Err(refused(other)),
+            });
+        }
+        WriteJob::Change { reply, .. } => {
+            let _ = reply.send(match outcome {
+                Ok(Outcome::Changed(changed)) => Ok(changed),
                 other => Err(refused(other)),
             });
         }

@@ -63,6 +63,8 @@ pub struct RoomHead {
     pub id: RoomId,
     /// Newest `seq` stored (0: no messages yet).
     pub last_seq: u64,
+    /// The room's change counter: edits, deletions and reactions so far.
+    pub rev: u64,
     /// Only its members (the account rooms that hold it) may see it.
     pub private: bool,
 }
@@ -75,6 +77,66 @@ pub struct Appended {
     pub ts: i64,
 }
 
+/// Where an event stands in its room: the room's newest `seq` and `rev`
+/// once it was stored. A message moves `seq` by one, a change `rev`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub seq: u64,
+    pub rev: u64,
+}
+
+impl Position {
+    /// The event's number in its room: 1, 2, 3, … over messages and changes
+    /// together, with no holes.
+    pub fn index(self) -> u64 {
+        self.seq + self.rev
+    }
+}
+
+/// What an edit, deletion or reaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    /// The room's change counter after it.
+    pub rev: u64,
+    /// When it was stored, milliseconds (an edit's `edited_ts`).
+    pub ts: i64,
+    /// For a reaction: on (added) or off (taken back).
+    pub on: bool,
+}
+
+/// A change to a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Edit { text: String },
+    Delete,
+    React { emoji: String },
+}
+
+/// Where a search looks, and from where.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    /// Lowercased words, each matched as a word prefix; all must match.
+    pub words: Vec<String>,
+    /// Only this room (the caller checked the user may read it).
+    pub room: Option<RoomId>,
+    /// Rooms the user may read: every public one and these private ones.
+    pub viewer: String,
+    /// Only messages older than this cursor (from an earlier page).
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// A page of search results, newest first, and the cursor of the next page.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    pub messages: Vec<MessageRecord>,
+    pub next: Option<i64>,
+}
+
+/// Most distinct reactions one message can carry (Slack's limit too): a
+/// message cannot be made to grow without bound.
+pub const MAX_REACTIONS_PER_MESSAGE: usize = 50;
+
 /// What can go wrong in the store, in the chat's words. The backends log the
 /// database's own error before turning it into [`StoreError::Unavailable`].
 #[derive(Debug, Clone, thiserror::Error)]
@@ -85,6 +147,15 @@ pub enum StoreError {
     UserExists,
     #[error("no such user")]
     NoSuchUser,
+    /// No message of that seq, or it was deleted.
+    #[error("no such message")]
+    NoSuchMessage,
+    /// Only the author (or, to delete, an admin) may change a message.
+    #[error("not the author of the message")]
+    NotAuthor,
+    /// The message carries [`MAX_REACTIONS_PER_MESSAGE`] different ones.
+    #[error("too many different reactions on the message")]
+    TooManyReactions,
     #[error("the target database is not empty")]
     NotEmpty,
     /// The database could not be reached or refused the operation; the
@@ -147,18 +218,86 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
-/// A message as a commit stored it.
+/// One event of a room as a commit stored it (or a gap fill read it back).
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub room_id: RoomId,
-    pub message: MessageRecord,
+    /// The room's name.
+    pub room: String,
+    /// Where it stands in the room.
+    pub at: Position,
+    pub event: RoomEvent,
+}
+
+/// What happened in a room: a new message, or a change to one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    Message(MessageRecord),
+    Edited {
+        seq: u64,
+        text: String,
+        edited_ts: i64,
+    },
+    Deleted {
+        seq: u64,
+    },
+    Reaction {
+        seq: u64,
+        user: String,
+        emoji: String,
+        on: bool,
+    },
+}
+
+impl Stored {
+    /// The event as members receive it.
+    pub fn to_server_event(&self) -> chat_proto::ServerEvent {
+        use chat_proto::ServerEvent;
+        let room = self.room.clone();
+        let rev = self.at.rev;
+        match &self.event {
+            RoomEvent::Message(message) => ServerEvent::Message(message.clone()),
+            RoomEvent::Edited {
+                seq,
+                text,
+                edited_ts,
+            } => ServerEvent::Edited {
+                room,
+                seq: *seq,
+                text: text.clone(),
+                edited_ts: *edited_ts,
+                rev,
+                re: None,
+            },
+            RoomEvent::Deleted { seq } => ServerEvent::Deleted {
+                room,
+                seq: *seq,
+                rev,
+                re: None,
+            },
+            RoomEvent::Reaction {
+                seq,
+                user,
+                emoji,
+                on,
+            } => ServerEvent::Reaction {
+                room,
+                seq: *seq,
+                user: user.clone(),
+                emoji: emoji.clone(),
+                on: *on,
+                rev,
+                re: None,
+            },
+        }
+    }
 }
 
 /// One committed transaction's effects, as announced on the feed.
 #[derive(Debug)]
 pub enum Commit {
-    /// Messages just made durable, in `seq` order per room.
-    Messages(Vec<Stored>),
+    /// Messages and changes just made durable, in order per room.
+    Events(Vec<Stored>),
     /// A room was just deleted; `requested_by` is the session that asked
     /// (answered directly, so not told again).
     RoomDeleted {
@@ -261,7 +400,54 @@ pub trait Store: Send + Sync + 'static {
     /// increasing seqs. When the outcome is unknown (the database stopped
     /// answering mid-commit) the error is `Unavailable` and the message may
     /// still be in history; delivery then finds it through `range`.
-    async fn append(&self, room: RoomId, user: &str, text: &str) -> Result<Appended, StoreError>;
+    /// `reply_to`, when given, must be a message of the room that is not
+    /// deleted (`NoSuchMessage` otherwise).
+    async fn append(
+        &self,
+        room: RoomId,
+        user: &str,
+        text: &str,
+        reply_to: Option<u64>,
+    ) -> Result<Appended, StoreError>;
+    /// Applies `change` by `user` to message `seq` of room `room`, as one
+    /// more step of the room's `rev`, queued and committed like
+    /// [`Store::append`] (and announced on the feed in order with
+    /// messages). Refusals: `NoSuchMessage` (unknown or deleted),
+    /// `NotAuthor` (an edit by another user, or a deletion by someone who
+    /// is neither the author nor `admin`), `TooManyReactions`, `NoSuchRoom`.
+    async fn change(
+        &self,
+        room: RoomId,
+        seq: u64,
+        user: &str,
+        admin: bool,
+        change: Change,
+    ) -> Result<Changed, StoreError>;
+    /// The current state of the messages of room `room` (named `name`)
+    /// with `after_seq < seq <= upto_seq` changed after `after_rev`,
+    /// ascending, at most `limit`; and the room's `rev` read with them.
+    async fn changed_since(
+        &self,
+        room: RoomId,
+        name: &str,
+        after_rev: u64,
+        after_seq: u64,
+        upto_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<MessageRecord>, u64), StoreError>;
+    /// Events of room `room` (named `name`) after position `after`, in
+    /// order, up to event index `upto` (at most `limit`): what a gap fill
+    /// delivers. Messages come in their current state.
+    async fn events(
+        &self,
+        room: RoomId,
+        name: &str,
+        after: Position,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError>;
+    /// Messages matching every word, newest first; deleted ones never.
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError>;
     /// Up to `limit` messages of the room named `name` with `seq < before`
     /// (the newest when `before` is `None`), ascending. `NoSuchRoom` for an
     /// unknown room.

@@ -30,8 +30,9 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::jobs::{answer, Outcome, WriteJob};
 use super::{
-    now_ms, page_range, AccountRoomRecord, AccountRoomRow, Appended, Commit, Durability,
-    HistoryPage, RoomHead, RoomId, RoomRecord, SessionId, Store, StoreError, Stored, UserRecord,
+    now_ms, page_range, AccountRoomRecord, AccountRoomRow, Appended, Change, Changed, Commit,
+    Durability, HistoryPage, Position, RoomEvent, RoomHead, RoomId, RoomRecord, SearchPage,
+    SearchQuery, SessionId, Store, StoreError, Stored, UserRecord, MAX_REACTIONS_PER_MESSAGE,
 };
 
 /// Most jobs folded into one transaction.
@@ -133,6 +134,61 @@ fn migrations() -> Migrations<'static> {
         // Private rooms and direct messages: their members are the
         // accounts whose rooms hold them.
         M::up("ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0;"),
+        // Messages that live (protocol part 2): edits, deletions,
+        // reactions and replies, each change a step of the room's `rev`
+        // logged in `room_changes` (what resume and gap fills read back);
+        // and full-text search.
+        //
+        // `gid` numbers all messages in the order they were stored: the
+        // search index's rowid, so that "newest first" is the index's own
+        // order and a search stops after its page. Existing messages are
+        // numbered by time and indexed here.
+        //
+        // The index is contentless (the text lives in `messages` only) with
+        // `contentless_delete`, so an edit or deletion takes a message's
+        // old words out of it by rowid. The `room` column holds `r<id>`, so
+        // a search within one room is a lookup in the index too.
+        M::up(
+            "ALTER TABLE rooms ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE messages ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+             ALTER TABLE messages ADD COLUMN edited_ts INTEGER;
+             ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE messages ADD COLUMN gid INTEGER;
+             UPDATE messages SET gid = numbered.n
+                 FROM (SELECT room_id AS r, seq AS s,
+                              row_number() OVER (ORDER BY ts, room_id, seq) AS n
+                       FROM messages) AS numbered
+                 WHERE messages.room_id = numbered.r AND messages.seq = numbered.s;
+             CREATE UNIQUE INDEX messages_by_gid ON messages (gid);
+             CREATE TABLE reactions (
+                 room_id INTEGER NOT NULL,
+                 seq INTEGER NOT NULL,
+                 emoji TEXT NOT NULL,
+                 user TEXT NOT NULL,
+                 rev INTEGER NOT NULL,
+                 PRIMARY KEY (room_id, seq, emoji, user)
+             ) WITHOUT ROWID;
+             CREATE TABLE room_changes (
+                 room_id INTEGER NOT NULL,
+                 rev INTEGER NOT NULL,
+                 at_seq INTEGER NOT NULL,
+                 seq INTEGER NOT NULL,
+                 kind TEXT NOT NULL,
+                 user TEXT NOT NULL,
+                 text TEXT,
+                 emoji TEXT,
+                 on_ INTEGER,
+                 ts INTEGER NOT NULL,
+                 PRIMARY KEY (room_id, rev)
+             ) WITHOUT ROWID;
+             CREATE VIRTUAL TABLE messages_fts USING fts5(
+                 text, room, content='', contentless_delete=1,
+                 tokenize='unicode61 remove_diacritics 2'
+             );
+             INSERT INTO messages_fts (rowid, text, room)
+                 SELECT gid, text, 'r' || room_id FROM messages;",
+        ),
     ])
 }
 
@@ -278,15 +334,68 @@ fn insert_user(conn: &Connection, user: &UserRecord) -> Result<(), StoreError> {
 
 fn room_head(conn: &Connection, name: &str) -> Result<Option<RoomHead>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT id, last_seq, private FROM rooms WHERE name = ?1")?
+        .prepare_cached("SELECT id, last_seq, private, rev FROM rooms WHERE name = ?1")?
         .query_row([name], |row| {
             Ok(RoomHead {
                 id: RoomId(row.get(0)?),
                 last_seq: row.get(1)?,
                 private: row.get(2)?,
+                rev: row.get(3)?,
             })
         })
         .optional()?)
+}
+
+/// The columns [`message_from_row`] reads, in its order.
+const MESSAGE_COLUMNS: &str = "seq, user, text, ts, reply_to, edited_ts, deleted";
+
+fn message_from_row(room: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
+    Ok(MessageRecord {
+        room: room.to_owned(),
+        seq: row.get(0)?,
+        user: row.get(1)?,
+        text: row.get(2)?,
+        ts: row.get(3)?,
+        reply_to: row.get(4)?,
+        edited_ts: row.get(5)?,
+        deleted: row.get(6)?,
+        reactions: Default::default(),
+    })
+}
+
+/// Fills in the reactions of `messages`, ascending by seq, of room `room`.
+fn attach_reactions(
+    conn: &Connection,
+    room: RoomId,
+    messages: &mut [MessageRecord],
+) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+        return Ok(());
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, emoji, user FROM reactions
+         WHERE room_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq, rev",
+    )?;
+    let mut rows = stmt.query(params![room.0, first.seq, last.seq])?;
+    while let Some(row) = rows.next()? {
+        let seq: u64 = row.get(0)?;
+        if let Ok(at) = messages.binary_search_by_key(&seq, |m| m.seq) {
+            let (emoji, user): (String, String) = (row.get(1)?, row.get(2)?);
+            messages[at].reactions.set(&emoji, &user, true);
+        }
+    }
+    Ok(())
+}
+
+/// One message of a room, in its current state.
+fn read_message(
+    conn: &Connection,
+    name: &str,
+    room: RoomId,
+    seq: u64,
+) -> Result<Option<MessageRecord>, StoreError> {
+    let mut found = read_range(conn, name, room, seq, seq)?;
+    Ok(found.pop())
 }
 
 fn read_range(
@@ -296,32 +405,315 @@ fn read_range(
     first: u64,
     last: u64,
 ) -> Result<Vec<MessageRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, user, text, ts FROM messages
-         WHERE room_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE room_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq"
+    ))?;
     let rows = stmt.query_map(params![room.0, first, last], |row| {
-        Ok(MessageRecord {
-            room: name.to_owned(),
-            seq: row.get(0)?,
-            user: row.get(1)?,
-            text: row.get(2)?,
-            ts: row.get(3)?,
-            ..Default::default()
-        })
+        message_from_row(name, row)
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut messages: Vec<MessageRecord> = rows.collect::<Result<_, _>>()?;
+    attach_reactions(conn, room, &mut messages)?;
+    Ok(messages)
+}
+
+/// The events of a room after `after`, up to event index `upto`, at most
+/// `limit`, in order: messages (in their current state) and logged
+/// changes merged by position.
+fn read_events(
+    conn: &Connection,
+    name: &str,
+    room: RoomId,
+    after: Position,
+    upto: u64,
+    limit: usize,
+) -> Result<Vec<Stored>, StoreError> {
+    let wanted = upto.saturating_sub(after.index()).min(limit as u64);
+    if wanted == 0 {
+        return Ok(Vec::new());
+    }
+    let mut messages = read_range(conn, name, room, after.seq + 1, after.seq + wanted)?;
+    let mut revs = conn.prepare_cached(
+        "SELECT seq, rev FROM messages WHERE room_id = ?1 AND seq >= ?2 AND seq <= ?3",
+    )?;
+    let message_revs: std::collections::HashMap<u64, u64> = revs
+        .query_map(params![room.0, after.seq + 1, after.seq + wanted], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT rev, at_seq, seq, kind, user, text, emoji, on_, ts FROM room_changes
+         WHERE room_id = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3",
+    )?;
+    let changes = stmt.query_map(params![room.0, after.rev, wanted], |row| {
+        let at = Position {
+            seq: row.get(1)?,
+            rev: row.get(0)?,
+        };
+        let seq: u64 = row.get(2)?;
+        let kind: String = row.get(3)?;
+        let event = match kind.as_str() {
+            "edit" => RoomEvent::Edited {
+                seq,
+                text: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                edited_ts: row.get(8)?,
+            },
+            "delete" => RoomEvent::Deleted { seq },
+            _ => RoomEvent::Reaction {
+                seq,
+                user: row.get(4)?,
+                emoji: row.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                on: row.get::<_, Option<bool>>(7)?.unwrap_or(false),
+            },
+        };
+        Ok((at, event))
+    })?;
+    let mut events: Vec<Stored> = Vec::new();
+    for change in changes {
+        let (at, event) = change?;
+        events.push(Stored {
+            room_id: room,
+            room: name.to_owned(),
+            at,
+            event,
+        });
+    }
+    for message in messages.drain(..) {
+        let rev = message_revs.get(&message.seq).copied().unwrap_or(0);
+        events.push(Stored {
+            room_id: room,
+            room: name.to_owned(),
+            at: Position {
+                seq: message.seq,
+                rev,
+            },
+            event: RoomEvent::Message(message),
+        });
+    }
+    events.sort_by_key(|e| e.at.index());
+    events.retain(|e| e.at.index() <= upto);
+    events.truncate(wanted as usize);
+    Ok(events)
+}
+
+/// The FTS5 query for `words`: each a quoted prefix (the words are letters
+/// and digits only, so nothing in them is FTS5 syntax), all required, in
+/// the text column, and within one room when asked.
+fn fts_query(words: &[String], room: Option<RoomId>) -> String {
+    let terms: Vec<String> = words.iter().map(|w| format!("\"{w}\"*")).collect();
+    let text = format!("text : ({})", terms.join(" AND "));
+    match room {
+        Some(room) => format!("room : \"r{}\" AND {text}", room.0),
+        None => text,
+    }
+}
+
+fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    // The index yields rowids (gids) newest first and SQLite stops after
+    // the page; rooms the viewer may not read are skipped on the way.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT m.gid, m.room_id, r.name, {columns}
+         FROM messages_fts
+         JOIN messages m ON m.gid = messages_fts.rowid
+         JOIN rooms r ON r.id = m.room_id
+         WHERE messages_fts MATCH ?1 AND messages_fts.rowid < ?2
+           AND (NOT r.private OR EXISTS (
+                SELECT 1 FROM account_rooms a WHERE a.user = ?3 AND a.room_id = r.id))
+         ORDER BY messages_fts.rowid DESC LIMIT ?4",
+        columns = MESSAGE_COLUMNS
+            .split(", ")
+            .map(|c| format!("m.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))?;
+    let limit = query.limit + 1;
+    let mut rows = stmt.query(params![
+        fts_query(&query.words, query.room),
+        query.before.unwrap_or(i64::MAX),
+        query.viewer,
+        limit as i64
+    ])?;
+    let mut found: Vec<(i64, RoomId, MessageRecord)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(2)?;
+        let message = MessageRecord {
+            room: name,
+            seq: row.get(3)?,
+            user: row.get(4)?,
+            text: row.get(5)?,
+            ts: row.get(6)?,
+            reply_to: row.get(7)?,
+            edited_ts: row.get(8)?,
+            deleted: row.get(9)?,
+            reactions: Default::default(),
+        };
+        found.push((row.get(0)?, RoomId(row.get(1)?), message));
+    }
+    let next = (found.len() > query.limit).then(|| found[query.limit - 1].0);
+    found.truncate(query.limit);
+    let mut messages = Vec::with_capacity(found.len());
+    for (_, room, message) in found {
+        let mut one = [message];
+        attach_reactions(conn, room, &mut one)?;
+        let [message] = one;
+        messages.push(message);
+    }
+    Ok(SearchPage { messages, next })
 }
 
 // ---- The writer thread. ----
 
-/// Adds a stored message to the batch's announcements, after whatever came
+/// Adds a stored event to the batch's announcements, after whatever came
 /// before it in the same transaction.
-fn announce_message(commits: &mut Vec<Commit>, stored: Stored) {
+fn announce(commits: &mut Vec<Commit>, stored: Stored) {
     match commits.last_mut() {
-        Some(Commit::Messages(messages)) => messages.push(stored),
-        _ => commits.push(Commit::Messages(vec![stored])),
+        Some(Commit::Events(events)) => events.push(stored),
+        _ => commits.push(Commit::Events(vec![stored])),
     }
+}
+
+/// The author of message `seq` of room `room`, unless it is unknown or
+/// deleted.
+fn live_author(tx: &Connection, room: RoomId, seq: u64) -> Result<Option<String>, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT user FROM messages WHERE room_id = ?1 AND seq = ?2 AND NOT deleted",
+        )?
+        .query_row(params![room.0, seq], |row| row.get(0))
+        .optional()?)
+}
+
+/// Puts a message's words in the search index under its `gid`.
+fn index_text(tx: &Connection, gid: i64, room: RoomId, text: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO messages_fts (rowid, text, room) VALUES (?1, ?2, ?3)")?
+        .execute(params![gid, text, format!("r{}", room.0)])?;
+    Ok(())
+}
+
+/// Applies one change inside the batch's transaction: checks it, moves the
+/// room's `rev`, updates the message (and the search index), logs it.
+/// The inner error is a refusal of this job alone.
+fn apply_change(
+    tx: &Connection,
+    room: RoomId,
+    seq: u64,
+    user: &str,
+    admin: bool,
+    change: &Change,
+) -> Result<Result<(Stored, Changed), StoreError>, StoreError> {
+    let Some(author) = live_author(tx, room, seq)? else {
+        return Ok(Err(StoreError::NoSuchMessage));
+    };
+    let may = match change {
+        Change::Edit { .. } => author == user,
+        Change::Delete => author == user || admin,
+        Change::React { .. } => true,
+    };
+    if !may {
+        return Ok(Err(StoreError::NotAuthor));
+    }
+    let ts = now_ms();
+    let mut on = false;
+    if let Change::React { emoji } = change {
+        let taken_back = tx
+            .prepare_cached(
+                "DELETE FROM reactions WHERE room_id = ?1 AND seq = ?2 AND emoji = ?3 AND user = ?4",
+            )?
+            .execute(params![room.0, seq, emoji, user])?;
+        on = taken_back == 0;
+        if on {
+            let (kinds, this_kind): (usize, bool) = tx
+                .prepare_cached(
+                    "SELECT COUNT(DISTINCT emoji), COALESCE(MAX(emoji = ?3), 0) FROM reactions
+                     WHERE room_id = ?1 AND seq = ?2",
+                )?
+                .query_row(params![room.0, seq, emoji], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            if !this_kind && kinds >= MAX_REACTIONS_PER_MESSAGE {
+                return Ok(Err(StoreError::TooManyReactions));
+            }
+        }
+    }
+    let moved: Option<(String, u64, u64)> = tx
+        .prepare_cached(
+            "UPDATE rooms SET rev = rev + 1 WHERE id = ?1 RETURNING name, last_seq, rev",
+        )?
+        .query_row([room.0], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()?;
+    let Some((name, at_seq, rev)) = moved else {
+        return Ok(Err(StoreError::NoSuchRoom));
+    };
+    let gid: i64 = tx
+        .prepare_cached("SELECT gid FROM messages WHERE room_id = ?1 AND seq = ?2")?
+        .query_row(params![room.0, seq], |row| row.get(0))?;
+    let (kind, text, emoji, event) = match change {
+        Change::Edit { text } => {
+            tx.prepare_cached(
+                "UPDATE messages SET text = ?3, edited_ts = ?4 WHERE room_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![room.0, seq, text, ts])?;
+            tx.prepare_cached("DELETE FROM messages_fts WHERE rowid = ?1")?
+                .execute([gid])?;
+            index_text(tx, gid, room, text)?;
+            let event = RoomEvent::Edited {
+                seq,
+                text: text.clone(),
+                edited_ts: ts,
+            };
+            ("edit", Some(text.as_str()), None, event)
+        }
+        Change::Delete => {
+            // The text goes from storage, not only from answers.
+            tx.prepare_cached(
+                "UPDATE messages SET text = '', deleted = 1 WHERE room_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![room.0, seq])?;
+            tx.prepare_cached("DELETE FROM reactions WHERE room_id = ?1 AND seq = ?2")?
+                .execute(params![room.0, seq])?;
+            tx.prepare_cached("DELETE FROM messages_fts WHERE rowid = ?1")?
+                .execute([gid])?;
+            ("delete", None, None, RoomEvent::Deleted { seq })
+        }
+        Change::React { emoji } => {
+            if on {
+                tx.prepare_cached(
+                    "INSERT INTO reactions (room_id, seq, emoji, user, rev) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![room.0, seq, emoji, user, rev])?;
+            }
+            let event = RoomEvent::Reaction {
+                seq,
+                user: user.to_owned(),
+                emoji: emoji.clone(),
+                on,
+            };
+            ("react", None, Some(emoji.as_str()), event)
+        }
+    };
+    tx.prepare_cached(
+        "INSERT INTO room_changes (room_id, rev, at_seq, seq, kind, user, text, emoji, on_, ts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        room.0,
+        rev,
+        at_seq,
+        seq,
+        kind,
+        user,
+        text,
+        emoji,
+        matches!(change, Change::React { .. }).then_some(on),
+        ts
+    ])?;
+    let stored = Stored {
+        room_id: room,
+        room: name,
+        at: Position { seq: at_seq, rev },
+        event,
+    };
+    Ok(Ok((stored, Changed { rev, ts, on })))
 }
 
 /// Runs one job inside the batch's transaction. What it stored or deleted is
@@ -333,39 +725,72 @@ fn run_job(
 ) -> Result<Outcome, StoreError> {
     match job {
         WriteJob::Append {
-            room, user, text, ..
+            room,
+            user,
+            text,
+            reply_to,
+            ..
         } => {
+            if let Some(target) = reply_to {
+                if live_author(tx, *room, *target)?.is_none() {
+                    return Ok(Outcome::Refused(StoreError::NoSuchMessage));
+                }
+            }
             let ts = now_ms();
-            let allocated: Option<(String, u64)> = tx
+            let allocated: Option<(String, u64, u64)> = tx
                 .prepare_cached(
                     "UPDATE rooms SET last_seq = last_seq + 1, last_activity = ?2
-                     WHERE id = ?1 RETURNING name, last_seq",
+                     WHERE id = ?1 RETURNING name, last_seq, rev",
                 )?
-                .query_row(params![room.0, ts], |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_row(params![room.0, ts], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
                 .optional()?;
-            let Some((name, seq)) = allocated else {
+            let Some((name, seq, rev)) = allocated else {
                 return Ok(Outcome::Refused(StoreError::NoSuchRoom));
             };
+            let gid: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(gid), 0) + 1 FROM messages")?
+                .query_row([], |row| row.get(0))?;
             tx.prepare_cached(
-                "INSERT INTO messages (room_id, seq, user, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages (room_id, seq, user, text, ts, rev, reply_to, gid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![room.0, seq, user, text, ts])?;
-            announce_message(
+            .execute(params![room.0, seq, user, text, ts, rev, reply_to, gid])?;
+            index_text(tx, gid, *room, text)?;
+            announce(
                 commits,
                 Stored {
                     room_id: *room,
-                    message: MessageRecord {
+                    room: name.clone(),
+                    at: Position { seq, rev },
+                    event: RoomEvent::Message(MessageRecord {
                         room: name,
                         seq,
                         user: user.clone(),
                         text: text.clone(),
                         ts,
+                        reply_to: *reply_to,
                         ..Default::default()
-                    },
+                    }),
                 },
             );
             Ok(Outcome::Appended(Appended { seq, ts }))
         }
+        WriteJob::Change {
+            room,
+            seq,
+            user,
+            admin,
+            change,
+            ..
+        } => match apply_change(tx, *room, *seq, user, *admin, change)? {
+            Ok((stored, changed)) => {
+                announce(commits, stored);
+                Ok(Outcome::Changed(changed))
+            }
+            Err(refusal) => Ok(Outcome::Refused(refusal)),
+        },
         WriteJob::OpenRoom { name, .. } => {
             tx.prepare_cached(
                 "INSERT INTO rooms (name, last_seq, last_activity) VALUES (?1, 0, ?2)
@@ -383,6 +808,13 @@ fn run_job(
             let Some(head) = room_head(tx, name)? else {
                 return Ok(Outcome::Refused(StoreError::NoSuchRoom));
             };
+            tx.execute(
+                "DELETE FROM messages_fts WHERE rowid IN
+                     (SELECT gid FROM messages WHERE room_id = ?1 AND NOT deleted)",
+                [head.id.0],
+            )?;
+            tx.execute("DELETE FROM reactions WHERE room_id = ?1", [head.id.0])?;
+            tx.execute("DELETE FROM room_changes WHERE room_id = ?1", [head.id.0])?;
             tx.execute("DELETE FROM messages WHERE room_id = ?1", [head.id.0])?;
             tx.execute("DELETE FROM rooms WHERE id = ?1", [head.id.0])?;
             commits.push(Commit::RoomDeleted {
@@ -691,15 +1123,104 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append(&self, room: RoomId, user: &str, text: &str) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        room: RoomId,
+        user: &str,
+        text: &str,
+        reply_to: Option<u64>,
+    ) -> Result<Appended, StoreError> {
         let (user, text) = (user.to_owned(), text.to_owned());
         self.write(|reply| WriteJob::Append {
             room,
             user,
             text,
+            reply_to,
             reply,
         })
         .await
+    }
+
+    async fn change(
+        &self,
+        room: RoomId,
+        seq: u64,
+        user: &str,
+        admin: bool,
+        change: Change,
+    ) -> Result<Changed, StoreError> {
+        let user = user.to_owned();
+        self.write(|reply| WriteJob::Change {
+            room,
+            seq,
+            user,
+            admin,
+            change,
+            reply,
+        })
+        .await
+    }
+
+    async fn changed_since(
+        &self,
+        room: RoomId,
+        name: &str,
+        after_rev: u64,
+        after_seq: u64,
+        upto_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<MessageRecord>, u64), StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            // One read transaction: the messages and the rev are of the
+            // same moment.
+            let tx = conn.unchecked_transaction()?;
+            let rev: u64 = tx
+                .prepare_cached("SELECT rev FROM rooms WHERE id = ?1")?
+                .query_row([room.0], |row| row.get(0))
+                .optional()?
+                .ok_or(StoreError::NoSuchRoom)?;
+            let seqs: Vec<u64> = tx
+                .prepare_cached(
+                    "SELECT DISTINCT seq FROM room_changes
+                     WHERE room_id = ?1 AND rev > ?2 AND seq > ?3 AND seq <= ?4
+                     ORDER BY seq LIMIT ?5",
+                )?
+                .query_map(
+                    params![room.0, after_rev, after_seq, upto_seq, limit],
+                    |row| row.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            let mut messages = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                if let Some(message) = read_message(&tx, &name, room, seq)? {
+                    messages.push(message);
+                }
+            }
+            Ok((messages, rev))
+        })
+        .await
+    }
+
+    async fn events(
+        &self,
+        room: RoomId,
+        name: &str,
+        after: Position,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            read_events(&tx, &name, room, after, upto, limit)
+        })
+        .await
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| search(conn, &query)).await
     }
 
     async fn history(
