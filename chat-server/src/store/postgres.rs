@@ -750,6 +750,7 @@ async fn room_head(conn: &ClientWrapper, name: &str) -> Result<Option<RoomHead>,
         id: RoomId(row.try_get(0)?),
         last_seq: from_db(row.try_get(1)?),
         private: row.try_get(2)?,
+        rev: 0,
     }))
 }
 
@@ -815,7 +816,9 @@ impl<'a> Plan<'a> {
                     plan.texts.push(text);
                 }
                 WriteJob::DeleteRoom { name, .. } => plan.deleted.push(name),
-                WriteJob::OpenRoom { .. } | WriteJob::CreateUser { .. } => {}
+                WriteJob::OpenRoom { .. }
+                | WriteJob::CreateUser { .. }
+                | WriteJob::Change { .. } => {}
             }
         }
         (plan.rooms, plan.counts) = per_room.into_iter().unzip();
@@ -837,14 +840,17 @@ impl<'a> Plan<'a> {
             outcomes.push(Outcome::Appended(Appended { seq, ts }));
             stored.push(Stored {
                 room_id: RoomId(room),
-                message: MessageRecord {
+                room: name.clone(),
+                at: super::Position { seq, rev: 0 },
+                event: super::RoomEvent::Message(MessageRecord {
                     room: name.clone(),
                     seq,
                     user: self.users[i].to_owned(),
                     text: self.texts[i].to_owned(),
                     ts,
                     ..Default::default()
-                },
+                }),
+                answer: None,
             });
         }
         (outcomes, stored)
@@ -989,7 +995,7 @@ impl<'a> Pipeline<'a> {
         }
         for index in rare_job_order(jobs) {
             match &jobs[index] {
-                WriteJob::Append { .. } => {}
+                WriteJob::Append { .. } | WriteJob::Change { .. } => {}
                 WriteJob::DeleteRoom { name, .. } => {
                     pipeline.push(Step::LockRoom, async move {
                         conn.execute(&st.lock_room, &[name]).await.map(Reply::Count)
@@ -1040,7 +1046,7 @@ fn rare_job_order(jobs: &[WriteJob]) -> Vec<usize> {
     let mut users = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
         match job {
-            WriteJob::Append { .. } => {}
+            WriteJob::Append { .. } | WriteJob::Change { .. } => {}
             WriteJob::DeleteRoom { .. } => deletions.push(index),
             WriteJob::OpenRoom { name, .. } => rooms.push((name.as_str(), index)),
             WriteJob::CreateUser { user, .. } => users.push((user.name.as_str(), index)),
@@ -1114,6 +1120,7 @@ fn read_replies(
                         id: RoomId(row.try_get(0)?),
                         last_seq: from_db(row.try_get(1)?),
                         private: row.try_get(2)?,
+                        rev: 0,
                     }),
                     // Deleted by another node between the two statements.
                     None => Outcome::Refused(StoreError::NoSuchRoom),
@@ -1139,7 +1146,7 @@ fn read_replies(
     let mut appended = appended.into_iter();
     let mut commits = Vec::new();
     if !stored.is_empty() {
-        commits.push(Commit::Messages(stored));
+        commits.push(Commit::Events(stored));
     }
     let mut outcomes = Vec::with_capacity(jobs.len());
     for (job, rare) in jobs.iter().zip(rare) {
@@ -1522,6 +1529,53 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn change(
+        &self,
+        _room: RoomId,
+        _seq: u64,
+        _user: &str,
+        _admin: bool,
+        _change: super::Change,
+        _answer: Option<super::Answer>,
+    ) -> Result<super::Changed, StoreError> {
+        Err(StoreError::Unavailable(
+            "placeholder until the PostgreSQL branch lands".into(),
+        ))
+    }
+
+    async fn changed_since(
+        &self,
+        _room: RoomId,
+        _name: &str,
+        _after_rev: u64,
+        _after_seq: u64,
+        _upto_seq: u64,
+        _limit: usize,
+    ) -> Result<(Vec<MessageRecord>, u64), StoreError> {
+        Err(StoreError::Unavailable(
+            "placeholder until the PostgreSQL branch lands".into(),
+        ))
+    }
+
+    async fn events(
+        &self,
+        _room: RoomId,
+        _name: &str,
+        _after: super::Position,
+        _upto: u64,
+        _limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        Err(StoreError::Unavailable(
+            "placeholder until the PostgreSQL branch lands".into(),
+        ))
+    }
+
+    async fn search(&self, _query: &super::SearchQuery) -> Result<super::SearchPage, StoreError> {
+        Err(StoreError::Unavailable(
+            "placeholder until the PostgreSQL branch lands".into(),
+        ))
+    }
+
     async fn find_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         let name = name.to_owned();
         self.with_conn(ANSWER_TIMEOUT, move |conn| {
@@ -1700,6 +1754,7 @@ impl Store for PostgresStore {
                     id: RoomId(row.try_get(0)?),
                     last_seq: from_db(row.try_get(1)?),
                     private: true,
+                    rev: 0,
                 }))
             })
         })
@@ -1726,7 +1781,13 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn append(&self, room: RoomId, user: &str, text: &str) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        room: RoomId,
+        user: &str,
+        text: &str,
+        _reply_to: Option<u64>,
+    ) -> Result<Appended, StoreError> {
         // PostgreSQL text cannot hold NUL. The protocol refuses control
         // characters before this point; checking here keeps one bad message
         // from failing its whole batch.
@@ -1737,6 +1798,7 @@ impl Store for PostgresStore {
         }
         let (user, text) = (user.to_owned(), text.to_owned());
         self.write(|reply| WriteJob::Append {
+            reply_to: None,
             room,
             user,
             text,
@@ -2052,6 +2114,7 @@ mod tests {
 
     fn append(room: i64, user: &str, text: &str) -> WriteJob {
         WriteJob::Append {
+            reply_to: None,
             room: RoomId(room),
             user: user.into(),
             text: text.into(),
@@ -2191,12 +2254,10 @@ mod tests {
         let announced: Vec<(i64, &str, u64, &str)> = stored
             .iter()
             .map(|s| {
-                (
-                    s.room_id.0,
-                    s.message.room.as_str(),
-                    s.message.seq,
-                    s.message.user.as_str(),
-                )
+                let crate::store::RoomEvent::Message(m) = &s.event else {
+                    panic!("not a message: {s:?}");
+                };
+                (s.room_id.0, m.room.as_str(), m.seq, m.user.as_str())
             })
             .collect();
         assert_eq!(
@@ -2208,7 +2269,9 @@ mod tests {
                 (3, "three", 12, "eve"),
             ]
         );
-        assert!(stored.iter().all(|s| s.message.ts == 42));
+        assert!(stored
+            .iter()
+            .all(|s| matches!(&s.event, crate::store::RoomEvent::Message(m) if m.ts == 42)));
     }
 
     #[test]
