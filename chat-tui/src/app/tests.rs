@@ -505,7 +505,10 @@ fn line_editing_keys() {
     update(&mut app, key(KeyCode::Char('X')));
     assert_eq!(app.input.text(), "iXrst");
     update(&mut app, key(KeyCode::Enter));
-    update(&mut app, key(KeyCode::Up));
+    update(
+        &mut app,
+        Event::Key(KeyEvent::new(KeyCode::Up, KeyModifiers::CONTROL)),
+    );
     assert_eq!(app.input.text(), "iXrst");
     update(&mut app, key(KeyCode::Down));
     assert_eq!(app.input.text(), "");
@@ -520,9 +523,9 @@ fn switching_rooms() {
     assert_eq!(app.current, 2);
     update(&mut app, ctrl('n'));
     assert_eq!(app.current, 0, "wraps around");
-    update(&mut app, alt(KeyCode::Up));
+    update(&mut app, ctrl('p'));
     assert_eq!(app.current, 2);
-    update(&mut app, alt(KeyCode::Down));
+    update(&mut app, ctrl('n'));
     assert_eq!(app.current, 0);
     update(&mut app, alt(KeyCode::Char('2')));
     assert_eq!(app.current, 1);
@@ -569,6 +572,7 @@ fn offline_lines_stay_pending() {
             admin: false,
             server: "chat-server".into(),
             rooms: Vec::new(),
+            features: Vec::new(),
         }),
     );
     assert_eq!(app.link, Link::Connected);

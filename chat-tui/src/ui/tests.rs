@@ -290,7 +290,7 @@ fn scrolled_view_with_older_pages_loaded() {
 
 #[test]
 fn help_overlay_lists_keys_and_commands() {
-    let mut app = app(80, 30);
+    let mut app = app(80, 40);
     join(&mut app, "general", vec![]);
     update(&mut app, key(KeyCode::F(1)));
     let rows = screen(&app).join("\n");
@@ -305,6 +305,13 @@ fn help_overlay_lists_keys_and_commands() {
         "/rooms",
         "/delete ROOM",
         "/quit",
+        "Ctrl+F",
+        "edit, delete, reply, react",
+        "/edit TEXT",
+        "/react EMOJI",
+        "/reply TEXT",
+        "/search WORDS",
+        "/export [PATH]",
     ] {
         assert!(rows.contains(needle), "help lacks {needle}");
     }
@@ -473,7 +480,7 @@ fn tiny_terminals_do_not_panic() {
 
 #[test]
 fn help_fits_short_terminals_in_two_columns() {
-    let mut app = app(120, 20);
+    let mut app = app(120, 21);
     app.overlay = Some(Overlay::Help);
     let rows = screen(&app).join("\n");
     assert!(rows.contains("Ctrl+C"), "{rows}");
