@@ -262,6 +262,9 @@ pub fn lines_to(room: &Room, top: Pos, seq: u64, width: u16, limit: i32) -> i32 
     let Some(mut prev) = room.log.get(&top.seq) else {
         return lines;
     };
+    if seq <= top.seq {
+        return lines;
+    }
     for (_, entry) in room.log.range(top.seq + 1..=seq) {
         if lines > limit {
             break;
