@@ -1560,6 +1560,11 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
             }
         }
         NetEvent::Error { code, message } => {
+            // A refused search (or anything else) must not leave the search
+            // overlay waiting for an answer that will not come.
+            if let Some(Overlay::Search(view)) = &mut app.overlay {
+                view.loading = false;
+            }
             let text = match code {
                 Some(code) => format!("{code}: {}", sanitize_line(&message)),
                 None => sanitize_line(&message),

@@ -15,6 +15,15 @@
 //!   on the wire when the connection dropped is not sent twice: if the
 //!   server stored it (it shows up among the messages after the seam) it is
 //!   acknowledged from there, otherwise it is sent again.
+//! - `Edited`, `Deleted`, `Reaction` and `Changes` change messages already
+//!   delivered. A resume carries `since_rev`, the room's change counter as
+//!   far as every change is known: `joined.rev` after a first join, the
+//!   newest live change's `rev` after that, and a resume's `joined.rev` only
+//!   once a live event shows its `changes` are all in. A change may thus be
+//!   delivered twice, never lost; each carries the whole new state, so a
+//!   second copy changes nothing.
+//! - `Export` pages backwards through a room's history on this connection
+//!   and writes the file on a blocking thread.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -169,7 +169,11 @@ impl App {
         let Some(entry) = room.log.get(&seq) else {
             return;
         };
-        if !entry.own || entry.deleted {
+        if entry.deleted {
+            self.notify("that message is deleted", true);
+            return;
+        }
+        if !entry.own {
             self.notify("only your own messages can be edited", true);
             return;
         }

@@ -1755,8 +1755,35 @@ fn ctrl_f_prompts_for_the_words() {
             cursor: None
         }))
     );
+    // A refused search stops waiting and says why.
+    net(
+        &mut app,
+        NetEvent::Error {
+            code: Some(ErrorCode::BadRequest),
+            message: "the query has no words".into(),
+        },
+    );
+    assert!(matches!(&app.overlay, Some(Overlay::Search(v)) if !v.loading));
+    assert!(app.notice.as_ref().is_some_and(|n| n.error));
     update(&mut app, key(KeyCode::Esc));
     assert_eq!(app.overlay, None);
+}
+
+#[test]
+fn server_refusals_of_message_changes_show_in_the_status_bar() {
+    let mut app = app_part2();
+    general(&mut app);
+    net(
+        &mut app,
+        NetEvent::Error {
+            code: Some(ErrorCode::NoSuchMessage),
+            message: "no message 9 in general".into(),
+        },
+    );
+    assert!(app
+        .notice
+        .as_ref()
+        .is_some_and(|n| n.error && n.text == "no_such_message: no message 9 in general"));
 }
 
 #[test]
