@@ -147,7 +147,9 @@ fn migrations() -> Migrations<'static> {
         // The index is contentless (the text lives in `messages` only) with
         // `contentless_delete`, so an edit or deletion takes a message's
         // old words out of it by rowid. The `room` column holds `r<id>`, so
-        // a search within one room is a lookup in the index too.
+        // a search within one room is a lookup in the index too. Diacritics
+        // are kept (`deplo` does not find `déploiement`), as PostgreSQL's
+        // `simple` configuration keeps them: both backends find the same.
         M::up(
             "ALTER TABLE rooms ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
              ALTER TABLE messages ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
@@ -184,7 +186,7 @@ fn migrations() -> Migrations<'static> {
              ) WITHOUT ROWID;
              CREATE VIRTUAL TABLE messages_fts USING fts5(
                  text, room, content='', contentless_delete=1,
-                 tokenize='unicode61 remove_diacritics 2'
+                 tokenize='unicode61 remove_diacritics 0'
              );
              INSERT INTO messages_fts (rowid, text, room)
                  SELECT gid, text, 'r' || room_id FROM messages;",
