@@ -1713,6 +1713,7 @@ impl Store for PostgresStore {
                             last_seq: from_db(row.try_get(2)?),
                             private: row.try_get(4)?,
                             last_activity: row.try_get(3)?,
+                            rev: 0,
                         })
                     })
                     .collect::<Result<_, PgError>>()?;

@@ -1096,7 +1096,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             // BINARY collation: byte order, as PostgreSQL's "C".
             let mut stmt = conn.prepare_cached(
-                "SELECT id, name, last_seq, last_activity, private FROM rooms r
+                "SELECT id, name, last_seq, last_activity, private, rev FROM rooms r
                  WHERE (?1 IS NULL OR name > ?1)
                    AND (?3 IS NULL OR NOT private OR EXISTS (
                         SELECT 1 FROM account_rooms a WHERE a.user = ?3 AND a.room_id = r.id))
@@ -1109,6 +1109,7 @@ impl Store for SqliteStore {
                     last_seq: row.get(2)?,
                     private: row.get(4)?,
                     last_activity: row.get(3)?,
+                    rev: row.get(5)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -1297,9 +1298,15 @@ impl Store for SqliteStore {
         let room = room.clone();
         self.write_alone(move |tx| {
             let id = tx.query_row(
-                "INSERT INTO rooms (name, last_seq, last_activity, private) VALUES (?1, ?2, ?3, ?4)
-                 RETURNING id",
-                params![room.name, room.last_seq, room.last_activity, room.private],
+                "INSERT INTO rooms (name, last_seq, last_activity, private, rev)
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                params![
+                    room.name,
+                    room.last_seq,
+                    room.last_activity,
+                    room.private,
+                    room.rev
+                ],
                 |row| row.get(0),
             )?;
             Ok(RoomId(id))
@@ -1314,11 +1321,44 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let messages = messages.to_vec();
         self.write_alone(move |tx| {
+            let mut gid: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(gid), 0) FROM messages",
+                [],
+                |row| row.get(0),
+            )?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room_id, seq, user, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages (room_id, seq, user, text, ts, reply_to, edited_ts, deleted, gid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let mut react = tx.prepare_cached(
+                "INSERT INTO reactions (room_id, seq, emoji, user, rev) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for m in &messages {
-                insert.execute(params![room.0, m.seq, m.user, m.text, m.ts])?;
+                gid += 1;
+                insert.execute(params![
+                    room.0,
+                    m.seq,
+                    m.user,
+                    m.text,
+                    m.ts,
+                    m.reply_to,
+                    m.edited_ts,
+                    m.deleted,
+                    gid
+                ])?;
+                if !m.deleted {
+                    index_text(tx, gid, room, &m.text)?;
+                }
+                // The copy has no change log: the reactions' order is kept
+                // by ranks below any real rev (which start at 1).
+                let count: usize = m.reactions.0.iter().map(|(_, users)| users.len()).sum();
+                let mut rank = -(count as i64);
+                for (emoji, users) in &m.reactions.0 {
+                    for user in users {
+                        react.execute(params![room.0, m.seq, emoji, user, rank])?;
+                        rank += 1;
+                    }
+                }
             }
             Ok(())
         })
