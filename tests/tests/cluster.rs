@@ -453,6 +453,12 @@ async fn messages_and_their_changes_cross_nodes_in_one_order(backend: Backend) {
         }
         alice
     });
+    // Bob reacts to the first twenty once they are there, while alice
+    // goes on writing and editing.
+    bob.recv_matching(Duration::from_secs(10), |e| {
+        e["type"] == "message" && e["seq"] == 20
+    })
+    .await;
     let mut reactions = 0;
     for seq in 1..=20u64 {
         let answer = bob
