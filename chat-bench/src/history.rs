@@ -60,7 +60,7 @@ fn seed(db: &Path, room: &str, count: u64) -> Result<()> {
     let room_id = tx.last_insert_rowid();
     {
         let mut insert = tx.prepare(
-            "INSERT INTO messages (room_id, seq, user, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO messages (room_id, seq, user, text, ts, gid) VALUES (?1, ?2, ?3, ?4, ?5, ?2)",
         )?;
         for seq in 1..=count {
             let user = format!("user{}", seq % 97);
@@ -74,6 +74,12 @@ fn seed(db: &Path, room: &str, count: u64) -> Result<()> {
             ])?;
         }
     }
+    // Searchable, as the server would have left it.
+    tx.execute(
+        "INSERT INTO messages_fts (rowid, text, room)
+         SELECT gid, text, 'r' || room_id FROM messages WHERE room_id = ?1",
+        [room_id],
+    )?;
     tx.commit()?;
     conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
     Ok(())
