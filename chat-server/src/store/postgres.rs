@@ -1062,7 +1062,9 @@ async fn read_range(
     let rows = conn
         .query(&statement, &[&room.0, &to_db(first), &to_db(last)])
         .await?;
-    rows.iter().map(|row| message_from_row(name, row, 0)).collect()
+    rows.iter()
+        .map(|row| message_from_row(name, row, 0))
+        .collect()
 }
 
 /// A gap fill's events (see [`READ_EVENTS`]).
@@ -1279,7 +1281,11 @@ fn changed(
             on,
         },
     };
-    let outcome = Outcome::Changed(Changed { rev: at.rev, ts, on });
+    let outcome = Outcome::Changed(Changed {
+        rev: at.rev,
+        ts,
+        on,
+    });
     let stored = Stored {
         room_id: room,
         room: name,
@@ -2267,7 +2273,11 @@ impl Store for PostgresStore {
         change: Change,
     ) -> Result<Changed, StoreError> {
         let (_, text, emoji) = change_params(&change);
-        if [Some(user), text, emoji].into_iter().flatten().any(|s| s.contains('\0')) {
+        if [Some(user), text, emoji]
+            .into_iter()
+            .flatten()
+            .any(|s| s.contains('\0'))
+        {
             return Err(no_nul());
         }
         let user = user.to_owned();
@@ -2506,7 +2516,7 @@ impl Store for PostgresStore {
         // log is not copied (the copy's rooms start at rev 0).
         let (mut r_seqs, mut r_emoji, mut r_users, mut r_order) = (vec![], vec![], vec![], vec![]);
         for message in messages {
-            let mut order = 0;
+            let mut order: i64 = 0;
             for (emoji, users) in &message.reactions.0 {
                 for user in users {
                     order += 1;
@@ -2689,6 +2699,10 @@ impl Store for PostgresStore {
 }
 
 #[cfg(test)]
+#[path = "postgres_tests.rs"]
+mod on_postgres;
+
+#[cfg(test)]
 mod tests {
     use std::pin::Pin;
     use std::sync::{Arc, Mutex};
@@ -2700,6 +2714,20 @@ mod tests {
             room: RoomId(room),
             user: user.into(),
             text: text.into(),
+            reply_to: None,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn react(room: i64, seq: u64, user: &str) -> WriteJob {
+        WriteJob::Change {
+            room: RoomId(room),
+            seq,
+            user: user.into(),
+            admin: false,
+            change: Change::React {
+                emoji: "👍".into()
+            },
             reply: oneshot::channel().0,
         }
     }
@@ -2785,7 +2813,7 @@ mod tests {
     }
 
     #[test]
-    fn plans_group_appends_by_room() {
+    fn plans_lay_out_appends_and_lock_every_room() {
         let jobs = vec![
             append(5, "ann", "a"),
             append(3, "bob", "b"),
@@ -2794,22 +2822,28 @@ mod tests {
                 requested_by: SessionId(1),
                 reply: oneshot::channel().0,
             },
+            react(9, 1, "cat"),
             append(5, "cat", "c"),
-            append(7, "dan", "d"),
+            WriteJob::Append {
+                room: RoomId(7),
+                user: "dan".into(),
+                text: "d".into(),
+                reply_to: Some(4),
+                reply: oneshot::channel().0,
+            },
             append(3, "eve", "e"),
         ];
         let plan = Plan::new(&jobs);
-        assert_eq!(plan.rooms, [3, 5, 7], "rooms ascending: the lock order");
-        assert_eq!(plan.counts, [2, 2, 1]);
-        assert_eq!(plan.message_rooms, [5, 3, 5, 7, 3]);
-        assert_eq!(plan.places, [1, 1, 2, 1, 2], "queue order within a room");
+        assert_eq!(plan.rooms, [3, 5, 7, 9], "rooms ascending: the lock order");
+        assert_eq!(plan.message_rooms, [5, 3, 5, 7, 3], "queue order");
         assert_eq!(plan.users, ["ann", "bob", "cat", "dan", "eve"]);
         assert_eq!(plan.texts, ["a", "b", "c", "d", "e"]);
+        assert_eq!(plan.reply_to, [None, None, None, Some(4), None]);
         assert_eq!(plan.deleted, ["old"]);
     }
 
     #[test]
-    fn appends_take_the_numbers_after_the_base() {
+    fn appends_take_what_the_statement_answered() {
         let jobs = vec![
             append(5, "ann", "a"),
             append(3, "bob", "b"),
@@ -2818,9 +2852,20 @@ mod tests {
             append(3, "eve", "e"),
         ];
         let plan = Plan::new(&jobs);
-        // Room 7 is gone: the statement returned no row for it.
-        let bumped = HashMap::from([(3, ("three".to_owned(), 10)), (5, ("five".to_owned(), 0))]);
-        let (outcomes, stored) = plan.place(&bumped, 42);
+        let stored = |name: &str, seq, rev| Placed::Stored {
+            name: name.into(),
+            seq,
+            rev,
+        };
+        // Room 7 is gone; cat's reply target was not there.
+        let placed = [
+            stored("five", 1, 0),
+            stored("three", 11, 4),
+            Placed::BadReply,
+            Placed::NoRoom,
+            stored("three", 12, 4),
+        ];
+        let (outcomes, stored) = plan.place(&placed, 42);
         let seqs: Vec<Option<u64>> = outcomes
             .iter()
             .map(|o| match o {
@@ -2828,32 +2873,52 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(seqs, [Some(1), Some(11), Some(2), None, Some(12)]);
+        assert_eq!(seqs, [Some(1), Some(11), None, None, Some(12)]);
+        assert!(matches!(
+            outcomes[2],
+            Outcome::Refused(StoreError::NoSuchMessage)
+        ));
         assert!(matches!(
             outcomes[3],
             Outcome::Refused(StoreError::NoSuchRoom)
         ));
-        let announced: Vec<(i64, &str, u64, &str)> = stored
+        let announced: Vec<(i64, &str, Position, &str)> = stored
             .iter()
             .map(|s| {
-                (
-                    s.room_id.0,
-                    s.message.room.as_str(),
-                    s.message.seq,
-                    s.message.user.as_str(),
-                )
+                let RoomEvent::Message(m) = &s.event else {
+                    panic!("only messages");
+                };
+                assert_eq!(
+                    (m.room.as_str(), m.seq, m.ts),
+                    (s.room.as_str(), s.at.seq, 42)
+                );
+                (s.room_id.0, s.room.as_str(), s.at, m.user.as_str())
             })
             .collect();
+        let at = |seq, rev| Position { seq, rev };
         assert_eq!(
             announced,
             [
-                (5, "five", 1, "ann"),
-                (3, "three", 11, "bob"),
-                (5, "five", 2, "cat"),
-                (3, "three", 12, "eve"),
+                (5, "five", at(1, 0), "ann"),
+                (3, "three", at(11, 4), "bob"),
+                (3, "three", at(12, 4), "eve"),
             ]
         );
-        assert!(stored.iter().all(|s| s.message.ts == 42));
+    }
+
+    #[test]
+    fn search_words_become_quoted_prefixes() {
+        let words = |w: &[&str]| w.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(tsquery(&words(&["héllo", "42"])), "'héllo':* & '42':*");
+        // Never produced by the protocol's word splitting, but harmless.
+        assert_eq!(tsquery(&words(&["it's", "a\\b"])), "'it''s':* & 'a\\\\b':*");
+    }
+
+    #[test]
+    fn the_search_query_uses_the_index_expression() {
+        let indexed = search_document!().replace("m.text", "text");
+        assert!(MIGRATIONS[4].contains(&format!("USING gin ({indexed})")));
+        assert!(SEARCH.contains(search_document!()));
     }
 
     #[test]
@@ -2884,6 +2949,7 @@ mod tests {
             open("x"),
             user("ann"),
             delete("a"),
+            react(1, 1, "ann"),
         ];
         assert_eq!(rare_job_order(&jobs), [3, 6, 4, 0, 5, 1]);
     }
