@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chat_proto::validate::{is_valid_name, is_valid_room, normalize_text};
+use chat_proto::validate::{is_valid_emoji, is_valid_name, is_valid_room, normalize_text};
 use chat_proto::{MessageRecord, PresenceState, ServerEvent};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::fanout::{Fanout, UserEvent};
 use crate::rooms::{frame, Rooms};
-use crate::store::{Commit, RoomId, Store, Stored};
+use crate::store::{Commit, Position, RoomEvent, RoomId, Store, Stored};
 use crate::untrusted::{untrusted, Untrusted};
 
 /// Bound on every Redis round trip: an outage must not stall a session.
@@ -64,11 +64,23 @@ pub enum ClusterError {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Envelope {
-    /// A message stored by `origin` in the room with id `room_id`.
+    /// A message stored by `origin` in the room with id `room_id`, when
+    /// the room's change counter was `rev`.
     Message {
         origin: String,
         room_id: i64,
         message: MessageRecord,
+        #[serde(default)]
+        rev: u64,
+    },
+    /// An edit, deletion or reaction stored by `origin` in the room with id
+    /// `room_id`, which then stood at `seq` and `rev`.
+    Change {
+        origin: String,
+        room_id: i64,
+        seq: u64,
+        rev: u64,
+        change: RoomEvent,
     },
     /// An event for the room's members (presence, typing). `local_done`: the
     /// origin already delivered it to its own members.
@@ -131,6 +143,15 @@ fn check_envelope(envelope: &Envelope, room: &str) -> Result<(), &'static str> {
     if !is_valid_room(room) {
         return Err("not a room's channel");
     }
+    // Text a client could not have sent (control characters, oversized)
+    // is refused, not repaired.
+    let text = |text: &str| {
+        if normalize_text(text).as_deref() == Ok(text) {
+            Ok(())
+        } else {
+            Err("invalid text")
+        }
+    };
     match envelope {
         Envelope::Message { message, .. } => {
             if message.room != room {
@@ -140,10 +161,40 @@ fn check_envelope(envelope: &Envelope, room: &str) -> Result<(), &'static str> {
             if message.seq == 0 {
                 return Err("seq 0");
             }
-            // Text a client could not have sent (control characters,
-            // oversized) is refused, not repaired.
-            if normalize_text(&message.text).as_deref() != Ok(message.text.as_str()) {
-                return Err("invalid text");
+            // Only a new message is published: nothing has changed it yet.
+            if message.deleted || message.edited_ts.is_some() || !message.reactions.is_empty() {
+                return Err("a message published with changes");
+            }
+            if message
+                .reply_to
+                .is_some_and(|to| to == 0 || to >= message.seq)
+            {
+                return Err("a reply to a later message");
+            }
+            text(&message.text)
+        }
+        Envelope::Change {
+            seq, rev, change, ..
+        } => {
+            let target = match change {
+                RoomEvent::Edited { seq, text: t, .. } => {
+                    text(t)?;
+                    *seq
+                }
+                RoomEvent::Deleted { seq } => *seq,
+                RoomEvent::Reaction {
+                    seq, user, emoji, ..
+                } => {
+                    name(user, "invalid user name")?;
+                    if !is_valid_emoji(emoji) {
+                        return Err("invalid emoji");
+                    }
+                    *seq
+                }
+                RoomEvent::Message(_) => return Err("a message as a change"),
+            };
+            if *rev == 0 || target == 0 || target > *seq {
+                return Err("a change of a message that cannot exist");
             }
             Ok(())
         }
@@ -351,15 +402,25 @@ return absent",
         .is_some()
     }
 
-    /// Queues stored messages for publishing (never waits).
-    fn publish_messages(&self, messages: &[Stored]) {
-        for stored in messages {
-            let envelope = Envelope::Message {
-                origin: self.node.clone(),
-                room_id: stored.room_id.0,
-                message: stored.message.clone(),
+    /// Queues stored events for publishing (never waits).
+    fn publish_events(&self, events: &[Stored]) {
+        for stored in events {
+            let envelope = match &stored.event {
+                RoomEvent::Message(message) => Envelope::Message {
+                    origin: self.node.clone(),
+                    room_id: stored.room_id.0,
+                    message: message.clone(),
+                    rev: stored.at.rev,
+                },
+                change => Envelope::Change {
+                    origin: self.node.clone(),
+                    room_id: stored.room_id.0,
+                    seq: stored.at.seq,
+                    rev: stored.at.rev,
+                    change: change.clone(),
+                },
             };
-            let channel = room_channel(&stored.message.room);
+            let channel = room_channel(&stored.room);
             self.queue_publish(channel, Self::envelope_text(&envelope));
         }
     }
@@ -513,11 +574,35 @@ return absent",
                 origin,
                 room_id,
                 message,
+                rev,
             } => {
                 if origin != self.node {
                     self.rooms.deliver(&Stored {
                         room_id: RoomId(room_id),
-                        message,
+                        room: message.room.clone(),
+                        at: Position {
+                            seq: message.seq,
+                            rev,
+                        },
+                        event: RoomEvent::Message(message),
+                        answer: None,
+                    });
+                }
+            }
+            Envelope::Change {
+                origin,
+                room_id,
+                seq,
+                rev,
+                change,
+            } => {
+                if origin != self.node {
+                    self.rooms.deliver(&Stored {
+                        room_id: RoomId(room_id),
+                        room: room.to_owned(),
+                        at: Position { seq, rev },
+                        event: change,
+                        answer: None,
                     });
                 }
             }
@@ -878,7 +963,7 @@ impl Fanout for Cluster {
 
     fn publish(&self, commit: &Commit) {
         match commit {
-            Commit::Messages(messages) => self.publish_messages(messages),
+            Commit::Events(events) => self.publish_events(events),
             Commit::RoomDeleted { name, id, .. } => self.publish_deleted(name, *id),
         }
     }

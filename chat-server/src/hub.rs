@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use crate::fanout::{Fanout, UserEvent};
 use crate::rooms::{frame, FillOutcome, GapFill, JoinPoint, Outbound, Rooms, SessionHandle};
 use crate::store::{
-    Appended, Commit, CommitFeed, HistoryPage, RoomHead, RoomId, SessionId, Store, StoreError,
-    Stored, UserRecord,
+    Answer, Appended, Change, Changed, Commit, CommitFeed, HistoryPage, Position, RoomHead, RoomId,
+    SearchPage, SearchQuery, SessionId, Store, StoreError, UserRecord,
 };
 use crate::untrusted::Untrusted;
 use chat_proto::validate::{dm_room, dm_users};
@@ -56,6 +56,9 @@ pub enum Refusal {
     /// The request named a user that does not exist.
     #[error("no such user")]
     NoSuchUser,
+    /// The request named a message that does not exist or was deleted.
+    #[error("no such message")]
+    NoSuchMessage,
     /// A request that cannot be made as asked.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
@@ -71,6 +74,11 @@ impl From<StoreError> for Refusal {
             StoreError::NoSuchRoom => Refusal::NoSuchRoom,
             StoreError::UserExists => Refusal::UserExists,
             StoreError::NoSuchUser => Refusal::NoSuchUser,
+            StoreError::NoSuchMessage => Refusal::NoSuchMessage,
+            StoreError::NotAuthor => Refusal::Forbidden("only its author may change a message"),
+            StoreError::TooManyReactions => {
+                Refusal::BadRequest("the message has as many different reactions as it may")
+            }
             other => Refusal::Unavailable(other),
         }
     }
@@ -81,6 +89,8 @@ pub struct Joined {
     pub room_id: RoomId,
     /// Newest message the joiner gets from the store; later ones come live.
     pub last_seq: u64,
+    /// The room's `rev` at the join point: later changes come live.
+    pub rev: u64,
     /// Users online in the room, on every node.
     pub members: Vec<String>,
 }
@@ -296,7 +306,11 @@ impl Hub {
             if head.private && !self.store.is_member(&session.user, head.id).await? {
                 return Err(Refusal::Forbidden("the room is private"));
             }
-            let Some(point) = self.rooms.join(room, head.id, session, head.last_seq) else {
+            let stored = Position {
+                seq: head.last_seq,
+                rev: head.rev,
+            };
+            let Some(point) = self.rooms.join(room, head.id, session, stored) else {
                 continue;
             };
             // Subscribed (cluster mode) only now that the room has a member
@@ -306,7 +320,7 @@ impl Hub {
             self.fanout.watch_room(room).await;
             match self.store.room(room).await {
                 Ok(Some(now)) if now.id == head.id => {
-                    self.rooms.catch_up(room, head.id, now.last_seq);
+                    self.rooms.catch_up(room, head.id, now.last_seq + now.rev);
                     break (head.id, point);
                 }
                 Ok(_) => {
@@ -333,6 +347,7 @@ impl Hub {
         Ok(Joined {
             room_id,
             last_seq: point.last_seq,
+            rev: point.rev,
             members: self.fanout.members(room).await,
         })
     }
@@ -571,16 +586,97 @@ impl Hub {
 
     // ---- Messages. ----
 
-    /// Stores a message; resolves once committed (then it is on its way to
-    /// every member). Owns what it needs, so sessions can pipeline sends.
+    /// Stores a message (a reply to `reply_to` when given); resolves once
+    /// committed (then it is on its way to every member). Owns what it
+    /// needs, so sessions can pipeline sends.
     pub fn send(
         self: &Arc<Self>,
         room: RoomId,
         user: Arc<str>,
         text: String,
+        reply_to: Option<u64>,
     ) -> impl Future<Output = Result<Appended, Refusal>> + Send + 'static {
         let hub = self.clone();
-        async move { Ok(hub.store.append(room, &user, &text).await?) }
+        async move { Ok(hub.store.append(room, &user, &text, reply_to).await?) }
+    }
+
+    /// Edits, deletes or reacts to message `seq` of room `room_id`, for
+    /// `session`'s user; resolves once committed. The session's copy of
+    /// the resulting event, delivered with the room's other events, is the
+    /// answer (with `re`). Deleting another's message needs the user to be
+    /// an admin now (read from the store).
+    pub fn change(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        room_id: RoomId,
+        seq: u64,
+        change: Change,
+        re: Option<String>,
+    ) -> impl Future<Output = Result<Changed, Refusal>> + Send + 'static {
+        let hub = self.clone();
+        let user = session.user.clone();
+        let answer = Answer {
+            session: session.id,
+            re,
+        };
+        async move {
+            let admin = match change {
+                Change::Delete => hub.store.find_user(&user).await?.is_some_and(|u| u.admin),
+                _ => false,
+            };
+            Ok(hub
+                .store
+                .change(room_id, seq, &user, admin, change, Some(answer))
+                .await?)
+        }
+    }
+
+    /// The current state of the messages of a joined room with
+    /// `after_seq < seq <= upto_seq` changed after `after_rev` (at most
+    /// `limit`), and the room's `rev` they are the state at.
+    pub async fn changed_since(
+        &self,
+        room_id: RoomId,
+        room: &str,
+        after_rev: u64,
+        after_seq: u64,
+        upto_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<MessageRecord>, u64), Refusal> {
+        Ok(self
+            .store
+            .changed_since(room_id, room, after_rev, after_seq, upto_seq, limit)
+            .await?)
+    }
+
+    /// Messages matching every word of `words`, newest first, in `room` (which
+    /// `viewer` must be allowed to read) or every room they may read.
+    pub async fn search(
+        &self,
+        viewer: &str,
+        words: Vec<String>,
+        room: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<SearchPage, Refusal> {
+        let room = match room {
+            Some(room) => {
+                let head = self.store.room(room).await?.ok_or(Refusal::NoSuchRoom)?;
+                self.may_read(viewer, &head).await?;
+                Some(head.id)
+            }
+            None => None,
+        };
+        Ok(self
+            .store
+            .search(&SearchQuery {
+                words,
+                room,
+                viewer: viewer.to_owned(),
+                before,
+                limit,
+            })
+            .await?)
     }
 
     /// A page of history before `before` (the newest page without it).
@@ -659,7 +755,7 @@ async fn watch_accounts(store: Arc<dyn Store>, accounts: std::sync::Weak<Account
 async fn deliver_commits(mut feed: CommitFeed, rooms: Arc<Rooms>, fanout: Arc<dyn Fanout>) {
     while let Some(commit) = feed.recv().await {
         match &commit {
-            Commit::Messages(messages) => rooms.deliver_all(messages),
+            Commit::Events(events) => rooms.deliver_all(events),
             Commit::RoomDeleted {
                 name,
                 id,
@@ -709,34 +805,32 @@ async fn fill_gaps(
 }
 
 /// Reads and delivers one gap. When the store lacks part of it, the room's
-/// newest stored seq is read too, so the rooms can tell a deleted room from
-/// a message nobody stored.
+/// newest stored position is read too, so the rooms can tell a deleted room
+/// from an event nobody stored.
 async fn fill_gap(
     gap: &GapFill,
     store: &dyn Store,
     rooms: &Rooms,
 ) -> Result<FillOutcome, StoreError> {
     let mut after = gap.after;
-    while after < gap.upto {
-        let messages = store
-            .range(gap.room_id, &gap.room, after, gap.upto, 1000)
+    while after.index() < gap.upto {
+        let events = store
+            .events(gap.room_id, &gap.room, after, gap.upto, 1000)
             .await?;
-        let Some(last) = messages.last().map(|m| m.seq) else {
+        let Some(last) = events.last().map(|e| e.at) else {
             break;
         };
         after = last;
-        for message in messages {
-            rooms.deliver(&Stored {
-                room_id: gap.room_id,
-                message,
-            });
-        }
+        rooms.deliver_all(&events);
     }
-    if after >= gap.upto {
+    if after.index() >= gap.upto {
         return Ok(FillOutcome::Read { stored_last: None });
     }
     let stored_last = match store.room(&gap.room).await? {
-        Some(head) if head.id == gap.room_id => Some(head.last_seq),
+        Some(head) if head.id == gap.room_id => Some(Position {
+            seq: head.last_seq,
+            rev: head.rev,
+        }),
         _ => None,
     };
     Ok(FillOutcome::Read { stored_last })

@@ -7,14 +7,17 @@
 //! buffer) go to every member. A member whose
 //! outbox is full is told to close with 1013 instead of slowing the room.
 //!
-//! Messages are delivered strictly in `seq` order. A room with members
-//! remembers the next `seq` it will deliver; a message from further ahead
-//! (possible in cluster mode, where messages also arrive through Redis, or
-//! after a join raced a commit) is held back while the missing ones are read
-//! from the store, and one already delivered is dropped. A member is
-//! registered at the room's current delivery point, so `joined.last_seq`
-//! splits a room cleanly: older messages come from the store as `history`,
-//! newer ones live.
+//! A room's events (messages, and edits, deletions and reactions) are
+//! delivered strictly in the order they were stored: each stands at a
+//! [`Position`] (the room's `seq` and `rev` after it), and their index
+//! `seq + rev` counts them 1, 2, 3, … A room with members remembers the
+//! position it delivered up to; an event from further ahead (possible in
+//! cluster mode, where events also arrive through Redis, or after a join
+//! raced a commit) is held back while the missing ones are read from the
+//! store, and one already delivered is dropped. A member is registered at
+//! the room's current delivery point, so `joined.last_seq` and `joined.rev`
+//! split a room cleanly: older messages come from the store as `history`
+//! (and older changes as `changes`), newer ones live.
 //!
 //! A room is known here only while it has members, and by its store id as
 //! well as its name: ids are never reused, so events of a deleted room can
@@ -26,11 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use chat_proto::{MessageRecord, PresenceState, ServerEvent};
+use chat_proto::{PresenceState, ServerEvent};
 use futures_util::task::AtomicWaker;
 use tokio::sync::{mpsc, Notify};
 
-use crate::store::{RoomId, SessionId, Stored};
+use crate::store::{Position, RoomEvent, RoomId, SessionId, Stored};
 pub use crate::wire::Frame;
 
 /// Frames a session may have waiting in its outbox before it counts as
@@ -45,8 +48,12 @@ pub fn frame(event: &ServerEvent) -> Frame {
     crate::wire::text_frame(event)
 }
 
-fn message_frame(message: &MessageRecord) -> Frame {
-    frame(&ServerEvent::Message(message.clone()))
+/// The frame every member gets for a stored event.
+fn event_frame(stored: &Stored) -> Frame {
+    match &stored.event {
+        RoomEvent::Message(message) => frame(&ServerEvent::Message(message.clone())),
+        _ => frame(&stored.to_server_event()),
+    }
 }
 
 /// What rooms put in a session's outbox.
@@ -59,6 +66,14 @@ pub enum Outbound {
     Room {
         room_id: RoomId,
         seq: Option<u64>,
+        frame: Frame,
+    },
+    /// An `edited`, `deleted` or `reaction` of one room, with the room's
+    /// `rev` after it: skipped by a session that already holds that state
+    /// (from `changes`) or has left the room.
+    Change {
+        room_id: RoomId,
+        rev: u64,
         frame: Frame,
     },
     /// A `presence` or `typing` of one room: dropped by a session that has
@@ -197,13 +212,14 @@ impl SessionHandle {
     }
 }
 
-/// A request to read messages `after < seq <= upto` of a room from the store
-/// and deliver them: sent when a room sees a gap.
+/// A request to read the events of a room after position `after`, up to
+/// event index `upto`, from the store and deliver them: sent when a room
+/// sees a gap.
 #[derive(Debug)]
 pub struct GapFill {
     pub room: String,
     pub room_id: RoomId,
-    pub after: u64,
+    pub after: Position,
     pub upto: u64,
 }
 
@@ -213,10 +229,11 @@ struct RoomState {
     /// The room's name.
     name: String,
     members: Vec<Arc<SessionHandle>>,
-    /// Every message below this has been delivered.
-    next_seq: u64,
-    /// Messages that arrived ahead of a gap, waiting for it to be filled.
-    ahead: BTreeMap<u64, MessageRecord>,
+    /// Every event up to here has been delivered.
+    delivered: Position,
+    /// Events that arrived ahead of a gap, by index, waiting for it to be
+    /// filled.
+    ahead: BTreeMap<u64, Stored>,
     /// A gap fill for this room is under way.
     filling: bool,
     /// Everything up to here is known to be stored and must be delivered.
@@ -249,24 +266,60 @@ impl RoomState {
         users
     }
 
-    /// Delivers `message`, the next in order, as `frame`.
-    fn deliver_in_order(&mut self, message: &MessageRecord, frame: Frame) {
-        let item = Outbound::Room {
-            room_id: self.room_id,
-            seq: Some(message.seq),
-            frame,
+    /// The index of the next event to deliver.
+    fn next_index(&self) -> u64 {
+        self.delivered.index() + 1
+    }
+
+    /// Delivers `stored`, the next in order, as `frame`. The session that
+    /// asked for a change gets its copy with the request's `re`: that copy
+    /// is the answer.
+    fn deliver_in_order(&mut self, stored: &Stored, frame: Frame) {
+        let item = |frame: Frame| match &stored.event {
+            RoomEvent::Message(message) => Outbound::Room {
+                room_id: self.room_id,
+                seq: Some(message.seq),
+                frame,
+            },
+            _ => Outbound::Change {
+                room_id: self.room_id,
+                rev: stored.at.rev,
+                frame,
+            },
         };
+        let shared = item(frame);
         for member in &self.members {
-            member.push(item.clone());
+            match &stored.answer {
+                Some(answer) if answer.session == member.id => {
+                    member.push(item(answer_frame(stored)));
+                }
+                _ => member.push(shared.clone()),
+            }
         }
-        self.next_seq = message.seq + 1;
+        self.delivered = stored.at;
     }
 
     fn flush_ahead(&mut self) {
-        while let Some(next) = self.ahead.remove(&self.next_seq) {
-            self.deliver_in_order(&next, message_frame(&next));
+        while let Some(next) = self.ahead.remove(&self.next_index()) {
+            let frame = event_frame(&next);
+            self.deliver_in_order(&next, frame);
         }
     }
+}
+
+/// A change as the session that asked for it gets it: with `re`.
+fn answer_frame(stored: &Stored) -> Frame {
+    let mut event = stored.to_server_event();
+    if let (
+        ServerEvent::Edited { re, .. }
+        | ServerEvent::Deleted { re, .. }
+        | ServerEvent::Reaction { re, .. },
+        Some(answer),
+    ) = (&mut event, &stored.answer)
+    {
+        re.clone_from(&answer.re);
+    }
+    frame(&event)
 }
 
 /// How a gap fill ended.
@@ -275,16 +328,19 @@ pub enum FillOutcome {
     /// The store could not be read: the fill is asked for again.
     Failed,
     /// Everything the store had in the range was delivered. `stored_last`
-    /// is the room's newest stored `seq`, read after the range when the
+    /// is the room's newest stored position, read after the range when the
     /// store lacked part of it (`None`: the room is gone, or nothing was
     /// missing).
-    Read { stored_last: Option<u64> },
+    Read { stored_last: Option<Position> },
 }
 
 /// What [`Rooms::join`] tells the session.
 pub struct JoinPoint {
     /// Newest message the joiner gets from the store; later ones come live.
     pub last_seq: u64,
+    /// Changes up to this `rev` are in the store's state of the messages;
+    /// later ones come live.
+    pub rev: u64,
     /// This is the user's first connection in the room on this process.
     pub first_local: bool,
     /// The session was not a member before.
@@ -318,14 +374,14 @@ impl Rooms {
     }
 
     /// Adds a session to the room `room_id` named `room`, whose newest stored
-    /// `seq` was `stored_last_seq` when read just before. `None` when the room
+    /// position was `stored` when read just before. `None` when the room
     /// was meanwhile replaced by a newer one of the same name: read again.
     pub fn join(
         &self,
         room: &str,
         room_id: RoomId,
         session: &Arc<SessionHandle>,
-        stored_last_seq: u64,
+        stored: Position,
     ) -> Option<JoinPoint> {
         let mut rooms = self.lock();
         if let Some(state) = rooms.get(room) {
@@ -341,7 +397,7 @@ impl Rooms {
             room_id,
             name: room.to_owned(),
             members: Vec::new(),
-            next_seq: stored_last_seq + 1,
+            delivered: stored,
             ahead: BTreeMap::new(),
             filling: false,
             fill_upto: 0,
@@ -353,7 +409,8 @@ impl Rooms {
             state.members.push(session.clone());
         }
         Some(JoinPoint {
-            last_seq: state.next_seq - 1,
+            last_seq: state.delivered.seq,
+            rev: state.delivered.rev,
             first_local,
             added,
         })
@@ -490,18 +547,18 @@ impl Rooms {
         }
     }
 
-    /// Delivers a stored message to the room's members, in `seq` order.
+    /// Delivers a stored event to the room's members, in order.
     pub fn deliver(&self, stored: &Stored) {
         self.deliver_all(std::slice::from_ref(stored));
     }
 
-    /// Delivers stored messages (of any rooms) to their rooms' members, each
-    /// room in `seq` order.
+    /// Delivers stored events (of any rooms) to their rooms' members, each
+    /// room in order.
     pub fn deliver_all(&self, batch: &[Stored]) {
         // Encoded before the lock is taken, which every room's delivery and
-        // every join and leave share: a message nobody here wants (rare) is
+        // every join and leave share: an event nobody here wants (rare) is
         // encoded for nothing.
-        let frames: Vec<Frame> = batch.iter().map(|s| message_frame(&s.message)).collect();
+        let frames: Vec<Frame> = batch.iter().map(event_frame).collect();
         let mut rooms = self.lock();
         for (stored, frame) in batch.iter().zip(frames) {
             self.deliver_locked(&mut rooms, stored, frame);
@@ -514,26 +571,35 @@ impl Rooms {
         stored: &Stored,
         frame: Frame,
     ) {
-        let message = &stored.message;
-        let Some(state) = rooms.get_mut(&message.room) else {
+        let Some(state) = rooms.get_mut(&stored.room) else {
             return; // nobody here to tell
         };
         if state.room_id != stored.room_id {
             if state.room_id < stored.room_id {
                 // A newer room of that name exists: ours was deleted.
-                Self::drop_room(rooms, &message.room, None);
+                Self::drop_room(rooms, &stored.room, None);
             }
             return;
         }
-        if message.seq < state.next_seq {
-            return; // already delivered
-        }
-        if message.seq > state.next_seq {
-            state.ahead.insert(message.seq, message.clone());
-            self.request_fill(state, message.seq - 1);
+        let index = stored.at.index();
+        let next = state.next_index();
+        if index < next {
+            // Already delivered (read back by a gap fill before its commit
+            // was announced). The session that asked for it still gets its
+            // answer, even if that makes a second copy.
+            if let Some(answer) = &stored.answer {
+                if let Some(member) = state.members.iter().find(|m| m.id == answer.session) {
+                    member.push(Outbound::Event(answer_frame(stored)));
+                }
+            }
             return;
         }
-        state.deliver_in_order(message, frame);
+        if index > next {
+            state.ahead.insert(index, stored.clone());
+            self.request_fill(state, index - 1);
+            return;
+        }
+        state.deliver_in_order(stored, frame);
         state.flush_ahead();
     }
 
@@ -550,32 +616,44 @@ impl Rooms {
         match outcome {
             FillOutcome::Failed => {}
             FillOutcome::Read { stored_last } => {
-                // Up to here the store has (or had) every message.
-                let stored_upto = stored_last.map_or(upto, |last| last.min(upto));
-                if state.next_seq <= stored_upto {
+                // Up to here the store has (or had) every event.
+                let stored_upto = stored_last.map_or(upto, |last| last.index().min(upto));
+                if state.next_index() <= stored_upto {
                     tracing::warn!(
                         room = %crate::untrusted::Untrusted(room),
-                        from = state.next_seq,
+                        from = state.next_index(),
                         to = stored_upto,
-                        "messages missing from the store; skipping"
+                        "events missing from the store; skipping"
                     );
-                    state.next_seq = stored_upto + 1;
-                    let next = state.next_seq;
-                    state.ahead.retain(|&seq, _| seq >= next);
+                    // Where the skip lands is known exactly when it lands
+                    // on the store's head; otherwise (the room is gone)
+                    // the skipped events are counted as messages.
+                    state.delivered = match stored_last {
+                        Some(last) if last.index() == stored_upto => last,
+                        _ => Position {
+                            seq: state.delivered.seq + (stored_upto + 1 - state.next_index()),
+                            rev: state.delivered.rev,
+                        },
+                    };
+                    let next = state.next_index();
+                    state.ahead.retain(|&index, _| index >= next);
                     state.flush_ahead();
                 }
-                if let Some(last) = stored_last.filter(|&last| last <= upto) {
-                    // The message that asked for this fill (seq upto + 1)
+                if let Some(last) = stored_last
+                    .map(Position::index)
+                    .filter(|&last| last <= upto)
+                {
+                    // The event that asked for this fill (index upto + 1)
                     // arrived before the fill began, yet the store, read
                     // after, does not have it: nobody stored it. Dropped,
-                    // or a forged seq far ahead would make the room skip
-                    // the real messages it claims to be after.
+                    // or a forged position far ahead would make the room
+                    // skip the real events it claims to be after.
                     if state.ahead.remove(&(upto + 1)).is_some() {
                         tracing::warn!(
                             room = %crate::untrusted::Untrusted(room),
-                            seq = upto + 1,
+                            index = upto + 1,
                             stored = last,
-                            "discarding a message the store does not have"
+                            "discarding an event the store does not have"
                         );
                     }
                     // A wider fill asked for meanwhile (by a join that read a
@@ -592,17 +670,17 @@ impl Rooms {
             .next()
             .map_or(state.fill_upto, |&first| first - 1)
             .max(state.fill_upto);
-        if wanted >= state.next_seq {
+        if wanted >= state.next_index() {
             self.request_fill(state, wanted);
         }
     }
 
-    /// Makes sure everything up to `upto` (known to be stored) gets
+    /// Makes sure every event up to index `upto` (known to be stored) gets
     /// delivered, reading from the store what has not arrived.
     pub fn catch_up(&self, room: &str, room_id: RoomId, upto: u64) {
         let mut rooms = self.lock();
         if let Some(state) = rooms.get_mut(room).filter(|s| s.room_id == room_id) {
-            if state.next_seq <= upto {
+            if state.next_index() <= upto {
                 self.request_fill(state, upto);
             }
         }
@@ -615,7 +693,7 @@ impl Rooms {
             let _ = self.gaps.send(GapFill {
                 room: state.name.clone(),
                 room_id: state.room_id,
-                after: state.next_seq - 1,
+                after: state.delivered,
                 upto: state.fill_upto,
             });
         }
@@ -634,17 +712,41 @@ mod tests {
     }
 
     fn msg(room_id: i64, seq: u64) -> Stored {
+        msg_at(room_id, seq, 0)
+    }
+
+    /// Message `seq`, stored when the room's rev was `rev`.
+    fn msg_at(room_id: i64, seq: u64, rev: u64) -> Stored {
         Stored {
             room_id: RoomId(room_id),
-            message: MessageRecord {
+            room: "r".into(),
+            at: Position { seq, rev },
+            event: RoomEvent::Message(chat_proto::MessageRecord {
                 room: "r".into(),
                 seq,
                 user: "u".into(),
                 text: format!("m{seq}"),
                 ts: 0,
                 ..Default::default()
-            },
+            }),
+            answer: None,
         }
+    }
+
+    /// A deletion of message 1 making the room's rev `rev`, when its
+    /// newest message was `seq`.
+    fn change_at(seq: u64, rev: u64) -> Stored {
+        Stored {
+            room_id: RoomId(1),
+            room: "r".into(),
+            at: Position { seq, rev },
+            event: RoomEvent::Deleted { seq: 1 },
+            answer: None,
+        }
+    }
+
+    fn at(seq: u64) -> Position {
+        Position { seq, rev: 0 }
     }
 
     fn seqs(rx: &mut Arc<SessionHandle>) -> Vec<u64> {
@@ -676,7 +778,7 @@ mod tests {
                 Outbound::Room {
                     seq: None, frame, ..
                 } => frame,
-                Outbound::Room { .. } | Outbound::Close => continue,
+                Outbound::Room { .. } | Outbound::Change { .. } | Outbound::Close => continue,
             };
             out.push(chat_proto::decode_server(crate::wire::payload(&frame)).unwrap());
         }
@@ -687,7 +789,10 @@ mod tests {
     fn delivers_in_order_and_drops_duplicates() {
         let (rooms, mut gaps) = Rooms::new();
         let (alice, mut rx) = member(1, "alice");
-        assert_eq!(rooms.join("r", RoomId(1), &alice, 2).unwrap().last_seq, 2);
+        assert_eq!(
+            rooms.join("r", RoomId(1), &alice, at(2)).unwrap().last_seq,
+            2
+        );
         rooms.deliver(&msg(1, 2)); // older than the join point
         rooms.deliver(&msg(1, 3));
         rooms.deliver(&msg(1, 3));
@@ -695,30 +800,82 @@ mod tests {
         rooms.deliver(&msg(1, 7));
         assert_eq!(seqs(&mut rx), vec![3]);
         let gap = gaps.try_recv().unwrap();
-        assert_eq!((gap.after, gap.upto), (3, 4));
+        assert_eq!((gap.after.index(), gap.upto), (3, 4));
         assert!(gaps.try_recv().is_err(), "one fill at a time");
         rooms.deliver(&msg(1, 4));
         rooms.gap_filled("r", RoomId(1), 4, FillOutcome::Read { stored_last: None });
         assert_eq!(seqs(&mut rx), vec![4, 5]);
         // 6 is still missing: another fill is asked for.
         let gap = gaps.try_recv().unwrap();
-        assert_eq!((gap.after, gap.upto), (5, 6));
+        assert_eq!((gap.after.index(), gap.upto), (5, 6));
         // The store has lost 6 (room deleted): skip rather than stall.
         rooms.gap_filled("r", RoomId(1), 6, FillOutcome::Read { stored_last: None });
         assert_eq!(seqs(&mut rx), vec![7]);
     }
 
     #[test]
+    fn changes_and_messages_are_delivered_in_one_order() {
+        let (rooms, mut gaps) = Rooms::new();
+        let (alice, rx) = member(1, "alice");
+        let point = rooms.join("r", RoomId(1), &alice, at(1)).unwrap();
+        assert_eq!((point.last_seq, point.rev), (1, 0));
+        // Stored in this order: change rev 1 (room at seq 1), message 2,
+        // change rev 2. Message 2 arrives first: held until rev 1 is in.
+        rooms.deliver(&msg_at(1, 2, 1));
+        let gap = gaps.try_recv().unwrap();
+        assert_eq!((gap.after, gap.upto), (at(1), 2));
+        rooms.deliver(&change_at(2, 2));
+        rooms.deliver(&change_at(1, 1));
+        let order: Vec<(Option<u64>, Option<u64>)> = rx
+            .take_now()
+            .unwrap()
+            .into_iter()
+            .map(|item| match item {
+                Outbound::Room { seq, .. } => (seq, None),
+                Outbound::Change { rev, .. } => (None, Some(rev)),
+                _ => (None, None),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![(None, Some(1)), (Some(2), None), (None, Some(2))]
+        );
+        // A later joiner starts after all three.
+        let (bob, _) = member(2, "bob");
+        let point = rooms.join("r", RoomId(1), &bob, at(1)).unwrap();
+        assert_eq!((point.last_seq, point.rev), (2, 2));
+        // The one who asked gets its copy with its request's id.
+        let mut asked = change_at(2, 3);
+        asked.answer = Some(crate::store::Answer {
+            session: SessionId(2),
+            re: Some("d1".into()),
+        });
+        rooms.deliver(&asked);
+        let frames = |h: &Arc<SessionHandle>| -> Vec<String> {
+            h.take_now()
+                .unwrap()
+                .into_iter()
+                .filter_map(|item| match item {
+                    Outbound::Change { frame, .. } => Some(crate::wire::payload(&frame).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(frames(&bob)[0].contains(r#""re":"d1""#));
+        assert!(!frames(&alice)[0].contains(r#""re""#));
+    }
+
+    #[test]
     fn a_failed_fill_is_asked_for_again() {
         let (rooms, mut gaps) = Rooms::new();
         let (alice, mut rx) = member(1, "alice");
-        rooms.join("r", RoomId(1), &alice, 0);
+        rooms.join("r", RoomId(1), &alice, at(0));
         rooms.catch_up("r", RoomId(1), 3);
         assert_eq!(gaps.try_recv().unwrap().upto, 3);
         rooms.catch_up("r", RoomId(1), 4); // while the first is under way
         rooms.gap_filled("r", RoomId(1), 3, FillOutcome::Failed);
         let again = gaps.try_recv().unwrap();
-        assert_eq!((again.after, again.upto), (0, 4));
+        assert_eq!((again.after.index(), again.upto), (0, 4));
         for seq in 1..=4 {
             rooms.deliver(&msg(1, seq));
         }
@@ -731,11 +888,11 @@ mod tests {
     fn a_message_the_store_does_not_have_cannot_make_the_room_skip() {
         let (rooms, mut gaps) = Rooms::new();
         let (alice, mut rx) = member(1, "alice");
-        rooms.join("r", RoomId(1), &alice, 2);
+        rooms.join("r", RoomId(1), &alice, at(2));
         // A forged seq far ahead (from a hostile Redis).
         rooms.deliver(&msg(1, 1000));
         let gap = gaps.try_recv().unwrap();
-        assert_eq!((gap.after, gap.upto), (2, 999));
+        assert_eq!((gap.after.index(), gap.upto), (2, 999));
         // The store has nothing past 2: the forged message is dropped and
         // nothing is skipped.
         rooms.gap_filled(
@@ -743,7 +900,7 @@ mod tests {
             RoomId(1),
             999,
             FillOutcome::Read {
-                stored_last: Some(2),
+                stored_last: Some(at(2)),
             },
         );
         assert!(gaps.try_recv().is_err(), "nothing left to fill");
@@ -758,11 +915,11 @@ mod tests {
     fn rooms_are_told_apart_by_id() {
         let (rooms, _gaps) = Rooms::new();
         let (alice, mut rx) = member(1, "alice");
-        rooms.join("r", RoomId(2), &alice, 10);
+        rooms.join("r", RoomId(2), &alice, at(10));
         rooms.deliver(&msg(1, 11)); // from the deleted room 1
         assert!(seqs(&mut rx).is_empty());
         assert!(
-            rooms.join("r", RoomId(1), &alice, 10).is_none(),
+            rooms.join("r", RoomId(1), &alice, at(10)).is_none(),
             "stale read"
         );
         rooms.remove("r", RoomId(1), None); // late deletion of room 1
@@ -822,8 +979,8 @@ mod tests {
         let (rooms, _gaps) = Rooms::new();
         let (slow, _slow_rx) = member(1, "slow");
         let (fast, mut fast_rx) = member(2, "fast");
-        rooms.join("r", RoomId(1), &slow, 0);
-        rooms.join("r", RoomId(1), &fast, 0);
+        rooms.join("r", RoomId(1), &slow, at(0));
+        rooms.join("r", RoomId(1), &fast, at(0));
         for seq in 1..=4 {
             rooms.deliver(&msg(1, seq));
             seqs(&mut fast_rx);
@@ -844,15 +1001,18 @@ mod tests {
         let (rooms, _gaps) = Rooms::new();
         let (a1, _r1) = member(1, "alice");
         let (a2, _r2) = member(2, "alice");
-        assert!(rooms.join("r", RoomId(1), &a1, 0).unwrap().first_local);
-        assert!(!rooms.join("r", RoomId(1), &a2, 0).unwrap().first_local);
-        assert!(!rooms.join("r", RoomId(1), &a2, 0).unwrap().first_local);
+        assert!(rooms.join("r", RoomId(1), &a1, at(0)).unwrap().first_local);
+        assert!(!rooms.join("r", RoomId(1), &a2, at(0)).unwrap().first_local);
+        assert!(!rooms.join("r", RoomId(1), &a2, at(0)).unwrap().first_local);
         assert_eq!(rooms.local_users("r"), vec!["alice"]);
         assert_eq!(rooms.leave("r", SessionId(1)), Some(false));
         assert_eq!(rooms.leave("r", SessionId(1)), None);
         assert_eq!(rooms.leave("r", SessionId(2)), Some(true));
         assert!(rooms.occupied().is_empty());
         // A later join starts from the store's view, not a stale one.
-        assert_eq!(rooms.join("r", RoomId(1), &a1, 40).unwrap().last_seq, 40);
+        assert_eq!(
+            rooms.join("r", RoomId(1), &a1, at(40)).unwrap().last_seq,
+            40
+        );
     }
 }

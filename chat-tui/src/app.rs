@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chat_proto::validate::{dm_room, dm_users, is_valid_name, normalize_text, TextError};
-use chat_proto::{AccountRoom, ErrorCode, MessageRecord, PresenceState, RoomSummary};
+use chat_proto::{AccountRoom, ErrorCode, MessageRecord, PresenceState, Reactions, RoomSummary};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
 
@@ -90,8 +90,32 @@ pub struct Entry {
     pub own: bool,
     /// Mentions this user by name.
     pub mention: bool,
+    /// The message of the same room this one answers.
+    pub reply_to: Option<u64>,
+    /// The text was edited since it was sent.
+    pub edited: bool,
+    /// The message was deleted: `text` is empty.
+    pub deleted: bool,
+    /// Who reacted with what, as the server sent it: user names are
+    /// compared with the user's own, emoji sent back to toggle, so both
+    /// are sanitized where they are drawn.
+    pub reactions: Reactions,
     /// (width, lines) of the last wrap; see [`timeline::text_height`].
     pub(crate) height: Cell<(u16, u16)>,
+}
+
+impl Entry {
+    /// Takes the state of `message` (edited, deleted, reactions) in place
+    /// of its own; the wrap is measured again.
+    fn apply(&mut self, message: &MessageRecord, me: &str) {
+        self.text = sanitize(&message.text, true);
+        self.mention = !self.own && mentions(&self.text, me);
+        self.reply_to = message.reply_to;
+        self.edited = message.edited_ts.is_some();
+        self.deleted = message.deleted;
+        self.reactions = message.reactions.clone();
+        self.height.set((0, 0));
+    }
 }
 
 /// A line the user sent that the server has not acknowledged yet.
@@ -140,6 +164,9 @@ pub struct Room {
     pub read: u64,
     /// No notifications from this room (`/mute`).
     pub muted: bool,
+    /// The message picked with Up (on an empty input) or Alt+Up, which
+    /// e, d, r, + and the message commands act on.
+    pub selected: Option<u64>,
 }
 
 impl Room {
@@ -163,6 +190,7 @@ impl Room {
             private: false,
             read: 0,
             muted: false,
+            selected: None,
         }
     }
 
@@ -218,6 +246,63 @@ pub enum Overlay {
     },
     /// Who is in the current room.
     Who,
+    /// The reaction picker for message `seq` of `room`: `choice` among
+    /// [`REACTIONS`], or `typed` when the user writes one.
+    React {
+        room: String,
+        seq: u64,
+        choice: usize,
+        typed: String,
+    },
+    /// Search across rooms.
+    Search(SearchView),
+}
+
+/// The reactions the picker offers, chosen with 1-8.
+pub const REACTIONS: [&str; 8] = ["👍", "👎", "😄", "🎉", "😕", "❤️", "🚀", "👀"];
+
+/// The search overlay: the words typed, then the results as they come.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SearchView {
+    pub query: String,
+    /// Still typing the words (Ctrl+F); Enter searches.
+    pub prompt: bool,
+    /// The query's words, lowercased, to highlight in the results.
+    pub words: Vec<String>,
+    pub hits: Vec<Hit>,
+    pub selected: usize,
+    /// The cursor of the next page, while there is one.
+    pub next: Option<String>,
+    /// A page has been asked for.
+    pub loading: bool,
+}
+
+/// One search result, sanitized for display on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    pub room: String,
+    pub seq: u64,
+    pub user: String,
+    /// The text on one line (line breaks as spaces).
+    pub text: String,
+    pub ts: i64,
+}
+
+/// What the input is for besides a new message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compose {
+    /// Enter saves the input as the new text of message `seq`.
+    Edit { room: String, seq: u64 },
+    /// Enter sends the input as an answer to message `seq`.
+    Reply { room: String, seq: u64 },
+}
+
+/// A message to show and select once it is loaded: older pages are asked
+/// for until it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    pub room: String,
+    pub seq: u64,
 }
 
 /// A short message in the status bar.
@@ -261,6 +346,15 @@ pub struct App {
     /// Interruptions to make, in order; the caller takes them after each
     /// update (they are side effects on the terminal, not state).
     pub alerts: Vec<Alert>,
+    /// What the server supports of part 2 (`welcome.features`): the
+    /// message commands are offered only when their feature is listed.
+    pub features: BTreeSet<String>,
+    /// An edit or a reply being written.
+    pub compose: Option<Compose>,
+    /// A message the user asked to delete: `y` confirms.
+    pub delete_offer: Option<(String, u64)>,
+    /// A message being loaded to jump to.
+    pub jump: Option<Jump>,
     next_id: u64,
     last_typing_sent: Option<(String, Instant)>,
 }
@@ -285,6 +379,10 @@ impl App {
             notify_level: notify::Level::default(),
             focused: true,
             alerts: Vec::new(),
+            features: BTreeSet::new(),
+            compose: None,
+            delete_offer: None,
+            jump: None,
             next_id: 0,
             last_typing_sent: None,
         }
@@ -349,7 +447,16 @@ impl App {
         if let Some(old) = self.rooms.get_mut(self.current) {
             if self.current != index {
                 old.marker = None;
+                old.selected = None;
             }
+        }
+        if self.current != index {
+            // An edit or a reply belongs to the room it was started in.
+            if let Some(Compose::Edit { .. }) = self.compose.take() {
+                self.input.set_text(String::new());
+            }
+            self.compose = None;
+            self.delete_offer = None;
         }
         self.current = index;
         let room = &mut self.rooms[index];
@@ -393,22 +500,32 @@ impl App {
         if room.log.contains_key(&message.seq) {
             return false;
         }
-        let text = sanitize(&message.text, true);
-        let mention = !own && mentions(&text, &self.user);
-        room.log.insert(
-            message.seq,
-            Entry {
-                seq: message.seq,
-                user: sanitize_line(&message.user),
-                time: LocalTime::at(message.ts, zone),
-                ts: message.ts,
-                text,
-                own,
-                mention,
-                height: Cell::new((0, 0)),
-            },
-        );
+        let mut entry = Entry {
+            seq: message.seq,
+            user: sanitize_line(&message.user),
+            time: LocalTime::at(message.ts, zone),
+            ts: message.ts,
+            text: String::new(),
+            own,
+            mention: false,
+            reply_to: None,
+            edited: false,
+            deleted: false,
+            reactions: Reactions::default(),
+            height: Cell::new((0, 0)),
+        };
+        entry.apply(&message, &self.user);
+        room.log.insert(message.seq, entry);
         true
+    }
+
+    /// Whether the server offers `feature`; if not, says so.
+    fn offers(&mut self, feature: &str, what: &str) -> bool {
+        if self.features.contains(feature) {
+            return true;
+        }
+        self.notify(format!("this server does not support {what}"), true);
+        false
     }
 
     /// Keeps a room under [`MAX_LOADED`] messages by dropping the oldest,
@@ -676,13 +793,17 @@ fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
     if let Some(action) = answer_forget_offer(app, key, ctrl || alt) {
         return action;
     }
+    if let Some(action) = messages::answer_delete_offer(app, key) {
+        return action;
+    }
+    if let Some(action) = messages::on_message_key(app, key, ctrl, alt) {
+        return action;
+    }
     let (_, pane_height) = app.message_pane();
     let page = i32::from(pane_height).saturating_sub(1).max(1);
     match key.code {
         KeyCode::Enter if alt => app.input.insert_char('\n'),
         KeyCode::Enter => return submit(app),
-        KeyCode::Up if alt => cycle_room(app, -1),
-        KeyCode::Down if alt => cycle_room(app, 1),
         KeyCode::Char('p') if ctrl => cycle_room(app, -1),
         KeyCode::Char('n') if ctrl => cycle_room(app, 1),
         KeyCode::Char(c @ '1'..='9') if alt => {
@@ -722,6 +843,8 @@ fn on_key(app: &mut App, key: KeyEvent) -> Option<Action> {
 fn on_overlay_key(app: &mut App, key: KeyEvent) -> Option<Action> {
     let overlay = app.overlay.as_mut()?;
     match overlay {
+        Overlay::React { .. } => messages::on_picker_key(app, key),
+        Overlay::Search(_) => messages::on_search_key(app, key),
         Overlay::Help | Overlay::Who => {
             if matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
                 app.overlay = None;
@@ -913,19 +1036,31 @@ fn typing(app: &mut App) -> Option<Action> {
 
 fn submit(app: &mut App) -> Option<Action> {
     let line = app.input.submit();
+    if let Some(Compose::Edit { room, seq }) = app.compose.clone() {
+        return messages::save_edit(app, room, seq, line);
+    }
     if line.trim().is_empty() {
         return None;
     }
     if let Some(rest) = line.strip_prefix("//") {
-        return send_text(app, format!("/{rest}"), line);
+        let reply_to = match &app.compose {
+            Some(Compose::Reply { seq, .. }) => Some(*seq),
+            _ => None,
+        };
+        return send_text(app, format!("/{rest}"), line, reply_to);
     }
     if line.starts_with('/') {
         return command(app, line);
     }
-    send_text(app, line.clone(), line)
+    let reply_to = match &app.compose {
+        Some(Compose::Reply { seq, .. }) => Some(*seq),
+        _ => None,
+    };
+    send_text(app, line.clone(), line, reply_to)
 }
 
-fn send_text(app: &mut App, text: String, typed: String) -> Option<Action> {
+/// Sends `text` to the current room (as an answer to `reply_to`).
+fn send_text(app: &mut App, text: String, typed: String, reply_to: Option<u64>) -> Option<Action> {
     let Some(room) = app.current_room() else {
         app.notify("join a room first: /join ROOM, or /rooms to browse", true);
         app.input.set_text(typed);
@@ -952,10 +1087,20 @@ fn send_text(app: &mut App, text: String, typed: String) -> Option<Action> {
     });
     room.anchor = None;
     room.unseen_below = 0;
-    Some(Action::Net(NetCommand::Send {
-        id,
-        room: room_name,
-        text,
+    room.selected = None;
+    app.compose = None;
+    Some(Action::Net(match reply_to {
+        Some(reply_to) => NetCommand::Reply {
+            id,
+            room: room_name,
+            text,
+            reply_to,
+        },
+        None => NetCommand::Send {
+            id,
+            room: room_name,
+            text,
+        },
     }))
 }
 
@@ -969,6 +1114,9 @@ fn command(app: &mut App, line: String) -> Option<Action> {
         app.input.set_text(line.clone());
         None
     };
+    if let Some(action) = messages::message_command(app, name, &line) {
+        return action;
+    }
     match (name, arg, extra) {
         ("/join" | "/j", Some(room), false) => app.join(room),
         ("/join" | "/j", _, _) => usage(app, "/join ROOM"),
@@ -1134,6 +1282,7 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
         NetEvent::Connected(session) => {
             app.link = Link::Connected;
             app.admin = session.admin;
+            app.features = session.features.into_iter().collect();
             for room in &mut app.rooms {
                 room.joined = false;
             }
@@ -1176,6 +1325,9 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
                 app.rooms[index].has_more = has_more;
             }
             app.trim(index);
+            if app.jump.as_ref().is_some_and(|j| j.room == room) {
+                return app.advance_jump();
+            }
         }
         NetEvent::Message(message) => {
             let index = app.room_index(&message.room)?;
@@ -1205,12 +1357,22 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
                 _ => {}
             }
             app.trim(index);
+            if app
+                .jump
+                .as_ref()
+                .is_some_and(|j| j.room == app.rooms[index].name)
+            {
+                return app.advance_jump();
+            }
             // Keep going if the page did not fill the screen above the view.
             if index == app.current {
                 return app.maybe_fetch_older();
             }
         }
         NetEvent::PageFailed { room, reason, .. } => {
+            if app.jump.as_ref().is_some_and(|j| j.room == room) {
+                app.jump = None;
+            }
             let room = app.room_mut(&room)?;
             room.loading_older = false;
             app.notify(
@@ -1332,12 +1494,77 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
             let room = app.room_mut(&room)?;
             room.typing.insert(sanitize_line(&user), now);
         }
+        NetEvent::Edited {
+            room,
+            seq,
+            text,
+            edited_ts,
+        } => {
+            // When it was edited is not shown, only that it was.
+            let _ = edited_ts;
+            app.change(&room, seq, |entry, me| {
+                entry.text = sanitize(&text, true);
+                entry.mention = !entry.own && mentions(&entry.text, me);
+                entry.edited = true;
+            })
+        }
+        NetEvent::Deleted { room, seq } => app.change(&room, seq, |entry, _| {
+            entry.text.clear();
+            entry.mention = false;
+            entry.deleted = true;
+            entry.reactions = Reactions::default();
+        }),
+        NetEvent::Reaction {
+            room,
+            seq,
+            user,
+            emoji,
+            on,
+        } => app.change(&room, seq, |entry, _| {
+            entry.reactions.set(&emoji, &user, on)
+        }),
+        NetEvent::Changes { room, messages } => {
+            for message in messages {
+                app.change(&room, message.seq, |entry, me| entry.apply(&message, me));
+            }
+        }
+        NetEvent::SearchResults {
+            query,
+            messages,
+            next,
+        } => return app.search_results(&query, messages, next),
+        NetEvent::Exported {
+            room,
+            path,
+            messages,
+        } => app.notify(
+            format!(
+                "exported {messages} messages of #{} to {}",
+                sanitize_line(&room),
+                sanitize_line(&path.display().to_string())
+            ),
+            false,
+        ),
+        NetEvent::ExportFailed { room, path, reason } => app.notify(
+            format!(
+                "export of #{} to {} failed: {}",
+                sanitize_line(&room),
+                sanitize_line(&path.display().to_string()),
+                sanitize_line(&reason)
+            ),
+            true,
+        ),
         NetEvent::Rooms(rooms) => {
             if let Some(Overlay::Rooms { list, .. }) = &mut app.overlay {
                 *list = Some(rooms);
             }
         }
         NetEvent::Error { code, message } => {
+            // A refused search (or anything else) must not leave the search
+            // overlay waiting for an answer that will not come.
+            if let Some(Overlay::Search(view)) = &mut app.overlay {
+                view.loading = false;
+            }
             let text = match code {
                 Some(code) => format!("{code}: {}", sanitize_line(&message)),
                 None => sanitize_line(&message),
@@ -1348,5 +1575,6 @@ fn on_net(app: &mut App, event: NetEvent) -> Option<Action> {
     None
 }
 
+mod messages;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,9 @@ pub struct Areas {
     pub messages: Rect,
     /// The "bob is typing…" line.
     pub typing: Rect,
+    /// "replying to bob: …" or "editing …" above the input, while one is
+    /// being written (else empty).
+    pub compose: Rect,
     pub input: Rect,
     pub status: Rect,
 }
@@ -66,16 +69,21 @@ pub fn layout(area: Rect, app: &App) -> Areas {
     let input_height = (rows.len().clamp(1, MAX_INPUT_LINES) as u16).min(main.height);
     let header_height = 2.min(main.height.saturating_sub(input_height));
     let typing_height = 1.min(main.height.saturating_sub(input_height + header_height));
-    let messages_height = main.height - input_height - header_height - typing_height;
+    let compose_height = u16::from(app.compose.is_some())
+        .min(main.height - input_height - header_height - typing_height);
+    let messages_height =
+        main.height - input_height - header_height - typing_height - compose_height;
     let header = Rect::new(main.x, main.y, main.width, header_height);
     let messages = Rect::new(main.x, header.bottom(), main.width, messages_height);
     let typing = Rect::new(main.x, messages.bottom(), main.width, typing_height);
-    let input = Rect::new(main.x, typing.bottom(), main.width, input_height);
+    let compose = Rect::new(main.x, typing.bottom(), main.width, compose_height);
+    let input = Rect::new(main.x, compose.bottom(), main.width, input_height);
     Areas {
         rooms,
         header,
         messages,
         typing,
+        compose,
         input,
         status,
     }

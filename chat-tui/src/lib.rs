@@ -11,12 +11,14 @@
 //! - [`notify`]: which messages interrupt the user, and how.
 //! - [`input`], [`wrap`], [`sanitize`], [`timeline`], [`clock`],
 //!   [`config`]: the pieces they are built from.
+//! - [`export`]: the Markdown file `/export` writes.
 //! - [`bench`]: the render-time measurement behind `--bench-render`.
 
 pub mod app;
 pub mod bench;
 pub mod clock;
 pub mod config;
+pub mod export;
 pub mod input;
 pub mod layout;
 pub mod net;

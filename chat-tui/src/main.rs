@@ -160,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
         let net = connect(start.net).await?;
         let mut app = App::new(user, url, clock::local);
         app.admin = net.session.admin;
+        app.features = net.session.features.iter().cloned().collect();
         app.notify_level = start.notify;
         let mut joins = Vec::new();
         for room in &start.rooms {

@@ -15,17 +15,27 @@
 //!   on the wire when the connection dropped is not sent twice: if the
 //!   server stored it (it shows up among the messages after the seam) it is
 //!   acknowledged from there, otherwise it is sent again.
+//! - `Edited`, `Deleted`, `Reaction` and `Changes` change messages already
+//!   delivered. A resume carries `since_rev`, the room's change counter as
+//!   far as every change is known: `joined.rev` after a first join, the
+//!   newest live change's `rev` after that, and a resume's `joined.rev` only
+//!   once a live event shows its `changes` are all in. A change may thus be
+//!   delivered twice, never lost; each carries the whole new state, so a
+//!   second copy changes nothing.
+//! - `Export` pages backwards through a room's history on this connection
+//!   and writes the file on a blocking thread.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chat_proto::limits::close;
 use chat_proto::validate::{is_valid_id, normalize_text, TextError};
 use chat_proto::{
-    decode_server, encode, AccountRoom, ClientEvent, ErrorCode, MessageRecord, PresenceState,
-    Request, RoomSummary, ServerEvent,
+    decode_server, encode, features, AccountRoom, ClientEvent, ErrorCode, MessageRecord,
+    PresenceState, Request, RoomSummary, ServerEvent,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -107,6 +117,37 @@ pub enum NetCommand {
         room: String,
         text: String,
     },
+    /// Post a message that answers message `reply_to` of the same room;
+    /// otherwise exactly like `Send`.
+    Reply {
+        id: String,
+        room: String,
+        text: String,
+        reply_to: u64,
+    },
+    /// Replace the text of the user's message `seq`.
+    Edit {
+        room: String,
+        seq: u64,
+        text: String,
+    },
+    /// Delete message `seq` (the user's own, or any for an admin).
+    Delete { room: String, seq: u64 },
+    /// Toggle the user's reaction `emoji` on message `seq`.
+    React {
+        room: String,
+        seq: u64,
+        emoji: String,
+    },
+    /// Search every room the user may read; `cursor` is the previous
+    /// answer's `next`, for the following page.
+    Search {
+        query: String,
+        cursor: Option<String>,
+    },
+    /// Write the whole history of `room` to `path` as Markdown, paging
+    /// through it in the background; ends in `Exported` or `ExportFailed`.
+    Export { room: String, path: PathBuf },
     /// Fetch a page of older messages: `seq < before`, at most `limit`.
     History {
         room: String,
@@ -135,6 +176,8 @@ pub struct Session {
     /// The account's rooms, with read markers (empty from a server without
     /// protocol part 2).
     pub rooms: Vec<AccountRoom>,
+    /// What the server supports of part 2 ([`chat_proto::features`]).
+    pub features: Vec<String>,
 }
 
 /// What the network task tells the app.
@@ -235,6 +278,52 @@ pub enum NetEvent {
     Typing {
         room: String,
         user: String,
+    },
+    /// Message `seq` has a new text.
+    Edited {
+        room: String,
+        seq: u64,
+        text: String,
+        edited_ts: i64,
+    },
+    /// Message `seq` was deleted.
+    Deleted {
+        room: String,
+        seq: u64,
+    },
+    /// `user` turned reaction `emoji` on message `seq` on or off.
+    Reaction {
+        room: String,
+        seq: u64,
+        user: String,
+        emoji: String,
+        on: bool,
+    },
+    /// The current state of messages changed while disconnected: each
+    /// replaces the loaded message with its seq.
+    Changes {
+        room: String,
+        messages: Vec<MessageRecord>,
+    },
+    /// The answer to `Search` for `query`, newest first; `next` asks for
+    /// more.
+    SearchResults {
+        query: String,
+        messages: Vec<MessageRecord>,
+        next: Option<String>,
+    },
+    /// An `Export` is written: `messages` messages of `room` in `path`.
+    Exported {
+        room: String,
+        path: PathBuf,
+        messages: usize,
+    },
+    /// An `Export` could not be finished; nothing or a partial file is
+    /// left at `path`.
+    ExportFailed {
+        room: String,
+        path: PathBuf,
+        reason: String,
     },
     /// The answer to `Rooms`.
     Rooms(Vec<RoomSummary>),
@@ -402,6 +491,7 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
                         admin,
                         server,
                         rooms,
+                        features,
                         ..
                     }) => {
                         return Ok((
@@ -411,6 +501,7 @@ async fn connect_and_login(config: &NetConfig) -> Result<(Ws, Session), ConnectE
                                 admin,
                                 server,
                                 rooms,
+                                features,
                             },
                         ))
                     }
@@ -514,6 +605,8 @@ fn close_reason(frame: Option<tungstenite::protocol::CloseFrame>) -> String {
 struct Outgoing {
     id: String,
     text: String,
+    /// The message this line answers.
+    reply_to: Option<u64>,
     /// Sent on a connection that dropped before its `ack`: the server may
     /// have stored it.
     maybe_sent: bool,
@@ -545,6 +638,13 @@ struct RoomSync {
     queue: VecDeque<Outgoing>,
     /// Lines sent on this connection, awaiting `ack`, oldest first.
     inflight: VecDeque<Outgoing>,
+    /// The room's change counter as far as the app has every change:
+    /// `since_rev` of the next resume. `None` before the first `joined`.
+    rev: Option<u64>,
+    /// `joined.rev` of a resume, taken as `rev` only once the first live
+    /// event shows that the `changes` before it are all in: a connection
+    /// that drops in the middle of them resumes from the old `rev` again.
+    join_rev: Option<u64>,
 }
 
 impl RoomSync {
@@ -556,8 +656,33 @@ impl RoomSync {
             held: Vec::new(),
             queue: VecDeque::new(),
             inflight: VecDeque::new(),
+            rev: None,
+            join_rev: None,
         }
     }
+
+    /// A live event arrived (with its own `rev`, for changes): every
+    /// `changes` event of the join came before it.
+    fn live(&mut self, rev: Option<u64>) {
+        let joined = self.join_rev.take();
+        self.rev = self.rev.max(joined).max(rev);
+    }
+
+    /// Applies a change to a live message held back during a resume, so
+    /// that it is not lost before the message reaches the app.
+    fn change_held(&mut self, seq: u64, change: impl FnOnce(&mut MessageRecord)) {
+        if let Some(message) = self.held.iter_mut().find(|m| m.seq == seq) {
+            change(message);
+        }
+    }
+}
+
+/// An `Export` under way: the messages fetched so far, by seq.
+#[derive(Debug, Clone)]
+struct Export {
+    room: String,
+    path: PathBuf,
+    messages: BTreeMap<u64, MessageRecord>,
 }
 
 /// How a room is joined the first time.
@@ -582,8 +707,14 @@ enum Pending {
     },
     /// The room list, page after page: the rooms of the pages so far.
     Rooms(Vec<RoomSummary>),
+    Search,
+    /// A page of an export.
+    Export(Export),
     Other,
 }
+
+/// Results asked for per search page.
+const SEARCH_PAGE: u64 = chat_proto::limits::DEFAULT_SEARCH as u64;
 
 /// Paces sends below the server's rate limit so that a long offline queue
 /// is delivered rather than refused.
@@ -748,7 +879,13 @@ impl Worker {
                 self.rooms.entry(room).or_insert_with(RoomSync::new);
             }
             NetCommand::Leave { room } => self.forget_room(&room, "left the room"),
-            NetCommand::Send { id, room, text } => self.enqueue(id, room, text),
+            NetCommand::Send { id, room, text } => self.enqueue(id, room, text, None),
+            NetCommand::Reply {
+                id,
+                room,
+                text,
+                reply_to,
+            } => self.enqueue(id, room, text, Some(reply_to)),
             NetCommand::Forget { room } => {
                 self.forget_room(&room, "left the room");
                 self.emit(NetEvent::Error {
@@ -769,6 +906,19 @@ impl Worker {
             }),
             // A marker not sent now is sent with the next one.
             NetCommand::Read { .. } => {}
+            // Changes to messages are made online only, like membership.
+            NetCommand::Edit { .. }
+            | NetCommand::Delete { .. }
+            | NetCommand::React { .. }
+            | NetCommand::Search { .. } => self.emit(NetEvent::Error {
+                code: None,
+                message: "not connected; try again once reconnected".into(),
+            }),
+            NetCommand::Export { room, path } => self.emit(NetEvent::ExportFailed {
+                room,
+                path,
+                reason: "not connected".into(),
+            }),
             NetCommand::History { room, before, .. } => self.emit(NetEvent::PageFailed {
                 room,
                 before,
@@ -783,7 +933,7 @@ impl Worker {
     }
 
     /// Validates a line and puts it in its room's queue; the caller flushes.
-    fn enqueue(&mut self, id: String, room: String, text: String) {
+    fn enqueue(&mut self, id: String, room: String, text: String, reply_to: Option<u64>) {
         let fail = |code: ErrorCode, message: String| NetEvent::SendFailed {
             id: id.clone(),
             room: room.clone(),
@@ -812,6 +962,7 @@ impl Worker {
         sync.queue.push_back(Outgoing {
             id,
             text,
+            reply_to,
             maybe_sent: false,
         });
     }
@@ -844,12 +995,18 @@ impl Worker {
             }
         }
         for (_, pending) in std::mem::take(&mut self.requests) {
-            if let Pending::Page { room, before } = pending {
-                self.emit(NetEvent::PageFailed {
+            match pending {
+                Pending::Page { room, before } => self.emit(NetEvent::PageFailed {
                     room,
                     before,
                     reason: "connection lost".into(),
-                });
+                }),
+                Pending::Export(job) => self.emit(NetEvent::ExportFailed {
+                    room: job.room,
+                    path: job.path,
+                    reason: "connection lost".into(),
+                }),
+                _ => {}
             }
         }
         self.next_flush = None;
@@ -930,6 +1087,9 @@ impl Worker {
         sync.phase = Phase::Joining;
         sync.resuming = sync.last_seq.is_some();
         let since = sync.last_seq;
+        // Only a server that counts changes understands `since_rev`.
+        let counts_changes = self.session.features.iter().any(|f| f == features::EDIT);
+        let since_rev = sync.rev.filter(|_| since.is_some() && counts_changes);
         let id = self.new_id('j');
         self.requests.insert(
             id.clone(),
@@ -942,7 +1102,7 @@ impl Worker {
                 room: room.to_owned(),
                 since,
                 private: how == JoinAs::Private,
-                since_rev: None,
+                since_rev,
             },
             JoinAs::Dm(user) => ClientEvent::Dm { user },
         };
@@ -973,8 +1133,48 @@ impl Worker {
                 send(ws, Request::with_id(leave, id)).await
             }
             NetCommand::Send { id, room, text } => {
-                self.enqueue(id, room, text);
+                self.enqueue(id, room, text, None);
                 self.flush(ws).await
+            }
+            NetCommand::Reply {
+                id,
+                room,
+                text,
+                reply_to,
+            } => {
+                self.enqueue(id, room, text, Some(reply_to));
+                self.flush(ws).await
+            }
+            NetCommand::Edit { room, seq, text } => {
+                self.request(ws, 'e', ClientEvent::Edit { room, seq, text })
+                    .await
+            }
+            NetCommand::Delete { room, seq } => {
+                self.request(ws, 'x', ClientEvent::Delete { room, seq })
+                    .await
+            }
+            NetCommand::React { room, seq, emoji } => {
+                self.request(ws, 'a', ClientEvent::React { room, seq, emoji })
+                    .await
+            }
+            NetCommand::Search { query, cursor } => {
+                let id = self.new_id('q');
+                self.requests.insert(id.clone(), Pending::Search);
+                let search = ClientEvent::Search {
+                    query,
+                    room: None,
+                    limit: Some(SEARCH_PAGE),
+                    cursor,
+                };
+                send(ws, Request::with_id(search, id)).await
+            }
+            NetCommand::Export { room, path } => {
+                let job = Export {
+                    room,
+                    path,
+                    messages: BTreeMap::new(),
+                };
+                self.export_page(ws, job, None).await
             }
             NetCommand::History {
                 room,
@@ -1055,6 +1255,55 @@ impl Worker {
         }
     }
 
+    /// Forgets the request an answer is for.
+    fn answered(&mut self, re: Option<String>) {
+        if let Some(id) = re {
+            self.requests.remove(&id);
+        }
+    }
+
+    /// Sends a request whose only possible trouble is an `error` for the
+    /// status bar (edit, delete, react: their answer is the broadcast).
+    async fn request(&mut self, ws: &mut Ws, prefix: char, event: ClientEvent) -> Sent {
+        let id = self.new_id(prefix);
+        self.requests.insert(id.clone(), Pending::Other);
+        send(ws, Request::with_id(event, id)).await
+    }
+
+    /// Asks for the page of an export before `before` (the newest first).
+    async fn export_page(&mut self, ws: &mut Ws, job: Export, before: Option<u64>) -> Sent {
+        let id = self.new_id('x');
+        let page = ClientEvent::History {
+            room: job.room.clone(),
+            before,
+            limit: Some(chat_proto::limits::MAX_PAGE as u64),
+        };
+        self.requests.insert(id.clone(), Pending::Export(job));
+        send(ws, Request::with_id(page, id)).await
+    }
+
+    /// Writes a finished export on a blocking thread, so neither the
+    /// socket nor the screen waits on the disk, and reports how it went.
+    fn write_export(&self, job: Export) {
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let text = crate::export::markdown(&job.room, &job.messages);
+            let event = match std::fs::write(&job.path, text) {
+                Ok(()) => NetEvent::Exported {
+                    room: job.room,
+                    path: job.path,
+                    messages: job.messages.len(),
+                },
+                Err(err) => NetEvent::ExportFailed {
+                    room: job.room,
+                    path: job.path,
+                    reason: err.to_string(),
+                },
+            };
+            let _ = events.send(event);
+        });
+    }
+
     /// Sends queued lines of live rooms, oldest first, as the rate allows.
     async fn flush(&mut self, ws: &mut Ws) -> Sent {
         loop {
@@ -1080,7 +1329,7 @@ impl Worker {
                 ClientEvent::Send {
                     room: room.clone(),
                     text: line.text.clone(),
-                    reply_to: None,
+                    reply_to: line.reply_to,
                 },
                 line.id.clone(),
             );
@@ -1095,8 +1344,8 @@ impl Worker {
                 room,
                 last_seq,
                 members,
+                rev,
                 re,
-                ..
             } => {
                 if let Some(id) = re {
                     self.requests.remove(&id);
@@ -1105,6 +1354,14 @@ impl Worker {
                     return Ok(());
                 };
                 sync.phase = Phase::Backlog { target: last_seq };
+                // A first join's history holds the messages as they are
+                // now; a resume's `changes` bring the older ones up to it.
+                if sync.resuming {
+                    sync.join_rev = Some(rev);
+                } else {
+                    sync.rev = Some(rev);
+                    sync.join_rev = None;
+                }
                 self.emit(NetEvent::Joined {
                     room,
                     last_seq,
@@ -1132,6 +1389,18 @@ impl Worker {
                     }
                     Some(Pending::Join { .. }) => {
                         return self.on_backlog(ws, room, messages, has_more).await
+                    }
+                    Some(Pending::Export(mut job)) if job.room == room => {
+                        let oldest = messages.iter().map(|m| m.seq).min();
+                        job.messages
+                            .extend(messages.into_iter().map(|m| (m.seq, m)));
+                        return match oldest.filter(|_| has_more) {
+                            Some(before) => self.export_page(ws, job, Some(before)).await,
+                            None => {
+                                self.write_export(job);
+                                Ok(())
+                            }
+                        };
                     }
                     _ => {}
                 }
@@ -1238,13 +1507,91 @@ impl Worker {
                 Ok(())
             }
             ServerEvent::Welcome { .. } => Ok(()),
-            // Part-2 message changes and search: handled in the next step
-            // of this change (the TUI's edit/react/search views).
-            ServerEvent::Edited { .. }
-            | ServerEvent::Deleted { .. }
-            | ServerEvent::Reaction { .. }
-            | ServerEvent::Changes { .. }
-            | ServerEvent::SearchResults { .. } => Ok(()),
+            ServerEvent::Edited {
+                room,
+                seq,
+                text,
+                edited_ts,
+                rev,
+                re,
+            } => {
+                self.answered(re);
+                let Some(sync) = self.rooms.get_mut(&room) else {
+                    return Ok(());
+                };
+                sync.live(Some(rev));
+                sync.change_held(seq, |m| {
+                    m.text = text.clone();
+                    m.edited_ts = Some(edited_ts);
+                });
+                self.emit(NetEvent::Edited {
+                    room,
+                    seq,
+                    text,
+                    edited_ts,
+                });
+                Ok(())
+            }
+            ServerEvent::Deleted { room, seq, rev, re } => {
+                self.answered(re);
+                let Some(sync) = self.rooms.get_mut(&room) else {
+                    return Ok(());
+                };
+                sync.live(Some(rev));
+                sync.change_held(seq, |m| {
+                    m.text.clear();
+                    m.deleted = true;
+                });
+                self.emit(NetEvent::Deleted { room, seq });
+                Ok(())
+            }
+            ServerEvent::Reaction {
+                room,
+                seq,
+                user,
+                emoji,
+                on,
+                rev,
+                re,
+            } => {
+                self.answered(re);
+                let Some(sync) = self.rooms.get_mut(&room) else {
+                    return Ok(());
+                };
+                sync.live(Some(rev));
+                sync.change_held(seq, |m| m.reactions.set(&emoji, &user, on));
+                self.emit(NetEvent::Reaction {
+                    room,
+                    seq,
+                    user,
+                    emoji,
+                    on,
+                });
+                Ok(())
+            }
+            // Part of a resume: `rev` is taken at the first live event
+            // (see `RoomSync::join_rev`).
+            ServerEvent::Changes { room, messages, .. } => {
+                if self.rooms.contains_key(&room) {
+                    self.emit(NetEvent::Changes { room, messages });
+                }
+                Ok(())
+            }
+            ServerEvent::SearchResults {
+                query,
+                messages,
+                next,
+                re,
+            } => {
+                if let Some(Pending::Search) = re.and_then(|id| self.requests.remove(&id)) {
+                    self.emit(NetEvent::SearchResults {
+                        query,
+                        messages,
+                        next,
+                    });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -1341,6 +1688,9 @@ impl Worker {
             return;
         }
         sync.last_seq = Some(message.seq);
+        if sync.phase == Phase::Live {
+            sync.live(None);
+        }
         // Our own line back from the server is stored: it is acknowledged
         // now (the `ack` that follows finds nothing in flight). The oldest
         // line in flight with its text is the one: this connection's sends
@@ -1411,10 +1761,16 @@ impl Worker {
                 before,
                 reason: format!("{code}: {message}"),
             }),
-            Some(Pending::Other) | Some(Pending::Rooms(_)) | None => self.emit(NetEvent::Error {
-                code: Some(code),
-                message,
+            Some(Pending::Export(job)) => self.emit(NetEvent::ExportFailed {
+                room: job.room,
+                path: job.path,
+                reason: format!("{code}: {message}"),
             }),
+            Some(Pending::Other) | Some(Pending::Rooms(_)) | Some(Pending::Search) | None => self
+                .emit(NetEvent::Error {
+                    code: Some(code),
+                    message,
+                }),
         }
     }
 }

@@ -5,11 +5,16 @@
 //! messages scrolls and redraws in time proportional to the pane, not the
 //! room.
 //!
+//! A message's block is its reply quote (when it answers one), its wrapped
+//! text (with "(edited)" after it, or "message deleted" instead of it) and
+//! its reactions line (when it has reactions).
+//!
 //! A line is addressed by a [`Pos`]: the seq of its message and its offset
-//! from the message's first text line. Header lines above the text (a day
+//! from the first line of the message's block. Header lines above the text (a day
 //! separator, the "new messages" marker) have negative offsets. Addressing
 //! by seq keeps the view on the same line when older pages are loaded above.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::app::{Entry, Pending, Room};
@@ -49,14 +54,34 @@ pub fn wrap_message(user: &str, text: &str, width: usize) -> Vec<Range<usize>> {
     wrap::wrap(text, first, rest)
 }
 
-/// Lines of a message's text at `width`, from its cache when it was last
-/// measured at the same width.
+/// Shown after the text of an edited message.
+pub const EDITED: &str = " (edited)";
+/// Shown in place of the text of a deleted message.
+pub const DELETED: &str = "message deleted";
+
+/// The text a message shows: its own, with [`EDITED`] after it, or
+/// [`DELETED`]. The part past `entry.text.len()` (all of it when deleted)
+/// is drawn dim.
+pub fn body(entry: &Entry) -> Cow<'_, str> {
+    if entry.deleted {
+        Cow::Borrowed(DELETED)
+    } else if entry.edited {
+        Cow::Owned(format!("{}{EDITED}", entry.text))
+    } else {
+        Cow::Borrowed(&entry.text)
+    }
+}
+
+/// Lines of a message's block at `width` (quote, text, reactions), from
+/// its cache when it was last measured at the same width.
 pub fn text_height(entry: &Entry, width: u16) -> i32 {
     let (cached_width, cached_lines) = entry.height.get();
     if cached_width == width && cached_lines > 0 {
         return i32::from(cached_lines);
     }
-    let lines = wrap_message(&entry.user, &entry.text, usize::from(width)).len();
+    let lines = wrap_message(&entry.user, &body(entry), usize::from(width)).len()
+        + usize::from(entry.reply_to.is_some())
+        + usize::from(!entry.reactions.is_empty());
     let lines = u16::try_from(lines).unwrap_or(u16::MAX).max(1);
     entry.height.set((width, lines));
     i32::from(lines)
@@ -226,6 +251,28 @@ pub fn scroll_down(room: &Room, top: Pos, lines: i32, width: u16) -> Option<Pos>
         offset = offset - text - header_height(room, next, Some(entry));
         entry = next;
     }
+}
+
+/// Lines from `top` down to the first line of message `seq`'s block (its
+/// header lines included), for `seq` at or below `top`; counting stops
+/// past `limit`.
+pub fn lines_to(room: &Room, top: Pos, seq: u64, width: u16, limit: i32) -> i32 {
+    let top = clamp(room, top);
+    let mut lines = -top.offset;
+    let Some(mut prev) = room.log.get(&top.seq) else {
+        return lines;
+    };
+    if seq <= top.seq {
+        return lines;
+    }
+    for (_, entry) in room.log.range(top.seq + 1..=seq) {
+        if lines > limit {
+            break;
+        }
+        lines += text_height(prev, width) + header_height(room, entry, Some(prev));
+        prev = entry;
+    }
+    lines
 }
 
 /// Lines between the top of the loaded history and `top`, counted up to

@@ -23,10 +23,14 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 use ratatui::Frame;
 
-use crate::app::{filter_rooms, App, Entry, Link, Overlay, Pending, Room, NOTICE_FOR};
+use crate::app::{
+    filter_rooms, App, Compose, Entry, Link, Overlay, Pending, Room, SearchView, NOTICE_FOR,
+    REACTIONS,
+};
 use crate::clock::format_day;
 use crate::layout::{input_rows, layout, PROMPT, ROOM_LIST_MIN_WIDTH};
-use crate::timeline;
+use crate::sanitize::sanitize_line;
+use crate::timeline::{self, DELETED, TIME_WIDTH};
 use crate::wrap::{self, graphemes};
 
 /// Paints the screen.
@@ -37,6 +41,7 @@ pub fn render(app: &App, frame: &mut Frame) {
     render_header(app, frame, areas.header);
     render_messages(app, frame, areas.messages);
     render_typing(app, frame, areas.typing);
+    render_compose(app, frame, areas.compose);
     render_input(app, frame, areas.input);
     render_status(app, frame, areas.status);
     match &app.overlay {
@@ -48,7 +53,24 @@ pub fn render(app: &App, frame: &mut Frame) {
             selected,
             filter,
         }) => render_browser(app, frame, area, list.as_deref(), *selected, filter),
+        Some(Overlay::React { choice, typed, .. }) => render_picker(frame, area, *choice, typed),
+        Some(Overlay::Search(view)) => render_search(app, frame, area, view),
     }
+}
+
+/// The background of the selected message's lines.
+pub const SELECTED: Style = Style::new().bg(Color::Indexed(237));
+
+/// A reaction the user is among.
+pub fn own_reaction() -> Style {
+    Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED)
+}
+
+/// A search word found in a result.
+pub fn found() -> Style {
+    Style::default()
+        .fg(Color::Yellow)
+        .add_modifier(Modifier::BOLD)
 }
 
 /// A user's colour: stable across runs and machines (a hash of the name).
@@ -200,6 +222,7 @@ fn render_header(app: &App, frame: &mut Frame, area: Rect) {
 /// messages marker), then its wrapped text. Must agree with
 /// [`timeline::header_height`] and [`timeline::text_height`].
 fn message_lines(
+    me: &str,
     room: &Room,
     entry: &Entry,
     prev: Option<&Entry>,
@@ -236,45 +259,106 @@ fn message_lines(
             .add_modifier(Modifier::BOLD);
         text_style = text_style.add_modifier(Modifier::BOLD);
     }
+    let block_start = lines.len();
+    if let Some(target) = entry.reply_to {
+        lines.push(quote_line(room, target, width));
+    }
     let prefix = vec![
         Span::styled(format!("{} ", entry.time.hhmm()), time_style),
         Span::styled(entry.user.clone(), name_style),
         Span::raw(": "),
     ];
-    let ranges = timeline::wrap_message(&entry.user, &entry.text, width);
+    let body = timeline::body(entry);
+    // "(edited)" and "message deleted" are the client's words, drawn dim.
+    let own_text = if entry.deleted { 0 } else { entry.text.len() };
+    let ranges = timeline::wrap_message(&entry.user, &body, width);
     push_text_lines(
         &mut lines,
         prefix,
         &entry.user,
-        &entry.text,
+        (&body, own_text),
         &ranges,
         width,
         text_style,
     );
+    if !entry.reactions.is_empty() {
+        lines.push(reactions_line(me, entry));
+    }
+    if room.selected == Some(entry.seq) {
+        for line in &mut lines[block_start..] {
+            line.style = SELECTED;
+        }
+    }
     lines
 }
 
+/// `↪ bob: first line of what it answers…`, or `↪ #N` when that message
+/// is not loaded.
+fn quote_line(room: &Room, target: u64, width: usize) -> Line<'static> {
+    let quote = match room.log.get(&target) {
+        Some(t) if t.deleted => format!("↪ {}: {DELETED}", t.user),
+        Some(t) => format!("↪ {}: {}", t.user, t.text.lines().next().unwrap_or("")),
+        None => format!("↪ #{target}"),
+    };
+    let indent = TIME_WIDTH.min(width);
+    Line::from(vec![
+        Span::raw(" ".repeat(indent)),
+        Span::styled(fit(&quote, width - indent), dim()),
+    ])
+}
+
+/// `👍 2  🎉 1` under a message, the ones the user is among highlighted.
+fn reactions_line(me: &str, entry: &Entry) -> Line<'static> {
+    let mut spans = vec![Span::raw(" ".repeat(TIME_WIDTH))];
+    for (i, (emoji, users)) in entry.reactions.0.iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::raw("  "));
+        }
+        let style = if users.iter().any(|u| u == me) {
+            own_reaction()
+        } else {
+            Style::default()
+        };
+        let label = format!("{} {}", sanitize_line(emoji), users.len());
+        spans.push(Span::styled(label, style));
+    }
+    Line::from(spans)
+}
+
+/// Pushes a message's wrapped lines. `text.1` is where the sender's own
+/// text ends; what follows it is the client's (drawn dim).
 fn push_text_lines(
     lines: &mut Vec<Line<'static>>,
     prefix: Vec<Span<'static>>,
     user: &str,
-    text: &str,
+    (text, own): (&str, usize),
     ranges: &[Range<usize>],
     width: usize,
     text_style: Style,
 ) {
     let indent = " ".repeat(timeline::indent(user, width));
     for (i, range) in ranges.iter().enumerate() {
-        let body = Span::styled(text[range.clone()].to_owned(), text_style);
+        let mut body = Vec::new();
+        let split = own.clamp(range.start, range.end);
+        if split > range.start {
+            body.push(Span::styled(
+                text[range.start..split].to_owned(),
+                text_style,
+            ));
+        }
+        if range.end > split {
+            body.push(Span::styled(text[split..range.end].to_owned(), dim()));
+        }
         if i == 0 {
+            // With no room after the prefix, the range is empty and the
+            // text starts on the next line.
             let mut spans = prefix.clone();
-            // With no room after the prefix, the text starts on the next line.
-            if !range.is_empty() {
-                spans.push(body);
-            }
+            spans.extend(body);
             lines.push(Line::from(spans));
         } else {
-            lines.push(Line::from(vec![Span::raw(indent.clone()), body]));
+            let mut spans = vec![Span::raw(indent.clone())];
+            spans.extend(body);
+            lines.push(Line::from(spans));
         }
     }
 }
@@ -295,7 +379,7 @@ fn pending_lines(app: &App, pending: &Pending, width: usize) -> Vec<Line<'static
         &mut lines,
         prefix,
         &app.user,
-        &pending.text,
+        (&pending.text, pending.text.len()),
         &ranges,
         width,
         style,
@@ -324,7 +408,7 @@ fn render_messages(app: &App, frame: &mut Frame, area: Rect) {
         let mut prev = room.log.range(..top.seq).next_back().map(|(_, e)| e);
         let mut skip = None;
         for (_, entry) in room.log.range(top.seq..) {
-            let lines = message_lines(room, entry, prev, width);
+            let lines = message_lines(&app.user, room, entry, prev, width);
             let header = timeline::header_height(room, entry, prev);
             let skip_now = skip.take().unwrap_or((top.offset + header).max(0) as usize);
             out.extend(lines.into_iter().skip(skip_now).take(height - out.len()));
@@ -385,6 +469,41 @@ fn render_typing(app: &App, frame: &mut Frame, area: Rect) {
         Span::styled(left, dim().add_modifier(Modifier::ITALIC)),
         Span::raw(" ".repeat(pad)),
         Span::styled(right, Style::default().fg(Color::Yellow)),
+    ]);
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+/// "replying to bob: …" or "editing your message" above the input.
+fn render_compose(app: &App, frame: &mut Frame, area: Rect) {
+    if area.height == 0 {
+        return;
+    }
+    let width = usize::from(area.width);
+    let hint = "  Esc cancels";
+    let what = match &app.compose {
+        None => return,
+        Some(Compose::Edit { .. }) => "editing your message · Enter saves".to_owned(),
+        Some(Compose::Reply { room, seq }) => {
+            let entry = app
+                .rooms
+                .iter()
+                .find(|r| &r.name == room)
+                .and_then(|r| r.log.get(seq));
+            match entry {
+                Some(e) if e.deleted => format!("replying to {}: {DELETED}", e.user),
+                Some(e) => format!(
+                    "replying to {}: {}",
+                    e.user,
+                    e.text.lines().next().unwrap_or("")
+                ),
+                None => format!("replying to #{seq}"),
+            }
+        }
+    };
+    let what = fit(&what, width.saturating_sub(hint.len()));
+    let line = Line::from(vec![
+        Span::styled(what, Style::default().fg(Color::Cyan)),
+        Span::styled(hint, dim()),
     ]);
     frame.render_widget(Paragraph::new(line), area);
 }
@@ -522,29 +641,35 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 pub const HELP: &[(&str, &str)] = &[
     ("Enter", "send the line"),
     ("Alt+Enter", "new line in the message"),
-    ("Alt+Up/Down, Ctrl+P/N", "previous / next room"),
+    ("Ctrl+P/N", "previous / next room"),
     ("Alt+1..9", "jump to room 1..9"),
     ("PageUp/PageDown, wheel", "scroll; older pages load"),
     ("End, Esc", "jump to the newest message"),
     ("Left/Right, Home/End", "move (Ctrl: by word)"),
     ("Backspace/Delete", "delete a character"),
     ("Ctrl+W, Ctrl+U, Ctrl+K", "delete word/to start/to end"),
-    ("Up/Down", "recall sent lines"),
+    ("Ctrl+Up/Down", "recall sent lines"),
+    ("Up (empty), Alt+Up", "select a message; Esc leaves"),
+    ("e  d  r  +", "edit, delete, reply, react"),
+    ("Enter on a reply", "jump to the message it answers"),
+    ("Ctrl+F", "search every room"),
     ("Tab", "complete a user name"),
     ("F1", "this help"),
     ("Ctrl+C", "quit"),
     ("", ""),
     ("/join ROOM", "join or create a room"),
-    (
-        "/leave, /leave!",
-        "leave here; ! forgets it on every device",
-    ),
+    ("/leave, /leave!", "leave; ! forgets it on every device"),
     ("/dm USER", "talk with USER alone (shown as @USER)"),
     ("/private ROOM", "create a private room (shown as *ROOM)"),
     ("/invite USER", "let USER into this private room"),
     ("/mute", "no notifications from this room"),
-    ("/rooms", "browse rooms, Enter joins"),
-    ("/who", "who is in this room"),
+    ("/rooms, /who", "browse rooms; who is in this room"),
+    ("/edit TEXT", "edit your last message here"),
+    ("/delete", "delete your last message here"),
+    ("/react EMOJI", "react to the selected or last message"),
+    ("/reply TEXT", "reply to the selected or last message"),
+    ("/search WORDS", "search every room"),
+    ("/export [PATH]", "save this room as Markdown"),
     ("/delete ROOM", "delete a room (admins only)"),
     ("/reconnect", "reconnect now"),
     ("/help, /quit", "this help, quit"),
@@ -717,6 +842,135 @@ fn render_browser(
                 };
                 lines.push(Line::from(Span::styled(text, style)));
             }
+        }
+    }
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// The reaction picker: the common eight, numbered, or one typed.
+fn render_picker(frame: &mut Frame, area: Rect, choice: usize, typed: &str) {
+    let mut spans = vec![Span::raw(" ")];
+    for (i, emoji) in REACTIONS.iter().enumerate() {
+        let style = if typed.is_empty() && i == choice {
+            Style::default().add_modifier(Modifier::REVERSED)
+        } else {
+            Style::default()
+        };
+        spans.push(Span::styled(format!("{} {emoji}", i + 1), style));
+        spans.push(Span::raw("  "));
+    }
+    let lines = vec![
+        Line::from(spans),
+        Line::from(vec![
+            Span::styled(" or type one: ", dim()),
+            Span::raw(sanitize_line(typed)),
+            Span::styled("▏", Style::default().fg(Color::Cyan)),
+        ]),
+    ];
+    let rect = centered(area, 50, 4);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" React · 1-8, or arrows and Enter · Esc "),
+        ),
+        rect,
+    );
+}
+
+/// `text` in spans, with every word that starts with one of `words`
+/// (lowercase) highlighted: the server's rule, a query word matches as a
+/// prefix, case-insensitively.
+pub fn highlight(text: &str, words: &[String], style: Style) -> Vec<Span<'static>> {
+    let mut spans = Vec::new();
+    let mut plain = String::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let word_len = rest
+            .find(|c: char| !c.is_alphanumeric())
+            .unwrap_or(rest.len());
+        if word_len == 0 {
+            let c = rest.chars().next().map_or(1, char::len_utf8);
+            plain.push_str(&rest[..c]);
+            rest = &rest[c..];
+            continue;
+        }
+        let word = &rest[..word_len];
+        let lower = word.to_lowercase();
+        if words.iter().any(|w| lower.starts_with(w.as_str())) {
+            if !plain.is_empty() {
+                spans.push(Span::styled(std::mem::take(&mut plain), style));
+            }
+            spans.push(Span::styled(word.to_owned(), style.patch(found())));
+        } else {
+            plain.push_str(word);
+        }
+        rest = &rest[word_len..];
+    }
+    if !plain.is_empty() {
+        spans.push(Span::styled(plain, style));
+    }
+    spans
+}
+
+/// The search overlay: the words, then one line per result (time, room,
+/// sender, text with the words highlighted).
+fn render_search(app: &App, frame: &mut Frame, area: Rect, view: &SearchView) {
+    let width = area.width.saturating_sub(4).min(110);
+    let rect = centered(area, width, area.height.saturating_sub(4).max(6));
+    frame.render_widget(Clear, rect);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(" Search every room · Enter opens · Esc closes ");
+    let inner = block.inner(rect);
+    frame.render_widget(block, rect);
+    let mut lines = vec![Line::from(vec![
+        Span::styled(" search: ", dim()),
+        Span::raw(sanitize_line(&view.query)),
+        Span::styled(
+            if view.prompt { "▏" } else { "" },
+            Style::default().fg(Color::Cyan),
+        ),
+    ])];
+    let rows = usize::from(inner.height).saturating_sub(2).max(1);
+    if view.prompt {
+        lines.push(Line::from(Span::styled(
+            " type words to find (each as the start of a word), Enter searches",
+            dim(),
+        )));
+    } else if view.hits.is_empty() {
+        let text = if view.loading {
+            " searching…"
+        } else {
+            " no messages match"
+        };
+        lines.push(Line::from(Span::styled(text, dim())));
+    } else {
+        let first = (view.selected + 1).saturating_sub(rows);
+        for (i, hit) in view.hits.iter().enumerate().skip(first).take(rows) {
+            let style = if i == view.selected {
+                Style::default().add_modifier(Modifier::REVERSED)
+            } else {
+                Style::default()
+            };
+            let mut spans = vec![
+                Span::styled(
+                    format!(" {} ", crate::clock::format_short(hit.ts, app.zone)),
+                    style.patch(dim()),
+                ),
+                Span::styled(format!("#{} ", sanitize_line(&hit.room)), style),
+                Span::styled(
+                    hit.user.clone(),
+                    style.fg(user_color(&hit.user)).add_modifier(Modifier::BOLD),
+                ),
+                Span::styled(": ", style),
+            ];
+            spans.extend(highlight(&hit.text, &view.words, style));
+            lines.push(Line::from(spans));
+        }
+        if view.loading {
+            lines.push(Line::from(Span::styled(" loading more…", dim())));
         }
     }
     frame.render_widget(Paragraph::new(lines), inner);

@@ -3,6 +3,8 @@
 //! such as a connection that drops after a message was stored but before
 //! its `ack`. A line must then be acknowledged from what the server holds,
 //! never sent twice, and a line the server never got must be sent again.
+//! Also: a resume asks for the changes (edits, deletions, reactions) missed
+//! since the last `rev` it is sure of, and `/export` pages through history.
 
 use std::time::Duration;
 
@@ -396,6 +398,251 @@ async fn identical_lines_in_flight_are_acknowledged_one_each() {
         }
     }
     assert_eq!(acks, [("s1".to_owned(), 1), ("s2".to_owned(), 2)]);
+    let _ws = timeout(LIMIT, server)
+        .await
+        .expect("server done")
+        .expect("server ok");
+}
+
+/// Answers the login (from a server that counts changes) and the join
+/// with `joined` carrying `rev` and one `history`; returns the join's
+/// `since` and `since_rev`.
+async fn login_and_join_at_rev(
+    ws: &mut Ws,
+    last_seq: u64,
+    rev: u64,
+    backlog: Vec<MessageRecord>,
+) -> (Option<u64>, Option<u64>) {
+    let login = recv(ws).await;
+    send(
+        ws,
+        ServerEvent::Welcome {
+            user: "alice".into(),
+            admin: false,
+            protocol: 1,
+            server: "fake".into(),
+            features: vec!["edit".into()],
+            rooms: Vec::new(),
+            re: login.id,
+        },
+    )
+    .await;
+    let join = recv(ws).await;
+    let ClientEvent::Join {
+        room,
+        since,
+        since_rev,
+        ..
+    } = join.event
+    else {
+        panic!("expected join, got {join:?}");
+    };
+    send(
+        ws,
+        ServerEvent::Joined {
+            room: room.clone(),
+            last_seq,
+            members: vec!["alice".into()],
+            rev,
+            re: join.id,
+        },
+    )
+    .await;
+    send(
+        ws,
+        ServerEvent::History {
+            room,
+            messages: backlog,
+            has_more: false,
+            re: None,
+        },
+    )
+    .await;
+    (since, since_rev)
+}
+
+/// The next event that `pick` keeps.
+async fn next_where<T>(client: &mut NetClient, pick: impl Fn(NetEvent) -> Option<T>) -> T {
+    loop {
+        let event = timeout(LIMIT, client.recv())
+            .await
+            .expect("no event in time")
+            .expect("task ended");
+        if let Some(found) = pick(event) {
+            return found;
+        }
+    }
+}
+
+#[tokio::test]
+async fn resume_asks_for_the_changes_missed_since_the_last_rev() {
+    let (listener, config) = start().await;
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        let first = vec![record(1, "bob", "hello"), record(2, "bob", "typo")];
+        assert_eq!(
+            login_and_join_at_rev(&mut ws, 2, 5, first).await,
+            (None, None)
+        );
+        send(
+            &mut ws,
+            ServerEvent::Edited {
+                room: "general".into(),
+                seq: 2,
+                text: "fixed".into(),
+                edited_ts: 1,
+                rev: 6,
+                re: None,
+            },
+        )
+        .await;
+        // Frames arrive in order: the client reads the edit, then the drop.
+        drop(ws);
+
+        // The resume carries the rev of the last live change.
+        let mut ws = accept(&listener).await;
+        let (since, since_rev) = login_and_join_at_rev(&mut ws, 2, 9, vec![]).await;
+        assert_eq!((since, since_rev), (Some(2), Some(6)));
+        let mut gone = record(1, "bob", "");
+        gone.deleted = true;
+        send(
+            &mut ws,
+            ServerEvent::Changes {
+                room: "general".into(),
+                messages: vec![gone],
+                rev: 9,
+            },
+        )
+        .await;
+        // Dropped before any live event: were the changes all in? The next
+        // resume asks again from the same rev.
+        drop(ws);
+
+        let mut ws = accept(&listener).await;
+        let (since, since_rev) = login_and_join_at_rev(&mut ws, 2, 9, vec![]).await;
+        assert_eq!((since, since_rev), (Some(2), Some(6)));
+        send(&mut ws, ServerEvent::Message(record(3, "bob", "live"))).await;
+        send(
+            &mut ws,
+            ServerEvent::Reaction {
+                room: "general".into(),
+                seq: 3,
+                user: "bob".into(),
+                emoji: "🎉".into(),
+                on: true,
+                rev: 10,
+                re: None,
+            },
+        )
+        .await;
+        drop(ws);
+
+        // After live events the resume starts from the newest rev.
+        let mut ws = accept(&listener).await;
+        let (since, since_rev) = login_and_join_at_rev(&mut ws, 3, 10, vec![]).await;
+        assert_eq!((since, since_rev), (Some(3), Some(10)));
+        ws
+    });
+    let mut client = NetClient::connect(config).await.expect("connect");
+    client.send(NetCommand::Join {
+        room: "general".into(),
+    });
+    let edited = next_where(&mut client, |e| match e {
+        NetEvent::Edited { seq, text, .. } => Some((seq, text)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(edited, (2, "fixed".to_owned()));
+    let changes = next_where(&mut client, |e| match e {
+        NetEvent::Changes { room, messages } => Some((room, messages)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(changes.0, "general");
+    assert!(changes.1[0].deleted);
+    let reaction = next_where(&mut client, |e| match e {
+        NetEvent::Reaction { seq, emoji, on, .. } => Some((seq, emoji, on)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reaction, (3, "🎉".to_owned(), true));
+    let _ws = timeout(LIMIT, server)
+        .await
+        .expect("server done")
+        .expect("server ok");
+}
+
+#[tokio::test]
+async fn export_pages_through_the_whole_history_into_the_file() {
+    let (listener, config) = start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("general.md");
+    let mut older = vec![record(1, "bob", "first"), record(2, "alice", "second")];
+    let mut reply = record(3, "bob", "answer");
+    reply.reply_to = Some(1);
+    reply.reactions.set("👍", "alice", true);
+    let newer = vec![reply, record(4, "alice", "last")];
+    let all: std::collections::BTreeMap<u64, MessageRecord> = older
+        .iter()
+        .chain(newer.iter())
+        .map(|m| (m.seq, m.clone()))
+        .collect();
+    let server = tokio::spawn(async move {
+        let mut ws = accept(&listener).await;
+        let login = recv(&mut ws).await;
+        send(
+            &mut ws,
+            ServerEvent::Welcome {
+                user: "alice".into(),
+                admin: false,
+                protocol: 1,
+                server: "fake".into(),
+                features: Vec::new(),
+                rooms: Vec::new(),
+                re: login.id,
+            },
+        )
+        .await;
+        for (expect_before, page, has_more) in [
+            (None, newer, true),
+            (Some(3), std::mem::take(&mut older), false),
+        ] {
+            let request = recv(&mut ws).await;
+            let ClientEvent::History { room, before, .. } = request.event else {
+                panic!("expected history, got {request:?}");
+            };
+            assert_eq!((room.as_str(), before), ("general", expect_before));
+            send(
+                &mut ws,
+                ServerEvent::History {
+                    room,
+                    messages: page,
+                    has_more,
+                    re: request.id,
+                },
+            )
+            .await;
+        }
+        ws
+    });
+    let mut client = NetClient::connect(config).await.expect("connect");
+    client.send(NetCommand::Export {
+        room: "general".into(),
+        path: path.clone(),
+    });
+    let (written, count) = next_where(&mut client, |e| match e {
+        NetEvent::Exported { path, messages, .. } => Some((path, messages)),
+        NetEvent::ExportFailed { reason, .. } => panic!("export failed: {reason}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!((written, count), (path.clone(), 4));
+    let text = std::fs::read_to_string(&path).expect("export file");
+    assert_eq!(text, chat_tui::export::markdown("general", &all));
+    assert!(
+        text.contains("> ↪ #1 bob: first\nanswer\n👍 alice\n"),
+        "{text}"
+    );
     let _ws = timeout(LIMIT, server)
         .await
         .expect("server done")

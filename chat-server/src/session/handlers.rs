@@ -5,9 +5,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_proto::limits::{close, DEFAULT_PAGE, JOIN_HISTORY, MAX_PAGE, MAX_ROOMS_PAGE};
+use chat_proto::limits::{
+    close, DEFAULT_PAGE, DEFAULT_SEARCH, JOIN_HISTORY, MAX_CHANGES_PAGE, MAX_PAGE, MAX_ROOMS_PAGE,
+    MAX_SEARCH,
+};
 use chat_proto::validate::{
-    is_valid_name, is_valid_password, is_valid_room, normalize_text, TextError,
+    is_valid_emoji, is_valid_name, is_valid_password, is_valid_room, normalize_text, search_words,
+    TextError,
 };
 use chat_proto::{
     decode_client, features, ClientEvent, ErrorCode, MessageRecord, Request, ServerEvent,
@@ -18,8 +22,17 @@ use super::{Account, Ending, JoinedRoom, Session};
 use crate::auth::NotAdmitted;
 use crate::hub::Refusal;
 use crate::rooms::SessionHandle;
-use crate::store::RoomId;
+use crate::store::{Change, RoomId};
 use crate::untrusted::Untrusted;
+
+/// What a `join` says the client already holds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Resume {
+    /// Every message up to this seq.
+    since: Option<u64>,
+    /// Every change up to this rev (only with `since`).
+    since_rev: Option<u64>,
+}
 
 /// Token bucket for sends.
 pub(super) struct RateLimit {
@@ -82,6 +95,12 @@ impl Session {
             | ClientEvent::Read { room, .. }
             | ClientEvent::Invite { room, .. }
             | ClientEvent::Send { room, .. }
+            | ClientEvent::Edit { room, .. }
+            | ClientEvent::Delete { room, .. }
+            | ClientEvent::React { room, .. }
+            | ClientEvent::Search {
+                room: Some(room), ..
+            }
             | ClientEvent::History { room, .. }
             | ClientEvent::Typing { room }
             | ClientEvent::DeleteRoom { room } => Some(room),
@@ -100,9 +119,12 @@ impl Session {
             ClientEvent::Join {
                 room,
                 since,
+                since_rev,
                 private,
-                ..
-            } => self.join(&handle, room, since, private, id).await,
+            } => {
+                self.join(&handle, room, Resume { since, since_rev }, private, id)
+                    .await
+            }
             ClientEvent::Invite { room, user } => {
                 if !is_valid_name(&user) {
                     return self.invalid_user(id).await;
@@ -133,7 +155,7 @@ impl Session {
                 }
                 match self.state.hub.dm(&handle, &user).await {
                     // Answered as a join of the conversation's room.
-                    Ok(room) => self.join(&handle, room, None, false, id).await,
+                    Ok(room) => self.join(&handle, room, Resume::default(), false, id).await,
                     Err(refusal) => self.refused(refusal, &user, id).await,
                 }
             }
@@ -144,7 +166,49 @@ impl Session {
                 Ok(()) => Ok(()),
                 Err(refusal) => self.refused(refusal, &room, id).await,
             },
-            ClientEvent::Send { room, text, .. } => self.send(&handle, room, text, id).await,
+            ClientEvent::Send {
+                room,
+                text,
+                reply_to,
+            } => self.send(&handle, room, text, reply_to, id).await,
+            ClientEvent::Edit { room, seq, text } => {
+                let text = match normalize_text(&text) {
+                    Ok(text) => text,
+                    Err(err @ TextError::TooLarge(_)) => {
+                        return self.error(ErrorCode::TooLarge, err.to_string(), id).await
+                    }
+                    Err(err) => {
+                        return self.error(ErrorCode::BadRequest, err.to_string(), id).await
+                    }
+                };
+                self.change(&handle, room, seq, Change::Edit { text }, id)
+                    .await
+            }
+            ClientEvent::Delete { room, seq } => {
+                self.change(&handle, room, seq, Change::Delete, id).await
+            }
+            ClientEvent::React { room, seq, emoji } => {
+                if !is_valid_emoji(&emoji) {
+                    return self
+                        .error(
+                            ErrorCode::BadRequest,
+                            "a reaction is 1 to 32 bytes, without spaces or control characters",
+                            id,
+                        )
+                        .await;
+                }
+                self.change(&handle, room, seq, Change::React { emoji }, id)
+                    .await
+            }
+            ClientEvent::Search {
+                query,
+                room,
+                limit,
+                cursor,
+            } => {
+                self.search(&handle.user, query, room, limit, cursor, id)
+                    .await
+            }
             ClientEvent::History {
                 room,
                 before,
@@ -159,13 +223,6 @@ impl Session {
             }
             ClientEvent::DeleteRoom { room } => self.delete_room(&handle, room, id).await,
             ClientEvent::Ping => self.reply(&ServerEvent::Pong { re: id }).await,
-            ClientEvent::Edit { .. }
-            | ClientEvent::Delete { .. }
-            | ClientEvent::React { .. }
-            | ClientEvent::Search { .. } => {
-                self.error(ErrorCode::BadRequest, "not supported yet", id)
-                    .await
-            }
         }
     }
 
@@ -331,6 +388,10 @@ impl Session {
                 features::ROOMS_PAGING,
                 features::PRIVATE,
                 features::DM,
+                features::EDIT,
+                features::REACT,
+                features::REPLY,
+                features::SEARCH,
             ]
             .map(String::from)
             .to_vec(),
@@ -353,6 +414,10 @@ impl Session {
             Refusal::NotJoined => (ErrorCode::NotJoined, format!("you are not in {subject}")),
             Refusal::Forbidden(why) => (ErrorCode::Forbidden, format!("{subject}: {why}")),
             Refusal::NoSuchUser => (ErrorCode::NoSuchUser, format!("there is no user {subject}")),
+            Refusal::NoSuchMessage => (
+                ErrorCode::NoSuchMessage,
+                format!("{subject} has no such message (or it was deleted)"),
+            ),
             Refusal::BadRequest(why) => (ErrorCode::BadRequest, why.to_owned()),
             Refusal::DeletedWhileJoining => (
                 ErrorCode::NoSuchRoom,
@@ -417,7 +482,7 @@ impl Session {
         &mut self,
         handle: &Arc<SessionHandle>,
         room: String,
-        since: Option<u64>,
+        resume: Resume,
         private: bool,
         id: Option<String>,
     ) -> Result<(), Ending> {
@@ -426,26 +491,81 @@ impl Session {
             Err(refusal) => return self.refused(refusal, &room, id).await,
         };
         // Live messages up to the join point (or up to what the client says
-        // it holds) are already in the history below: the outbox filter
-        // skips them.
+        // it holds) are already in the history below, and live changes up
+        // to it are in the state of the messages read below: the outbox
+        // filter skips them.
         self.forget_joined(&room);
         self.joined.push(JoinedRoom {
             name: room.clone(),
             room_id: joined.room_id,
-            newest: joined.last_seq.max(since.unwrap_or(0)),
+            newest: joined.last_seq.max(resume.since.unwrap_or(0)),
+            newest_rev: joined.rev,
         });
         self.reply(&ServerEvent::Joined {
             room: room.clone(),
             last_seq: joined.last_seq,
             members: joined.members,
-            rev: 0,
+            rev: joined.rev,
             re: id,
         })
         .await?;
+        if let (Some(since), Some(since_rev)) = (resume.since, resume.since_rev) {
+            // Before the history: the backlog read after it then holds at
+            // least the state these changes are of.
+            self.send_changes(joined.room_id, &room, since, since_rev)
+                .await?;
+        }
         // Without `since`, the newest page; with it, everything after it.
-        let since = since.unwrap_or(joined.last_seq.saturating_sub(JOIN_HISTORY as u64));
+        let since = resume
+            .since
+            .unwrap_or(joined.last_seq.saturating_sub(JOIN_HISTORY as u64));
         self.send_backlog(joined.room_id, &room, since, joined.last_seq)
             .await
+    }
+
+    /// The current state of every message with `seq <= since` changed
+    /// after `since_rev`, in `changes` events of at most 200 messages (one
+    /// empty one when nothing changed), all saying the `rev` the first one
+    /// was read at. Live changes up to that `rev` are skipped from then on;
+    /// later ones are delivered (a message changed again while the pages
+    /// are read can thus arrive twice, never be missed).
+    async fn send_changes(
+        &mut self,
+        room_id: RoomId,
+        room: &str,
+        since: u64,
+        since_rev: u64,
+    ) -> Result<(), Ending> {
+        let mut after_seq = 0;
+        let mut rev = None;
+        loop {
+            let (messages, read_at) = match self
+                .state
+                .hub
+                .changed_since(room_id, room, since_rev, after_seq, since, MAX_CHANGES_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(refusal) => return self.refused(refusal, room, None).await,
+            };
+            let rev = *rev.get_or_insert_with(|| {
+                if let Some(joined) = self.joined.iter_mut().find(|j| j.room_id == room_id) {
+                    joined.newest_rev = joined.newest_rev.max(read_at);
+                }
+                read_at
+            });
+            let full = messages.len() >= MAX_CHANGES_PAGE;
+            after_seq = messages.last().map_or(after_seq, |m| m.seq);
+            self.reply(&ServerEvent::Changes {
+                room: room.to_owned(),
+                messages,
+                rev,
+            })
+            .await?;
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     /// The room's id when this session is a member. The session's own list
@@ -582,6 +702,7 @@ impl Session {
         handle: &Arc<SessionHandle>,
         room: String,
         text: String,
+        reply_to: Option<u64>,
         id: Option<String>,
     ) -> Result<(), Ending> {
         let room_id = match self.joined_room(&room) {
@@ -606,10 +727,13 @@ impl Session {
             );
             return self.error(ErrorCode::RateLimited, message, id).await;
         }
-        let stored = self.state.hub.send(room_id, handle.user.clone(), text);
+        let stored = self
+            .state
+            .hub
+            .send(room_id, handle.user.clone(), text, reply_to);
         let peer = self.peer;
         self.pending_acks.push_back(Box::pin(async move {
-            match stored.await {
+            Some(match stored.await {
                 Ok(appended) => ServerEvent::Ack {
                     re: id,
                     room,
@@ -619,13 +743,126 @@ impl Session {
                 Err(Refusal::NoSuchRoom) => {
                     ServerEvent::error(ErrorCode::NoSuchRoom, format!("{room} was deleted"), id)
                 }
+                Err(Refusal::NoSuchMessage) => ServerEvent::error(
+                    ErrorCode::NoSuchMessage,
+                    format!("{room} has no message to reply to at that seq"),
+                    id,
+                ),
                 Err(err) => {
                     tracing::error!(%peer, error = %err, "storing a message failed");
                     ServerEvent::error(ErrorCode::Internal, "the message could not be stored", id)
                 }
-            }
+            })
         }));
         Ok(())
+    }
+
+    /// An edit, deletion or reaction: needs the room joined (like a send)
+    /// and takes from the same rate limit. Pipelined like sends; a
+    /// success is answered by the session's own copy of the event, which
+    /// arrives in order with the room's others.
+    async fn change(
+        &mut self,
+        handle: &Arc<SessionHandle>,
+        room: String,
+        seq: u64,
+        change: Change,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        let Some(room_id) = self.joined_room(&room) else {
+            return self
+                .not_joined(handle, &room, "join it before changing its messages", id)
+                .await;
+        };
+        if !self.rate.allow() {
+            let message = format!(
+                "slow down: {} messages per second",
+                self.state.config.send_rate
+            );
+            return self.error(ErrorCode::RateLimited, message, id).await;
+        }
+        let changed = self
+            .state
+            .hub
+            .change(handle, room_id, seq, change, id.clone());
+        let peer = self.peer;
+        self.pending_acks.push_back(Box::pin(async move {
+            let (code, message) = match changed.await {
+                Ok(_) => return None,
+                Err(Refusal::NoSuchRoom) => (ErrorCode::NoSuchRoom, format!("{room} was deleted")),
+                Err(Refusal::NoSuchMessage) => (
+                    ErrorCode::NoSuchMessage,
+                    format!("{room} has no message {seq} (or it was deleted)"),
+                ),
+                Err(Refusal::Forbidden(why)) => (ErrorCode::Forbidden, why.to_owned()),
+                Err(Refusal::BadRequest(why)) => (ErrorCode::BadRequest, why.to_owned()),
+                Err(err) => {
+                    tracing::error!(%peer, error = %err, "storing a change failed");
+                    (
+                        ErrorCode::Internal,
+                        "the change could not be stored".to_owned(),
+                    )
+                }
+            };
+            Some(ServerEvent::error(code, message, id))
+        }));
+        Ok(())
+    }
+
+    /// Full-text search over the rooms the user may read (or one of them).
+    async fn search(
+        &mut self,
+        viewer: &str,
+        query: String,
+        room: Option<String>,
+        limit: Option<u64>,
+        cursor: Option<String>,
+        id: Option<String>,
+    ) -> Result<(), Ending> {
+        let words = match search_words(&query) {
+            Ok(words) => words,
+            Err(err) => return self.error(ErrorCode::BadRequest, err.to_string(), id).await,
+        };
+        let limit = match limit {
+            None => DEFAULT_SEARCH,
+            Some(0) => {
+                return self
+                    .error(ErrorCode::BadRequest, "limit must be at least 1", id)
+                    .await
+            }
+            Some(n) => n.min(MAX_SEARCH as u64) as usize,
+        };
+        // The cursor is the position (in the store's order of all
+        // messages) of the last result of the previous page.
+        let before = match cursor.as_deref().map(str::parse::<i64>) {
+            None => None,
+            Some(Ok(before)) if before > 0 => Some(before),
+            Some(_) => {
+                return self
+                    .error(ErrorCode::BadRequest, "not a cursor from this server", id)
+                    .await
+            }
+        };
+        match self
+            .state
+            .hub
+            .search(viewer, words, room.as_deref(), before, limit)
+            .await
+        {
+            Ok(page) => {
+                self.reply(&ServerEvent::SearchResults {
+                    query,
+                    messages: page.messages,
+                    next: page.next.map(|n| n.to_string()),
+                    re: id,
+                })
+                .await
+            }
+            Err(refusal) => {
+                self.refused(refusal, room.as_deref().unwrap_or_default(), id)
+                    .await
+            }
+        }
     }
 
     async fn history(

@@ -58,7 +58,9 @@ const MAX_HELD: usize = 4;
 /// Sends waiting for their commit before the session stops reading.
 const MAX_PENDING_SENDS: usize = 256;
 
-type PendingAck = Pin<Box<dyn Future<Output = ServerEvent> + Send>>;
+/// The answer to a send (its ack or error) or to a change (an error; a
+/// success is answered through the outbox), once the store has spoken.
+type PendingAck = Pin<Box<dyn Future<Output = Option<ServerEvent>> + Send>>;
 
 /// WebSocket settings sized for thousands of mostly idle connections.
 pub fn websocket_config() -> WebSocketConfig {
@@ -164,6 +166,8 @@ struct JoinedRoom {
     room_id: RoomId,
     /// Newest `seq` written to the client.
     newest: u64,
+    /// Changes up to this `rev` are in what the client was sent.
+    newest_rev: u64,
 }
 
 struct Session {
@@ -281,7 +285,7 @@ impl Session {
             let reading = self.pending_acks.len() < MAX_PENDING_SENDS;
             let step = tokio::select! {
                 items = std::future::poll_fn(|cx| handle.poll_take(cx)) => Box::pin(self.write_outbox(items, None)).await,
-                Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => Box::pin(self.write_outbox(Vec::new(), Some(ack))).await,
+                Some(ack) = self.pending_acks.next(), if !self.pending_acks.is_empty() => Box::pin(self.write_outbox(Vec::new(), ack)).await,
                 incoming = self.socket.next(), if reading => Box::pin(self.on_incoming(incoming)).await,
                 _ = keepalive.tick() => Box::pin(self.keepalive()).await,
             };
@@ -336,7 +340,7 @@ impl Session {
     async fn shutting_down(&mut self) -> Ending {
         let answers = async {
             while let Some(ack) = self.pending_acks.next().await {
-                if self.write_outbox(Vec::new(), Some(ack)).await.is_err() {
+                if self.write_outbox(Vec::new(), ack).await.is_err() {
                     return;
                 }
             }
@@ -499,7 +503,8 @@ impl Session {
         // with its own before it sleeps. Acks stay in order.
         for _ in 1..WRITE_BATCH {
             match self.pending_acks.next().now_or_never() {
-                Some(Some(ack)) => self.socket.queue(wire::text_frame(&ack)),
+                Some(Some(Some(ack))) => self.socket.queue(wire::text_frame(&ack)),
+                Some(Some(None)) => {}
                 _ => break,
             }
         }
@@ -520,6 +525,17 @@ impl Session {
                 }
                 frame
             }
+            Outbound::Change {
+                room_id,
+                rev,
+                frame,
+            } => match self.joined.iter_mut().find(|j| j.room_id == room_id) {
+                Some(joined) if rev > joined.newest_rev => {
+                    joined.newest_rev = rev;
+                    frame
+                }
+                _ => return,
+            },
             Outbound::Left { room, frame } => {
                 self.forget_joined(&room);
                 frame

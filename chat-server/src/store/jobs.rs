@@ -4,7 +4,9 @@
 
 use tokio::sync::oneshot;
 
-use super::{Appended, Change, Changed, RoomHead, RoomId, SessionId, StoreError, UserRecord};
+use super::{
+    Answer, Appended, Change, Changed, RoomHead, RoomId, SessionId, StoreError, UserRecord,
+};
 
 /// A write a client waits for, folded with others into one transaction.
 pub(super) enum WriteJob {
@@ -21,6 +23,7 @@ pub(super) enum WriteJob {
         user: String,
         admin: bool,
         change: Change,
+        answer: Option<Answer>,
         reply: oneshot::Sender<Result<Changed, StoreError>>,
     },
     OpenRoom {

@@ -227,10 +227,24 @@ pub struct Stored {
     /// Where it stands in the room.
     pub at: Position,
     pub event: RoomEvent,
+    /// The session that asked for this change, which gets its copy as the
+    /// answer (with its request's `id`). Local to the node that stored it:
+    /// never published, never read back.
+    pub answer: Option<Answer>,
 }
 
-/// What happened in a room: a new message, or a change to one.
+/// Who is waiting for a change to be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub session: SessionId,
+    /// The request's `id`, echoed as `re`.
+    pub re: Option<String>,
+}
+
+/// What happened in a room: a new message, or a change to one. (Also the
+/// form in which nodes of a cluster pass changes to each other.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RoomEvent {
     Message(MessageRecord),
     Edited {
@@ -422,6 +436,7 @@ pub trait Store: Send + Sync + 'static {
         user: &str,
         admin: bool,
         change: Change,
+        answer: Option<Answer>,
     ) -> Result<Changed, StoreError>;
     /// The current state of the messages of room `room` (named `name`)
     /// with `after_seq < seq <= upto_seq` changed after `after_rev`,

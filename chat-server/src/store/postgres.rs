@@ -77,9 +77,9 @@ use tokio::time::timeout;
 
 use super::jobs::{answer, Outcome, WriteJob};
 use super::{
-    now_ms, AccountRoomRecord, AccountRoomRow, Appended, Change, Changed, Commit, Durability,
-    HistoryPage, Position, RoomEvent, RoomHead, RoomId, RoomRecord, SearchPage, SearchQuery,
-    SessionId, Store, StoreError, Stored, UserRecord, MAX_REACTIONS_PER_MESSAGE,
+    now_ms, AccountRoomRecord, AccountRoomRow, Answer, Appended, Change, Changed, Commit,
+    Durability, HistoryPage, Position, RoomEvent, RoomHead, RoomId, RoomRecord, SearchPage,
+    SearchQuery, SessionId, Store, StoreError, Stored, UserRecord, MAX_REACTIONS_PER_MESSAGE,
 };
 
 type PgError = tokio_postgres::Error;
@@ -1123,6 +1123,7 @@ async fn read_events(
             room: name.to_owned(),
             at,
             event,
+            answer: None,
         });
     }
     Ok(events)
@@ -1220,6 +1221,7 @@ impl<'a> Plan<'a> {
                     reply_to: self.reply_to[i].map(from_db),
                     ..Default::default()
                 }),
+                answer: None,
             });
         }
         (outcomes, stored)
@@ -1242,6 +1244,7 @@ fn changed(
     seq: u64,
     user: &str,
     change: &Change,
+    answer: &Option<Answer>,
     row: &Row,
     ts: i64,
 ) -> Result<(Outcome, Option<Stored>), PgError> {
@@ -1291,6 +1294,7 @@ fn changed(
         room: name,
         at,
         event,
+        answer: answer.clone(),
     };
     Ok((outcome, Some(stored)))
 }
@@ -1606,12 +1610,13 @@ fn read_replies(
                         seq,
                         user,
                         change,
+                        answer,
                         ..
                     },
                     Some(row),
                 ) = (&jobs[index], rows.first())
                 {
-                    let (outcome, stored) = changed(*room, *seq, user, change, row, ts)?;
+                    let (outcome, stored) = changed(*room, *seq, user, change, answer, row, ts)?;
                     changes.extend(stored);
                     rare[index] = Some(outcome);
                 }
@@ -2271,6 +2276,7 @@ impl Store for PostgresStore {
         user: &str,
         admin: bool,
         change: Change,
+        answer: Option<Answer>,
     ) -> Result<Changed, StoreError> {
         let (_, text, emoji) = change_params(&change);
         if [Some(user), text, emoji]
@@ -2287,6 +2293,7 @@ impl Store for PostgresStore {
             user,
             admin,
             change,
+            answer,
             reply,
         })
         .await
@@ -2728,6 +2735,7 @@ mod tests {
             change: Change::React {
                 emoji: "👍".into()
             },
+            answer: None,
             reply: oneshot::channel().0,
         }
     }

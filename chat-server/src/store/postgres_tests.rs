@@ -90,11 +90,11 @@ async fn changes_are_checked_applied_logged_and_announced() {
 
     // Edits: the author only.
     assert!(matches!(
-        store.change(id, 1, "bob", true, edit("x")).await,
+        store.change(id, 1, "bob", true, edit("x"), None).await,
         Err(StoreError::NotAuthor)
     ));
     let edited = store
-        .change(id, 1, "ann", false, edit("first, edited secret"))
+        .change(id, 1, "ann", false, edit("first, edited secret"), None)
         .await
         .unwrap();
     assert_eq!(edited.rev, 1);
@@ -107,7 +107,7 @@ async fn changes_are_checked_applied_logged_and_announced() {
         ("cat", "👍", 6, true),
     ] {
         let changed = store
-            .change(id, 1, user, false, react(emoji))
+            .change(id, 1, user, false, react(emoji), None)
             .await
             .unwrap();
         assert_eq!((changed.rev, changed.on), (rev, on), "{user} {emoji}");
@@ -130,22 +130,24 @@ async fn changes_are_checked_applied_logged_and_announced() {
 
     // Deletion: the author or an admin; the text leaves storage.
     assert!(matches!(
-        store.change(id, 1, "bob", false, Change::Delete).await,
+        store
+            .change(id, 1, "bob", false, Change::Delete, None)
+            .await,
         Err(StoreError::NotAuthor)
     ));
     let deleted = store
-        .change(id, 1, "bob", true, Change::Delete)
+        .change(id, 1, "bob", true, Change::Delete, None)
         .await
         .unwrap();
     assert_eq!(deleted.rev, 7);
     for change in [edit("again"), react("👍"), Change::Delete] {
         assert!(matches!(
-            store.change(id, 1, "ann", true, change).await,
+            store.change(id, 1, "ann", true, change, None).await,
             Err(StoreError::NoSuchMessage)
         ));
     }
     assert!(matches!(
-        store.change(id, 99, "ann", true, react("👍")).await,
+        store.change(id, 99, "ann", true, react("👍"), None).await,
         Err(StoreError::NoSuchMessage)
     ));
     assert!(matches!(
@@ -228,27 +230,27 @@ async fn reactions_are_capped_per_message() {
     store.append(id, "ann", "hi", None).await.unwrap();
     for n in 0..MAX_REACTIONS_PER_MESSAGE {
         store
-            .change(id, 1, "ann", false, react(&format!("e{n}")))
+            .change(id, 1, "ann", false, react(&format!("e{n}")), None)
             .await
             .unwrap();
     }
     assert!(matches!(
         store
-            .change(id, 1, "bob", false, react("one too many"))
+            .change(id, 1, "bob", false, react("one too many"), None)
             .await,
         Err(StoreError::TooManyReactions)
     ));
     // One of those already there still counts once more, or less.
     assert!(
         store
-            .change(id, 1, "bob", false, react("e7"))
+            .change(id, 1, "bob", false, react("e7"), None)
             .await
             .unwrap()
             .on
     );
     assert!(
         !store
-            .change(id, 1, "ann", false, react("e7"))
+            .change(id, 1, "ann", false, react("e7"), None)
             .await
             .unwrap()
             .on
@@ -276,7 +278,7 @@ async fn concurrent_changes_share_batches_and_number_without_holes() {
                     .map(|a| a.seq)
             } else {
                 store
-                    .change(id, 1, &user, false, react(&format!("e{}", n % 5)))
+                    .change(id, 1, &user, false, react(&format!("e{}", n % 5)), None)
                     .await
                     .map(|c| c.rev)
             }
@@ -324,11 +326,11 @@ async fn search_matches_prefixes_of_every_word_in_readable_rooms() {
         store.append(room, "ann", text, None).await.unwrap();
     }
     store
-        .change(public, 4, "ann", false, Change::Delete)
+        .change(public, 4, "ann", false, Change::Delete, None)
         .await
         .unwrap();
     store
-        .change(public, 4, "ann", false, Change::Delete)
+        .change(public, 4, "ann", false, Change::Delete, None)
         .await
         .unwrap_err();
     let page = store
@@ -426,7 +428,7 @@ async fn search_matches_prefixes_of_every_word_in_readable_rooms() {
     assert!(one.messages.iter().all(|m| m.room == "public"));
     // Edits move a message's words.
     store
-        .change(public, 5, "ann", false, edit("brand new words"))
+        .change(public, 5, "ann", false, edit("brand new words"), None)
         .await
         .unwrap();
     assert!(search(&["old"], None, "bob", None, 10)
@@ -447,11 +449,11 @@ async fn deleting_a_room_takes_its_reactions_and_changes() {
     for room in [id, kept] {
         store.append(room, "ann", "hi", None).await.unwrap();
         store
-            .change(room, 1, "bob", false, react("👍"))
+            .change(room, 1, "bob", false, react("👍"), None)
             .await
             .unwrap();
         store
-            .change(room, 1, "ann", false, edit("hello"))
+            .change(room, 1, "ann", false, edit("hello"), None)
             .await
             .unwrap();
     }
@@ -465,7 +467,7 @@ async fn deleting_a_room_takes_its_reactions_and_changes() {
         "1 2 1"
     );
     assert!(matches!(
-        store.change(id, 1, "ann", false, react("👍")).await,
+        store.change(id, 1, "ann", false, react("👍"), None).await,
         Err(StoreError::NoSuchMessage)
     ));
     assert!(store
@@ -538,7 +540,7 @@ async fn imports_keep_the_state_of_messages() {
         .unwrap();
     assert_eq!(found.messages, [messages[1].clone()]);
     let changed = store
-        .change(id, 3, "cat", false, edit("changed"))
+        .change(id, 3, "cat", false, edit("changed"), None)
         .await
         .unwrap();
     assert_eq!(changed.rev, 1);

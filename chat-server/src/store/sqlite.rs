@@ -30,8 +30,8 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::jobs::{answer, Outcome, WriteJob};
 use super::{
-    now_ms, page_range, AccountRoomRecord, AccountRoomRow, Appended, Change, Changed, Commit,
-    Durability, HistoryPage, Position, RoomEvent, RoomHead, RoomId, RoomRecord, SearchPage,
+    now_ms, page_range, AccountRoomRecord, AccountRoomRow, Answer, Appended, Change, Changed,
+    Commit, Durability, HistoryPage, Position, RoomEvent, RoomHead, RoomId, RoomRecord, SearchPage,
     SearchQuery, SessionId, Store, StoreError, Stored, UserRecord, MAX_REACTIONS_PER_MESSAGE,
 };
 
@@ -476,6 +476,7 @@ fn read_events(
             room: name.to_owned(),
             at,
             event,
+            answer: None,
         });
     }
     for message in messages.drain(..) {
@@ -488,6 +489,7 @@ fn read_events(
                 rev,
             },
             event: RoomEvent::Message(message),
+            answer: None,
         });
     }
     events.sort_by_key(|e| e.at.index());
@@ -712,6 +714,7 @@ fn apply_change(
         room: name,
         at: Position { seq: at_seq, rev },
         event,
+        answer: None,
     };
     Ok(Ok((stored, Changed { rev, ts, on })))
 }
@@ -764,6 +767,7 @@ fn run_job(
                     room_id: *room,
                     room: name.clone(),
                     at: Position { seq, rev },
+                    answer: None,
                     event: RoomEvent::Message(MessageRecord {
                         room: name,
                         seq,
@@ -783,9 +787,11 @@ fn run_job(
             user,
             admin,
             change,
+            answer,
             ..
         } => match apply_change(tx, *room, *seq, user, *admin, change)? {
-            Ok((stored, changed)) => {
+            Ok((mut stored, changed)) => {
+                stored.answer = answer.clone();
                 announce(commits, stored);
                 Ok(Outcome::Changed(changed))
             }
@@ -1148,6 +1154,7 @@ impl Store for SqliteStore {
         user: &str,
         admin: bool,
         change: Change,
+        answer: Option<Answer>,
     ) -> Result<Changed, StoreError> {
         let user = user.to_owned();
         self.write(|reply| WriteJob::Change {
@@ -1156,6 +1163,7 @@ impl Store for SqliteStore {
             user,
             admin,
             change,
+            answer,
             reply,
         })
         .await

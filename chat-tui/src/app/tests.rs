@@ -505,7 +505,10 @@ fn line_editing_keys() {
     update(&mut app, key(KeyCode::Char('X')));
     assert_eq!(app.input.text(), "iXrst");
     update(&mut app, key(KeyCode::Enter));
-    update(&mut app, key(KeyCode::Up));
+    update(
+        &mut app,
+        Event::Key(KeyEvent::new(KeyCode::Up, KeyModifiers::CONTROL)),
+    );
     assert_eq!(app.input.text(), "iXrst");
     update(&mut app, key(KeyCode::Down));
     assert_eq!(app.input.text(), "");
@@ -520,9 +523,9 @@ fn switching_rooms() {
     assert_eq!(app.current, 2);
     update(&mut app, ctrl('n'));
     assert_eq!(app.current, 0, "wraps around");
-    update(&mut app, alt(KeyCode::Up));
+    update(&mut app, ctrl('p'));
     assert_eq!(app.current, 2);
-    update(&mut app, alt(KeyCode::Down));
+    update(&mut app, ctrl('n'));
     assert_eq!(app.current, 0);
     update(&mut app, alt(KeyCode::Char('2')));
     assert_eq!(app.current, 1);
@@ -569,6 +572,7 @@ fn offline_lines_stay_pending() {
             admin: false,
             server: "chat-server".into(),
             rooms: Vec::new(),
+            features: Vec::new(),
         }),
     );
     assert_eq!(app.link, Link::Connected);
@@ -1255,4 +1259,576 @@ fn tab_completes_user_names_in_dm_and_invite() {
     type_str(&mut app, "/invite b");
     update(&mut app, key(KeyCode::Tab));
     assert_eq!(app.input.text(), "/invite bob ");
+}
+
+// ---- Part 2: edits, deletions, reactions, replies, search, export ----
+
+fn app_part2() -> App {
+    let mut app = app();
+    app.features = [
+        chat_proto::features::EDIT,
+        chat_proto::features::REACT,
+        chat_proto::features::REPLY,
+        chat_proto::features::SEARCH,
+    ]
+    .iter()
+    .map(|f| f.to_string())
+    .collect();
+    app
+}
+
+/// Joins "general" with: 1 bob, 2 alice (own), 3 bob.
+fn general(app: &mut App) {
+    app.join("general");
+    net(
+        app,
+        NetEvent::Joined {
+            room: "general".into(),
+            last_seq: 3,
+            members: vec!["alice".into(), "bob".into()],
+        },
+    );
+    net(
+        app,
+        NetEvent::Backlog {
+            room: "general".into(),
+            messages: vec![
+                msg("general", 1, "bob", "hello"),
+                msg("general", 2, "alice", "hi bob"),
+                msg("general", 3, "bob", "deploy done"),
+            ],
+            has_more: false,
+            resumed: false,
+        },
+    );
+}
+
+fn entry(app: &App, seq: u64) -> &Entry {
+    &app.rooms[app.current].log[&seq]
+}
+
+#[test]
+fn live_changes_apply_to_loaded_messages_only() {
+    let mut app = app_part2();
+    general(&mut app);
+    net(
+        &mut app,
+        NetEvent::Edited {
+            room: "general".into(),
+            seq: 1,
+            text: "hello \u{1b}[2J all".into(),
+            edited_ts: BASE_TS,
+        },
+    );
+    assert_eq!(entry(&app, 1).text, "hello ␛[2J all", "sanitized");
+    assert!(entry(&app, 1).edited);
+    net(
+        &mut app,
+        NetEvent::Reaction {
+            room: "general".into(),
+            seq: 3,
+            user: "alice".into(),
+            emoji: "🎉".into(),
+            on: true,
+        },
+    );
+    assert_eq!(entry(&app, 3).reactions.users("🎉"), ["alice".to_owned()]);
+    net(
+        &mut app,
+        NetEvent::Reaction {
+            room: "general".into(),
+            seq: 3,
+            user: "alice".into(),
+            emoji: "🎉".into(),
+            on: false,
+        },
+    );
+    assert!(entry(&app, 3).reactions.is_empty());
+    net(
+        &mut app,
+        NetEvent::Deleted {
+            room: "general".into(),
+            seq: 2,
+        },
+    );
+    assert!(entry(&app, 2).deleted);
+    assert_eq!(entry(&app, 2).text, "");
+    // A resume's changes replace the stored state; unknown seqs are ignored.
+    let mut changed = msg("general", 3, "bob", "deploy done, really");
+    changed.edited_ts = Some(BASE_TS);
+    changed.reply_to = Some(1);
+    changed.reactions.set("👍", "carol", true);
+    net(
+        &mut app,
+        NetEvent::Changes {
+            room: "general".into(),
+            messages: vec![changed, msg("general", 99, "bob", "not loaded")],
+        },
+    );
+    let three = entry(&app, 3);
+    assert_eq!(three.text, "deploy done, really");
+    assert!(three.edited);
+    assert_eq!(three.reply_to, Some(1));
+    assert_eq!(three.reactions.users("👍"), ["carol".to_owned()]);
+    assert_eq!(app.rooms[0].log.len(), 3, "seq 99 was not loaded: ignored");
+    net(
+        &mut app,
+        NetEvent::Edited {
+            room: "general".into(),
+            seq: 42,
+            text: "x".into(),
+            edited_ts: BASE_TS,
+        },
+    );
+    assert_eq!(app.rooms[0].log.len(), 3);
+}
+
+#[test]
+fn up_on_an_empty_input_selects_messages() {
+    let mut app = app_part2();
+    general(&mut app);
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!(app.rooms[0].selected, Some(3), "newest first");
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, alt(KeyCode::Up));
+    assert_eq!(app.rooms[0].selected, Some(1));
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!(app.rooms[0].selected, Some(1), "stays on the oldest");
+    update(&mut app, alt(KeyCode::Down));
+    assert_eq!(app.rooms[0].selected, Some(2));
+    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(app.rooms[0].selected, None);
+    // Past the newest, the selection ends.
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(app.rooms[0].selected, None);
+    // With text in the input, Up recalls instead.
+    type_str(&mut app, "draft");
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!(app.rooms[0].selected, None);
+}
+
+#[test]
+fn selecting_an_old_message_scrolls_it_into_view() {
+    let mut app = app_part2();
+    join_with(&mut app, "general", 100, false);
+    let (_, height) = app.message_pane();
+    for _ in 0..60 {
+        update(&mut app, key(KeyCode::Up));
+    }
+    assert_eq!(app.rooms[0].selected, Some(41));
+    let anchor = app.rooms[0].anchor.expect("scrolled back");
+    assert!(anchor.seq <= 41 && 41 < anchor.seq + u64::from(height));
+    // Back down to the newest: the view follows again.
+    for _ in 0..59 {
+        update(&mut app, key(KeyCode::Down));
+    }
+    assert_eq!(app.rooms[0].selected, Some(100));
+    assert_eq!(app.rooms[0].anchor, None);
+}
+
+#[test]
+fn e_edits_own_messages_and_enter_saves() {
+    let mut app = app_part2();
+    general(&mut app);
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('e')));
+    assert_eq!(app.compose, None, "bob's message");
+    assert!(app.notice.as_ref().is_some_and(|n| n.error));
+    assert_eq!(app.input.text(), "");
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('e')));
+    assert_eq!(
+        app.compose,
+        Some(Compose::Edit {
+            room: "general".into(),
+            seq: 2
+        })
+    );
+    assert_eq!(app.input.text(), "hi bob");
+    type_str(&mut app, "!");
+    assert_eq!(
+        update(&mut app, key(KeyCode::Enter)),
+        Some(Action::Net(NetCommand::Edit {
+            room: "general".into(),
+            seq: 2,
+            text: "hi bob!".into()
+        }))
+    );
+    assert_eq!(app.compose, None);
+    // Esc cancels an edit and clears its text.
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('e')));
+    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(app.compose, None);
+    assert_eq!(app.input.text(), "");
+}
+
+#[test]
+fn d_asks_before_deleting() {
+    let mut app = app_part2();
+    general(&mut app);
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('d')));
+    assert!(app
+        .notice
+        .as_ref()
+        .is_some_and(|n| n.text == "delete this message? y/n"));
+    assert_eq!(update(&mut app, key(KeyCode::Char('n'))), None);
+    assert_eq!(app.delete_offer, None);
+    update(&mut app, key(KeyCode::Char('d')));
+    assert_eq!(
+        update(&mut app, key(KeyCode::Char('y'))),
+        Some(Action::Net(NetCommand::Delete {
+            room: "general".into(),
+            seq: 2
+        }))
+    );
+    // Someone else's message: only an admin may.
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('d')));
+    assert_eq!(app.delete_offer, None);
+    app.admin = true;
+    update(&mut app, key(KeyCode::Char('d')));
+    assert_eq!(app.delete_offer, Some(("general".into(), 3)));
+}
+
+#[test]
+fn r_replies_and_esc_cancels() {
+    let mut app = app_part2();
+    general(&mut app);
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('r')));
+    assert_eq!(
+        app.compose,
+        Some(Compose::Reply {
+            room: "general".into(),
+            seq: 3
+        })
+    );
+    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(app.compose, None);
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('r')));
+    let action = enter(&mut app, "nice");
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::Reply {
+            id: "s1".into(),
+            room: "general".into(),
+            text: "nice".into(),
+            reply_to: 3
+        }))
+    );
+    assert_eq!(app.compose, None);
+    assert_eq!(app.rooms[0].pending.len(), 1);
+}
+
+#[test]
+fn plus_opens_the_reaction_picker() {
+    let mut app = app_part2();
+    general(&mut app);
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('+')));
+    assert!(matches!(app.overlay, Some(Overlay::React { seq: 3, .. })));
+    let react = |emoji: &str| {
+        Some(Action::Net(NetCommand::React {
+            room: "general".into(),
+            seq: 3,
+            emoji: emoji.into(),
+        }))
+    };
+    assert_eq!(update(&mut app, key(KeyCode::Char('4'))), react("🎉"));
+    assert_eq!(app.overlay, None);
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('+')));
+    update(&mut app, key(KeyCode::Right));
+    assert_eq!(update(&mut app, key(KeyCode::Enter)), react("👎"));
+    // Typed: validated before it is sent.
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('+')));
+    type_str(&mut app, "a b");
+    assert_eq!(update(&mut app, key(KeyCode::Enter)), None);
+    assert!(app.overlay.is_some(), "stays open to be corrected");
+    update(&mut app, key(KeyCode::Backspace));
+    update(&mut app, key(KeyCode::Backspace));
+    type_str(&mut app, "🦀");
+    assert_eq!(update(&mut app, key(KeyCode::Enter)), react("a🦀"));
+}
+
+#[test]
+fn message_commands() {
+    let mut app = app_part2();
+    general(&mut app);
+    assert_eq!(
+        enter(&mut app, "/edit hi bob, again"),
+        Some(Action::Net(NetCommand::Edit {
+            room: "general".into(),
+            seq: 2,
+            text: "hi bob, again".into()
+        }))
+    );
+    assert_eq!(enter(&mut app, "/delete"), None);
+    assert_eq!(app.delete_offer, Some(("general".into(), 2)));
+    update(&mut app, key(KeyCode::Char('n')));
+    // /react: the last message not by the user, or the selected one.
+    assert_eq!(
+        enter(&mut app, "/react 👍"),
+        Some(Action::Net(NetCommand::React {
+            room: "general".into(),
+            seq: 3,
+            emoji: "👍".into()
+        }))
+    );
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!(
+        enter(&mut app, "/react 🎉"),
+        Some(Action::Net(NetCommand::React {
+            room: "general".into(),
+            seq: 1,
+            emoji: "🎉".into()
+        }))
+    );
+    assert!(matches!(
+        enter(&mut app, "/reply sure"),
+        Some(Action::Net(NetCommand::Reply { reply_to: 3, .. }))
+    ));
+    // A server without the features: nothing is sent, the user is told.
+    app.features.clear();
+    assert_eq!(enter(&mut app, "/edit again"), None);
+    assert!(app
+        .notice
+        .as_ref()
+        .is_some_and(|n| n.error && n.text.contains("does not support")));
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('+')));
+    assert_eq!(app.overlay, None);
+}
+
+#[test]
+fn enter_on_a_reply_jumps_to_the_message_it_answers() {
+    let mut app = app_part2();
+    join_with(&mut app, "general", 300, true);
+    assert_eq!(app.rooms[0].oldest_seq(), Some(251));
+    let mut reply = msg("general", 301, "bob", "about that");
+    reply.reply_to = Some(40);
+    net(&mut app, NetEvent::Message(reply));
+    update(&mut app, key(KeyCode::Up));
+    assert_eq!(app.rooms[0].selected, Some(301));
+    let action = update(&mut app, key(KeyCode::Enter));
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::History {
+            room: "general".into(),
+            before: Some(251),
+            limit: 200
+        }))
+    );
+    let page = |from: u64, to: u64| NetEvent::Page {
+        room: "general".into(),
+        before: Some(to + 1),
+        messages: (from..=to)
+            .map(|seq| msg("general", seq, "bob", &format!("message {seq}")))
+            .collect(),
+        has_more: from > 1,
+    };
+    // Not there yet: the next page is asked for.
+    let action = net(&mut app, page(51, 250));
+    assert!(matches!(
+        action,
+        Some(Action::Net(NetCommand::History {
+            before: Some(51),
+            ..
+        }))
+    ));
+    assert_eq!(net(&mut app, page(1, 50)), None);
+    assert_eq!(app.rooms[0].selected, Some(40));
+    assert_eq!(app.jump, None);
+    assert!(app.rooms[0].anchor.is_some(), "scrolled to it");
+}
+
+#[test]
+fn search_overlay_pages_and_jumps() {
+    let mut app = app_part2();
+    general(&mut app);
+    assert_eq!(
+        enter(&mut app, "/search Deplo"),
+        Some(Action::Net(NetCommand::Search {
+            query: "Deplo".into(),
+            cursor: None
+        }))
+    );
+    let hits = |room: &str, seqs: std::ops::Range<u64>| -> Vec<MessageRecord> {
+        seqs.rev()
+            .map(|seq| msg(room, seq, "bob", "deployed it\nsecond line"))
+            .collect()
+    };
+    // An answer to another query is not ours.
+    net(
+        &mut app,
+        NetEvent::SearchResults {
+            query: "other".into(),
+            messages: hits("general", 1..3),
+            next: None,
+        },
+    );
+    let Some(Overlay::Search(view)) = &app.overlay else {
+        panic!("search overlay")
+    };
+    assert!(view.hits.is_empty() && view.loading);
+    net(
+        &mut app,
+        NetEvent::SearchResults {
+            query: "Deplo".into(),
+            messages: hits("random", 10..15),
+            next: Some("c1".into()),
+        },
+    );
+    let Some(Overlay::Search(view)) = &app.overlay else {
+        panic!("search overlay")
+    };
+    assert_eq!(view.hits.len(), 5);
+    assert_eq!(view.words, ["deplo"]);
+    assert_eq!(view.hits[0].text, "deployed it second line");
+    update(&mut app, key(KeyCode::Down));
+    assert_eq!(
+        update(&mut app, key(KeyCode::Down)),
+        Some(Action::Net(NetCommand::Search {
+            query: "Deplo".into(),
+            cursor: Some("c1".into())
+        })),
+        "near the end: the next page"
+    );
+    assert_eq!(update(&mut app, key(KeyCode::Down)), None, "already asked");
+    // Enter on a result in a room not joined: joins it, then jumps.
+    let action = update(&mut app, key(KeyCode::Enter));
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::Join {
+            room: "random".into()
+        }))
+    );
+    assert_eq!(app.overlay, None);
+    assert_eq!(
+        app.jump,
+        Some(Jump {
+            room: "random".into(),
+            seq: 11
+        })
+    );
+    net(
+        &mut app,
+        NetEvent::Joined {
+            room: "random".into(),
+            last_seq: 20,
+            members: vec![],
+        },
+    );
+    net(
+        &mut app,
+        NetEvent::Backlog {
+            room: "random".into(),
+            messages: (1..=20).map(|s| msg("random", s, "bob", "x")).collect(),
+            has_more: false,
+            resumed: false,
+        },
+    );
+    assert_eq!(app.current_room().map(|r| r.name.as_str()), Some("random"));
+    assert_eq!(app.current_room().and_then(|r| r.selected), Some(11));
+}
+
+#[test]
+fn ctrl_f_prompts_for_the_words() {
+    let mut app = app_part2();
+    general(&mut app);
+    update(&mut app, ctrl('f'));
+    assert!(matches!(&app.overlay, Some(Overlay::Search(v)) if v.prompt));
+    type_str(&mut app, "hello");
+    assert_eq!(
+        update(&mut app, key(KeyCode::Enter)),
+        Some(Action::Net(NetCommand::Search {
+            query: "hello".into(),
+            cursor: None
+        }))
+    );
+    // A refused search stops waiting and says why.
+    net(
+        &mut app,
+        NetEvent::Error {
+            code: Some(ErrorCode::BadRequest),
+            message: "the query has no words".into(),
+        },
+    );
+    assert!(matches!(&app.overlay, Some(Overlay::Search(v)) if !v.loading));
+    assert!(app.notice.as_ref().is_some_and(|n| n.error));
+    update(&mut app, key(KeyCode::Esc));
+    assert_eq!(app.overlay, None);
+}
+
+#[test]
+fn server_refusals_of_message_changes_show_in_the_status_bar() {
+    let mut app = app_part2();
+    general(&mut app);
+    net(
+        &mut app,
+        NetEvent::Error {
+            code: Some(ErrorCode::NoSuchMessage),
+            message: "no message 9 in general".into(),
+        },
+    );
+    assert!(app
+        .notice
+        .as_ref()
+        .is_some_and(|n| n.error && n.text == "no_such_message: no message 9 in general"));
+}
+
+#[test]
+fn export_writes_in_the_background_and_reports() {
+    let mut app = app_part2();
+    general(&mut app);
+    let action = enter(&mut app, "/export /tmp/general.md");
+    assert_eq!(
+        action,
+        Some(Action::Net(NetCommand::Export {
+            room: "general".into(),
+            path: "/tmp/general.md".into()
+        }))
+    );
+    let Some(Action::Net(NetCommand::Export { path, .. })) = enter(&mut app, "/export") else {
+        panic!("export")
+    };
+    let name = path.display().to_string();
+    assert!(
+        name.starts_with("./general-") && name.ends_with(".md"),
+        "{name}"
+    );
+    assert!(app.notice.as_ref().is_some_and(|n| n.text.contains(&name)));
+    net(
+        &mut app,
+        NetEvent::Exported {
+            room: "general".into(),
+            path: path.clone(),
+            messages: 3,
+        },
+    );
+    assert!(app
+        .notice
+        .as_ref()
+        .is_some_and(|n| !n.error && n.text.contains("exported 3 messages")));
+    net(
+        &mut app,
+        NetEvent::ExportFailed {
+            room: "general".into(),
+            path,
+            reason: "Permission denied".into(),
+        },
+    );
+    assert!(app
+        .notice
+        .as_ref()
+        .is_some_and(|n| n.error && n.text.contains("Permission denied")));
 }

@@ -290,7 +290,7 @@ fn scrolled_view_with_older_pages_loaded() {
 
 #[test]
 fn help_overlay_lists_keys_and_commands() {
-    let mut app = app(80, 30);
+    let mut app = app(80, 40);
     join(&mut app, "general", vec![]);
     update(&mut app, key(KeyCode::F(1)));
     let rows = screen(&app).join("\n");
@@ -305,6 +305,13 @@ fn help_overlay_lists_keys_and_commands() {
         "/rooms",
         "/delete ROOM",
         "/quit",
+        "Ctrl+F",
+        "edit, delete, reply, react",
+        "/edit TEXT",
+        "/react EMOJI",
+        "/reply TEXT",
+        "/search WORDS",
+        "/export [PATH]",
     ] {
         assert!(rows.contains(needle), "help lacks {needle}");
     }
@@ -473,7 +480,7 @@ fn tiny_terminals_do_not_panic() {
 
 #[test]
 fn help_fits_short_terminals_in_two_columns() {
-    let mut app = app(120, 20);
+    let mut app = app(120, 21);
     app.overlay = Some(Overlay::Help);
     let rows = screen(&app).join("\n");
     assert!(rows.contains("Ctrl+C"), "{rows}");
@@ -520,4 +527,163 @@ fn direct_conversations_and_private_rooms_are_marked() {
     let rows = screen(&app);
     let title = rows[0].split_once('│').unwrap().1;
     assert!(title.starts_with(" #ops (private) "), "{rows:#?}");
+}
+
+// ---- Part 2: edits, deletions, reactions, replies, selection, search ----
+
+fn part2_app() -> App {
+    let mut app = app(64, 16);
+    app.features = ["edit", "react", "reply", "search"]
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    let mut first = msg("general", 1, "bob", "hello");
+    first.reactions.set("👍", "alice", true);
+    first.reactions.set("👍", "bob", true);
+    first.reactions.set("🎉", "bob", true);
+    let mut edited = msg("general", 2, "alice", "fixed the typo");
+    edited.edited_ts = Some(BASE_TS);
+    let mut deleted = msg("general", 3, "bob", "");
+    deleted.deleted = true;
+    let mut reply = msg("general", 4, "carol", "me too");
+    reply.reply_to = Some(1);
+    let mut orphan = msg("general", 5, "carol", "and that");
+    orphan.reply_to = Some(0);
+    join(
+        &mut app,
+        "general",
+        vec![first, edited, deleted, reply, orphan],
+    );
+    app
+}
+
+/// The column where `needle` starts in row `y` of the screen.
+fn column_of(rows: &[String], y: usize, needle: &str) -> u16 {
+    let at = rows[y].find(needle).expect("needle on the row");
+    wrap::width(&rows[y][..at]) as u16
+}
+
+#[test]
+fn edits_deletions_reactions_and_replies_show() {
+    let app = part2_app();
+    let rows = screen(&app);
+    assert_eq!(
+        rows[2..11],
+        [
+            "                 │── Tuesday 25 November 2025 ──────────────────",
+            "                 │14:14 bob: hello",
+            "                 │      👍 2  🎉 1",
+            "                 │14:15 alice: fixed the typo (edited)",
+            "                 │14:16 bob: message deleted",
+            "                 │      ↪ bob: hello",
+            "                 │14:17 carol: me too",
+            "                 │      ↪ #0",
+            "                 │14:18 carol: and that",
+        ]
+    );
+    let terminal = terminal(&app);
+    let buffer = terminal.backend().buffer();
+    // Own reaction highlighted, the other not.
+    let thumbs = buffer[(column_of(&rows, 4, "👍"), 4)].style();
+    assert!(thumbs.add_modifier.contains(Modifier::REVERSED));
+    let party = buffer[(column_of(&rows, 4, "🎉"), 4)].style();
+    assert!(!party.add_modifier.contains(Modifier::REVERSED));
+    // "(edited)", "message deleted" and the quote are dim; the text is not.
+    let dim_fg = Color::DarkGray;
+    assert_eq!(buffer[(column_of(&rows, 5, "(edited)"), 5)].fg, dim_fg);
+    assert_ne!(buffer[(column_of(&rows, 5, "fixed"), 5)].fg, dim_fg);
+    assert_eq!(
+        buffer[(column_of(&rows, 6, "message deleted"), 6)].fg,
+        dim_fg
+    );
+    assert_eq!(buffer[(column_of(&rows, 7, "↪"), 7)].fg, dim_fg);
+}
+
+#[test]
+fn the_selected_message_is_highlighted() {
+    let mut app = part2_app();
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Up));
+    let rows = screen(&app);
+    let terminal = terminal(&app);
+    let buffer = terminal.backend().buffer();
+    // Message 4: its quote and its text.
+    for y in [7u16, 8] {
+        let x = column_of(&rows, usize::from(y), if y == 7 { "↪" } else { "me too" });
+        assert_eq!(buffer[(x, y)].bg, Color::Indexed(237), "row {y}");
+    }
+    let x = column_of(&rows, 10, "and that");
+    assert_ne!(buffer[(x, 10)].bg, Color::Indexed(237));
+}
+
+#[test]
+fn replying_line_above_the_input() {
+    let mut app = part2_app();
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('r')));
+    let rows = screen(&app);
+    assert_eq!(
+        rows[13],
+        "                 │replying to carol: me too  Esc cancels"
+    );
+    assert!(rows[14].contains("› Message #general"));
+}
+
+#[test]
+fn reaction_picker() {
+    let mut app = part2_app();
+    update(&mut app, key(KeyCode::Up));
+    update(&mut app, key(KeyCode::Char('+')));
+    update(&mut app, key(KeyCode::Right));
+    let rows = screen(&app).join("\n");
+    assert!(rows.contains("React · 1-8"), "{rows}");
+    assert!(rows.contains("1 👍  2 👎  3 😄  4 🎉"), "{rows}");
+    assert!(rows.contains("or type one:"), "{rows}");
+}
+
+#[test]
+fn search_overlay_highlights_the_words() {
+    let mut app = part2_app();
+    app.size = (80, 16);
+    for c in "/search deplo".chars() {
+        update(&mut app, key(KeyCode::Char(c)));
+    }
+    update(&mut app, key(KeyCode::Enter));
+    net(
+        &mut app,
+        NetEvent::SearchResults {
+            query: "deplo".into(),
+            messages: vec![msg("random", 7, "bob", "we Deployed \u{1b}[2J it")],
+            next: None,
+        },
+    );
+    let rows = screen(&app);
+    let y = rows
+        .iter()
+        .position(|r| r.contains("#random bob: we Deployed ␛[2J it"))
+        .expect("result row");
+    assert!(rows[y].contains("25 Nov 14:20"), "{}", rows[y]);
+    let terminal = terminal(&app);
+    let buffer = terminal.backend().buffer();
+    let word = buffer[(column_of(&rows, y, "Deployed"), y as u16)].style();
+    assert_eq!(word.fg, Some(Color::Yellow));
+    assert!(word.add_modifier.contains(Modifier::BOLD));
+    let other = buffer[(column_of(&rows, y, "we D"), y as u16)].style();
+    assert_ne!(other.fg, Some(Color::Yellow));
+}
+
+#[test]
+fn highlight_matches_word_prefixes_ignoring_case() {
+    let spans = highlight(
+        "Deploying the deploy, redeploy",
+        &["deplo".into()],
+        Style::default(),
+    );
+    let found: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.style == found())
+        .map(|s| s.content.as_ref())
+        .collect();
+    assert_eq!(found, ["Deploying", "deploy"]);
 }
