@@ -1312,11 +1312,45 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let messages = messages.to_vec();
         self.write_alone(move |tx| {
+            // Each message gets the next `gid` and its search entry, as an
+            // append would (unless deleted); reactions come along, their
+            // `rev` numbering them in the order the record lists them,
+            // which reads back as the same record. The change log is not
+            // copied: the copy's rooms start at rev 0.
+            let mut gid: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(gid), 0) FROM messages")?
+                .query_row([], |row| row.get(0))?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room_id, seq, user, text, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO messages
+                     (room_id, seq, user, text, ts, reply_to, edited_ts, deleted, gid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let mut react = tx.prepare_cached(
+                "INSERT INTO reactions (room_id, seq, emoji, user, rev) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for m in &messages {
-                insert.execute(params![room.0, m.seq, m.user, m.text, m.ts])?;
+                gid += 1;
+                insert.execute(params![
+                    room.0,
+                    m.seq,
+                    m.user,
+                    m.text,
+                    m.ts,
+                    m.reply_to,
+                    m.edited_ts,
+                    m.deleted,
+                    gid
+                ])?;
+                if !m.deleted {
+                    index_text(tx, gid, room, &m.text)?;
+                }
+                let mut order = 0;
+                for (emoji, users) in &m.reactions.0 {
+                    for user in users {
+                        order += 1;
+                        react.execute(params![room.0, m.seq, emoji, user, order])?;
+                    }
+                }
             }
             Ok(())
         })
