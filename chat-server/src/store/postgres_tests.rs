@@ -93,8 +93,20 @@ async fn changes_are_checked_applied_logged_and_announced() {
         store.change(id, 1, "bob", true, edit("x"), None).await,
         Err(StoreError::NotAuthor)
     ));
+    // The asker's copy of the change goes out on the feed marked for it.
+    let asker = Answer {
+        session: SessionId(7),
+        re: Some("e1".into()),
+    };
     let edited = store
-        .change(id, 1, "ann", false, edit("first, edited secret"), None)
+        .change(
+            id,
+            1,
+            "ann",
+            false,
+            edit("first, edited secret"),
+            Some(asker.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(edited.rev, 1);
@@ -174,6 +186,8 @@ async fn changes_are_checked_applied_logged_and_announced() {
         &events[2].event,
         RoomEvent::Edited { seq: 1, text, .. } if text == "first, edited secret"
     ));
+    assert_eq!(events[2].answer, Some(asker));
+    assert!(events.iter().filter(|e| e.answer.is_some()).count() == 1);
     assert!(matches!(
         &events[6].event,
         RoomEvent::Reaction { seq: 1, user, emoji, on: false } if user == "bob" && emoji == "👍"
