@@ -1,20 +1,23 @@
 //! The PostgreSQL backend: one database shared by every node of a cluster.
 //!
-//! **Group commit.** Every write a client waits for (a send, creating or
-//! deleting a room, registering) is queued to one writer task per node. The
-//! writer takes everything queued, up to [`MAX_BATCH`] jobs, and commits it
-//! in one transaction: a commit costs a WAL flush and a round trip, so under
-//! load hundreds of sends share one, while an idle server still commits a
-//! lone send at once (nothing waits for a batch to fill).
+//! **Group commit.** Every write a client waits for (a send, an edit,
+//! deletion or reaction, creating or deleting a room, registering) is
+//! queued to one writer task per node. The writer takes everything queued,
+//! up to [`MAX_BATCH`] jobs, and commits it in one transaction: a commit
+//! costs a WAL flush and a round trip, so under load hundreds of sends share
+//! one, while an idle server still commits a lone send at once (nothing
+//! waits for a batch to fill).
 //!
 //! **One round trip a batch.** The whole transaction goes out as one
 //! pipeline: `BEGIN`, one statement that locks the batch's rooms, one
-//! statement that stores every message of the batch, a statement or two per
-//! rare job, `COMMIT`. tokio-postgres writes them back to back and
-//! PostgreSQL answers them in order, so the writer waits for the network
-//! once. That works because no statement needs an answer to an earlier one
-//! on this side: the database itself computes each message's `seq` (see
-//! [`STORE_MESSAGES`]). Acks wait for `COMMIT`'s answer.
+//! statement that stores every message of the batch, one per change, a
+//! statement or two per rare job, `COMMIT`. tokio-postgres writes them back
+//! to back and PostgreSQL answers them in order, so the writer waits for the
+//! network once. That works because no statement needs an answer to an
+//! earlier one on this side: the database itself computes each message's
+//! `seq` (see [`STORE_MESSAGES`]) and checks and applies each change,
+//! answering a refusal as a row rather than an error (see
+//! [`APPLY_CHANGE`]). Acks wait for `COMMIT`'s answer.
 //!
 //! **How `seq` stays contiguous.** A room's messages are numbered from
 //! `rooms.last_seq`, which the same statement that stores them bumps by
@@ -24,25 +27,38 @@
 //! handed out in commit order, no two transactions get the same one, and a
 //! transaction that rolls back gives its numbers back with its `UPDATE`.
 //!
+//! **How `rev` stays contiguous.** A change moves its room's `rev` by one
+//! with the same row lock, and is logged in `room_changes` at the room's
+//! position then (`last_seq`, `rev`); a message records the room's `rev`
+//! when it was stored. Every event of a room thus has an index
+//! `seq + rev` one more than the one before, in commit order.
+//!
 //! **Lock order.** A batch may touch many rooms, and so may another node's.
-//! The batch's first statement locks all the rooms it appends to or deletes
-//! in id order (`ORDER BY id FOR UPDATE`), so two writers take the rows they
-//! share in the same order and cannot deadlock on them; new room and user
-//! names are inserted in name order for the same reason. A deadlock that
-//! happens anyway (a room created and deleted by two nodes at once) rolls
+//! The batch's first statement locks all the rooms it appends to, changes
+//! or deletes in id order (`ORDER BY id FOR UPDATE`), so two writers take
+//! the rows they share in the same order and cannot deadlock on them (a
+//! change's reaction and log rows live under its room's lock); new room and
+//! user names are inserted in name order for the same reason. A deadlock
+//! that happens anyway (a room created and deleted by two nodes at once) rolls
 //! the transaction back, and the batch is retried.
 //!
-//! **The commit feed.** After `COMMIT`, the stored messages and deletions
-//! go on the feed in commit order, then the jobs are answered, as in the
-//! SQLite backend.
+//! **The commit feed.** After `COMMIT`, the stored messages, changes and
+//! room deletions go on the feed in the order they ran, then the jobs are
+//! answered, as in the SQLite backend.
+//!
+//! **Search** is PostgreSQL's full-text search over a GIN index (see
+//! migration 5 and [`SEARCH`]); pages go newest first by `gid`, a number
+//! every message takes from a sequence when stored.
 //!
 //! **One bad job.** A batch that fails on one job's data (a constraint or
 //! a value PostgreSQL refuses) is split in halves and committed again until
 //! that job stands alone: it gets the error, the others commit.
 //!
-//! **Reads and rare writes** (logins, history, room lists, account changes
-//! from the admin commands, `migrate-db` imports) take a connection from the
-//! pool directly: each is one statement, atomic on its own.
+//! **Reads and rare writes** (logins, history, gap fills, searches, room
+//! lists, account changes from the admin commands, `migrate-db` imports)
+//! take a connection from the pool directly: each is one statement, atomic
+//! on its own and reading one snapshot (a page of messages with their
+//! reactions, a room's changes with its `rev`).
 //!
 //! **Losing the database.** Connecting, waiting for a pooled connection and
 //! every answer are bounded in time (and the server aborts statements that
@@ -212,8 +228,8 @@ const MIGRATIONS: &[&str] = &[
     // words are runs of letters and digits, as the protocol splits a query
     // (the parser would otherwise keep `example.com` or `3.14` whole). Only
     // messages not deleted are indexed; a deleted one's text is empty too.
-    // SEARCH_DOCUMENT must stay this exact expression for the index to be
-    // used.
+    // `search_document!` must stay this exact expression for the index to
+    // be used (a test checks).
     "ALTER TABLE rooms ADD COLUMN rev bigint NOT NULL DEFAULT 0 CHECK (rev >= 0);
      ALTER TABLE messages
          ADD COLUMN rev bigint NOT NULL DEFAULT 0,
