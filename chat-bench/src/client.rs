@@ -207,6 +207,20 @@ pub fn send_frame(room: &str, text: &str, id: u64) -> Message {
     ))
 }
 
+/// An `edit` of message `seq`, by the benchmark (no escaping needed).
+pub fn edit_frame(room: &str, seq: u64, text: &str, id: u64) -> Message {
+    Message::text(format!(
+        r#"{{"type":"edit","room":"{room}","seq":{seq},"text":"{text}","id":"{id}"}}"#
+    ))
+}
+
+/// A `react` (a toggle of 👍) on message `seq`.
+pub fn react_frame(room: &str, seq: u64, id: u64) -> Message {
+    Message::text(format!(
+        r#"{{"type":"react","room":"{room}","seq":{seq},"emoji":"👍","id":"{id}"}}"#
+    ))
+}
+
 /// What the load loops need to know about one server event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
@@ -216,9 +230,11 @@ pub enum Incoming<'a> {
         seq: u64,
         sent_us: Option<u64>,
     },
-    /// An `ack`: its `re` (the send time, as the benchmark chose the ids).
+    /// An `ack`, or the answer to an edit or reaction: its `re` (the send
+    /// time, as the benchmark chose the ids), and for an ack its `seq`.
     Ack {
         re: Option<u64>,
+        seq: Option<u64>,
     },
     Error {
         code: &'a str,
@@ -240,6 +256,15 @@ pub fn classify(text: &str) -> Incoming<'_> {
     } else if text.starts_with(r#"{"type":"ack""#) {
         Incoming::Ack {
             re: number_after(text, r#""re":""#),
+            seq: number_after(text, r#""seq":"#),
+        }
+    } else if (text.starts_with(r#"{"type":"edited""#) || text.starts_with(r#"{"type":"reaction""#))
+        && text.contains(r#""re":""#)
+    {
+        // The answer to this connection's own change.
+        Incoming::Ack {
+            re: number_after(text, r#""re":""#),
+            seq: None,
         }
     } else if text.starts_with(r#"{"type":"error""#) {
         let code = string_after(text, r#""code":""#).unwrap_or("unknown");
@@ -295,7 +320,29 @@ mod tests {
             seq: 1,
             ts: 2,
         });
-        assert_eq!(classify(&ack), Incoming::Ack { re: Some(77) });
+        assert_eq!(
+            classify(&ack),
+            Incoming::Ack {
+                re: Some(77),
+                seq: Some(1)
+            }
+        );
+        let answer = chat_proto::encode(&ServerEvent::Reaction {
+            room: "r".into(),
+            seq: 1,
+            user: "u".into(),
+            emoji: "👍".into(),
+            on: true,
+            rev: 3,
+            re: Some("78".into()),
+        });
+        assert_eq!(
+            classify(&answer),
+            Incoming::Ack {
+                re: Some(78),
+                seq: None
+            }
+        );
         let error = chat_proto::encode(&ServerEvent::error(
             ErrorCode::RateLimited,
             "slow",

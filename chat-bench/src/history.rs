@@ -90,53 +90,24 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
         bail!("--messages must be larger than --limit");
     }
     let mut report = Report::new("history");
-    // Declared before the server: locals drop in reverse order, so the
-    // server stops before its database goes away.
-    let mut database = None;
-    let mut _seed_dir = None;
-    let mut server = None;
-    let (target, pid, room) = match &args.common.url {
-        Some(url) => {
-            let room = args
-                .room
+    let room = format!("{}big", prefix());
+    let seeded = match &args.common.url {
+        Some(url) => Seeded::running(
+            url,
+            args.common.server_pid,
+            args.room
                 .clone()
-                .context("with --url, name the seeded room with --room")?;
-            (client::Target::parse(url)?, args.common.server_pid, room)
-        }
+                .context("with --url, name the seeded room with --room")?,
+        )?,
         None => {
-            let db = Database::create(&args.common)?;
-            report.set("backend", db.backend());
-            // SQLite is seeded in place; PostgreSQL from a seeded file.
-            let seed_dir = tempfile::tempdir()?;
-            let seed_file = match &db {
-                Database::Sqlite { file, .. } => file.clone(),
-                Database::Postgres { .. } => seed_dir.path().join("seed.db"),
-            };
-            let binary = procs::server_binary(args.common.server_bin.as_deref())?;
-            // First start creates the schema.
-            ServerProc::start(&binary, &seed_file, &Default::default())?.stop()?;
-            let room = format!("{}big", prefix());
-            let seeding = Instant::now();
-            let (file, room2) = (seed_file.clone(), room.clone());
-            tokio::task::spawn_blocking(move || seed(&file, &room2, count)).await??;
-            report.set("seed_secs", seeding.elapsed().as_secs_f64());
-            if let Database::Postgres { .. } = &db {
-                let copying = Instant::now();
-                tokio::task::block_in_place(|| db.load_sqlite(&binary, &seed_file))?;
-                report.set("migrate_secs", copying.elapsed().as_secs_f64());
-            }
-            if let Some(bytes) = tokio::task::block_in_place(|| db.size_bytes()) {
-                report.set("db_mib", bytes as f64 / 1048576.0);
-            }
-            let started = ServerProc::start(&binary, db.arg(), &Default::default())?;
-            let target = client::Target::parse(started.url())?;
-            let pid = started.pid();
-            server = Some(started);
-            database = Some(db);
-            _seed_dir = Some(seed_dir);
-            (target, Some(pid), room)
+            let name = room.clone();
+            Seeded::start(&args.common, &mut report, room, move |file| {
+                seed(file, &name, count)
+            })
+            .await?
         }
     };
+    let (target, pid, room) = (seeded.target.clone(), seeded.pid, seeded.room.clone());
 
     let user = format!("{}reader", prefix());
     let mut readers = Vec::new();
@@ -220,12 +191,88 @@ pub async fn history(args: HistoryArgs) -> Result<()> {
         report.set("server_cores", after.cores_since(&before));
         report.set("server_rss_mib", after.rss_bytes as f64 / 1048576.0);
     }
-    if let Some(database) = &database {
-        tokio::task::block_in_place(|| database.report_profile(&mut report, ""));
-    }
-    if let Some(server) = server {
-        server.stop()?;
-    }
+    seeded.finish(&mut report)?;
     report.print();
     Ok(())
+}
+
+/// A server on a database seeded directly (or one given with `--url`), for
+/// the read scenarios (`history`, `search`).
+pub struct Seeded {
+    pub target: client::Target,
+    pub pid: Option<u32>,
+    /// The room (or, for `search`, the first room) seeded.
+    pub room: String,
+    // Dropped in this order: the server stops before its database goes.
+    server: Option<ServerProc>,
+    database: Option<Database>,
+    _seed_dir: Option<tempfile::TempDir>,
+}
+
+impl Seeded {
+    /// A running server given with `--url`, its room seeded already.
+    pub fn running(url: &str, pid: Option<u32>, room: String) -> Result<Seeded> {
+        Ok(Seeded {
+            target: client::Target::parse(url)?,
+            pid,
+            room,
+            server: None,
+            database: None,
+            _seed_dir: None,
+        })
+    }
+
+    /// Creates the schema with a first start of the server, fills the
+    /// SQLite file with `seed` (then copies it into PostgreSQL with
+    /// `--backend postgres`), and starts the server on it.
+    pub async fn start(
+        common: &Common,
+        report: &mut Report,
+        room: String,
+        seed: impl FnOnce(&Path) -> Result<()> + Send + 'static,
+    ) -> Result<Seeded> {
+        let db = Database::create(common)?;
+        report.set("backend", db.backend());
+        // SQLite is seeded in place; PostgreSQL from a seeded file.
+        let seed_dir = tempfile::tempdir()?;
+        let seed_file = match &db {
+            Database::Sqlite { file, .. } => file.clone(),
+            Database::Postgres { .. } => seed_dir.path().join("seed.db"),
+        };
+        let binary = procs::server_binary(common.server_bin.as_deref())?;
+        // First start creates the schema.
+        ServerProc::start(&binary, &seed_file, &Default::default())?.stop()?;
+        let seeding = Instant::now();
+        let file = seed_file.clone();
+        tokio::task::spawn_blocking(move || seed(&file)).await??;
+        report.set("seed_secs", seeding.elapsed().as_secs_f64());
+        if let Database::Postgres { .. } = &db {
+            let copying = Instant::now();
+            tokio::task::block_in_place(|| db.load_sqlite(&binary, &seed_file))?;
+            report.set("migrate_secs", copying.elapsed().as_secs_f64());
+        }
+        if let Some(bytes) = tokio::task::block_in_place(|| db.size_bytes()) {
+            report.set("db_mib", bytes as f64 / 1048576.0);
+        }
+        let started = ServerProc::start(&binary, db.arg(), &Default::default())?;
+        Ok(Seeded {
+            target: client::Target::parse(started.url())?,
+            pid: Some(started.pid()),
+            room,
+            server: Some(started),
+            database: Some(db),
+            _seed_dir: Some(seed_dir),
+        })
+    }
+
+    /// The database's profile, then the server stops.
+    pub fn finish(mut self, report: &mut Report) -> Result<()> {
+        if let Some(database) = &self.database {
+            tokio::task::block_in_place(|| database.report_profile(report, ""));
+        }
+        if let Some(server) = self.server.take() {
+            server.stop()?;
+        }
+        Ok(())
+    }
 }

@@ -58,6 +58,10 @@ pub struct LoadArgs {
     /// Loopback source addresses to spread connections over.
     #[arg(long, default_value_t = 1)]
     pub sources: usize,
+    /// Share of a sender's operations that are edits of its last message
+    /// or reactions to it, alternately (e.g. 0.1), instead of sends.
+    #[arg(long, default_value_t = 0.0)]
+    pub changes: f64,
 }
 
 /// Per-scenario defaults: (rooms, clients, senders, window, accounts).
@@ -85,6 +89,11 @@ impl LoadArgs {
             accounts: self.accounts.unwrap_or(100),
             sources: self.sources,
             connect_concurrency: 64,
+            change_every: if self.changes > 0.0 {
+                (1.0 / self.changes.min(1.0)).round() as u64
+            } else {
+                0
+            },
         }
     }
 
@@ -298,6 +307,7 @@ pub async fn ingest(args: LoadArgs) -> Result<()> {
     let measured = run(&args, &spec, &servers, same_node(), false).await?;
     let mut report = Report::new("ingest");
     header(&mut report, &spec, &servers);
+    report.set("change_share", args.changes);
     report_run(&mut report, "", &measured);
     finish(report, servers, "")
 }

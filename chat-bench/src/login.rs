@@ -76,6 +76,7 @@ pub async fn login(args: LoginArgs) -> Result<()> {
         accounts: chatters,
         sources: 1,
         connect_concurrency: 16,
+        change_every: 0,
     };
     let prefix = prefix();
     let mut traffic = Traffic::setup(

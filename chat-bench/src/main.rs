@@ -20,6 +20,7 @@ mod login;
 mod postgres;
 mod procs;
 mod report;
+mod search;
 mod setup;
 mod traffic;
 
@@ -47,6 +48,8 @@ enum Scenario {
     Connections(connections::ConnectionsArgs),
     /// 50-message pages at random positions of a 1,000,000-message room.
     History(history::HistoryArgs),
+    /// 20-result searches over 1,000,000 messages in ten rooms.
+    Search(search::SearchArgs),
     /// A flood of logins while connected users chat; with --attack, a
     /// wrong-password flood from one address against a user's logins.
     Login(login::LoginArgs),
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             Scenario::Rooms(args) => load::rooms(args).await,
             Scenario::Connections(args) => connections::connections(args).await,
             Scenario::History(args) => history::history(args).await,
+            Scenario::Search(args) => search::search(args).await,
             Scenario::Login(args) => login::login(args).await,
             Scenario::Ingest(args) => load::ingest(args).await,
             Scenario::Cluster(args) => load::cluster(args).await,

@@ -59,6 +59,10 @@ pub struct TrafficSpec {
     pub sources: usize,
     /// Connections being set up at once.
     pub connect_concurrency: usize,
+    /// Every this many operations of a sender, one is an edit of its last
+    /// acked message or a reaction to it (alternately) instead of a send;
+    /// 0: sends only.
+    pub change_every: u64,
 }
 
 /// Which server each connection goes to: `(room, member, is_sender)` to an
@@ -113,6 +117,7 @@ struct Shared {
     rate_epoch: AtomicU64,
     senders: usize,
     max_lag: u64,
+    change_every: u64,
     padding: String,
     /// Phase start and end, microseconds on `epoch`; 0 start: not begun.
     phase_start: [AtomicU64; MAX_PHASES],
@@ -224,6 +229,7 @@ impl Traffic {
             rate_epoch: AtomicU64::new(0),
             senders: spec.rooms * spec.senders.min(spec.members),
             max_lag: spec.max_lag.max(1),
+            change_every: spec.change_every,
             padding: " ".to_owned() + &"x".repeat(spec.size.saturating_sub(stamp_width + 1)),
             phase_start: Default::default(),
             phase_end: Default::default(),
@@ -305,6 +311,8 @@ impl Traffic {
                 next_seq: last_seq + 1,
                 received: 0,
                 inflight: 0,
+                operations: 0,
+                own_seq: 0,
             };
             let (go_rx, stop_rx, exit_rx) = (go_rx.clone(), stop_rx.clone(), exit_rx.clone());
             tasks.spawn(conn.run(go_rx, stop_rx, exit_rx));
@@ -530,6 +538,10 @@ struct Conn {
     /// Messages received, and own sends not acked yet.
     received: u64,
     inflight: u64,
+    /// Sends and changes made, to pick which ones are changes.
+    operations: u64,
+    /// The seq of this sender's newest acked message (0: none yet).
+    own_seq: u64,
 }
 
 impl Conn {
@@ -611,8 +623,23 @@ impl Conn {
                     for _ in 0..budget {
                         let now = self.shared.now_us();
                         let text = format!("{now:012}{}", self.shared.padding);
+                        self.operations += 1;
+                        let every = self.shared.change_every;
+                        let frame = if every > 0 && self.operations % every == 0 && self.own_seq > 0
+                        {
+                            // A change delivers no message: not counted as
+                            // one the room's members must receive.
+                            room.sent.fetch_sub(1, Ordering::Relaxed);
+                            if (self.operations / every) % 2 == 0 {
+                                client::edit_frame(&room.name, self.own_seq, &text, now)
+                            } else {
+                                client::react_frame(&room.name, self.own_seq, now)
+                            }
+                        } else {
+                            client::send_frame(&room.name, &text, now)
+                        };
                         self.ws
-                            .feed(client::send_frame(&room.name, &text, now))
+                            .feed(frame)
                             .await
                             .map_err(|e| format!("send failed: {e}"))?;
                     }
@@ -688,7 +715,10 @@ impl Conn {
                     }
                 }
             }
-            Incoming::Ack { re } => {
+            Incoming::Ack { re, seq } => {
+                if let Some(seq) = seq {
+                    self.own_seq = self.own_seq.max(seq);
+                }
                 self.inflight = self.inflight.saturating_sub(1);
                 self.me.inflight.store(self.inflight, Ordering::Relaxed);
                 self.room.acked.fetch_add(1, Ordering::Relaxed);

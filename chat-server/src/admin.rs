@@ -1,5 +1,5 @@
-//! The account subcommands (`useradd`, `passwd`, `userdel`, `users`) and
-//! `migrate-db`. They go through the same [`Store`] as the server (which
+//! The account subcommands (`useradd`, `passwd`, `userdel`, `users`),
+//! `migrate-db` and `export`. They go through the same [`Store`] as the server (which
 //! may be running: both databases order concurrent writers) and print
 //! one-line errors.
 
@@ -227,25 +227,92 @@ async fn copy_store(source: &dyn Store, target: &dyn Store) -> Result<Copied> {
     Ok(copied)
 }
 
-/// `YYYY-MM-DD HH:MM` for milliseconds since the epoch (civil-from-days,
-/// proleptic Gregorian).
+/// `YYYY-MM-DD HH:MM` (UTC) for milliseconds since the epoch.
 fn format_utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    chat_proto::export::utc_minute(ms)
+        .trim_end_matches(" UTC")
+        .to_owned()
+}
+
+/// The formats of `chat-server export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON message object per line, as in `history`.
+    #[default]
+    Jsonl,
+    /// A readable document, as chat-tui's `/export` writes it.
+    Markdown,
+}
+
+/// Messages read from the store at a time by `export`: what it holds in
+/// memory, whatever the size of the room.
+const EXPORT_PAGE: usize = 1000;
+
+/// `chat-server export ROOM`: writes the room's whole history, with edits,
+/// deletions and reactions applied, to `out`, a page at a time (constant
+/// memory). Returns how many messages it wrote.
+pub fn export(db: &Database, room: &str, format: ExportFormat, out: impl Write) -> Result<u64> {
+    if !chat_proto::validate::is_valid_room(room) {
+        bail!("invalid room name {room:?}: use 1 to 32 characters from A-Z a-z 0-9 _ - .");
+    }
+    block_on(async {
+        let store = open(db).await?;
+        let written = export_room(store.as_ref(), room, format, out).await;
+        store.close().await;
+        written
+    })
+}
+
+async fn export_room(
+    store: &dyn Store,
+    room: &str,
+    format: ExportFormat,
+    out: impl Write,
+) -> Result<u64> {
+    use chat_proto::export::{jsonl_line, markdown_header, markdown_message};
+    let head = store
+        .room(room)
+        .await?
+        .with_context(|| format!("there is no room {room}"))?;
+    let mut out = std::io::BufWriter::new(out);
+    let write_err = |e: std::io::Error| anyhow::anyhow!("cannot write the export: {e}");
+    if format == ExportFormat::Markdown {
+        out.write_all(markdown_header(room).as_bytes())
+            .map_err(write_err)?;
+    }
+    let mut after = 0;
+    let mut written = 0;
+    while after < head.last_seq {
+        let page = store
+            .range(head.id, room, after, head.last_seq, EXPORT_PAGE)
+            .await?;
+        let Some(last) = page.last().map(|m| m.seq) else {
+            break;
+        };
+        for message in &page {
+            let text = match format {
+                ExportFormat::Jsonl => jsonl_line(message),
+                ExportFormat::Markdown => {
+                    // The answered message is in this page, or read alone.
+                    let replied = match message.reply_to {
+                        Some(to) if to > after => page.iter().find(|m| m.seq == to).cloned(),
+                        Some(to) => store
+                            .range(head.id, room, to - 1, to, 1)
+                            .await?
+                            .into_iter()
+                            .next(),
+                        None => None,
+                    };
+                    markdown_message(message, replied.as_ref())
+                }
+            };
+            out.write_all(text.as_bytes()).map_err(write_err)?;
+            written += 1;
+        }
+        after = last;
+    }
+    out.flush().map_err(write_err)?;
+    Ok(written)
 }
 
 #[cfg(test)]

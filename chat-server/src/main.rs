@@ -123,6 +123,16 @@ enum Command {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Write a room's whole history, with edits, deletions and reactions
+    /// applied, to standard output.
+    Export {
+        room: String,
+        /// jsonl: one JSON message per line; markdown: a readable document.
+        #[arg(long, value_enum, default_value_t)]
+        format: chat_server::admin::ExportFormat,
+        #[command(flatten)]
+        db: DbArg,
+    },
     /// Copy every user, room and message into an empty database (stop the
     /// servers first).
     MigrateDb {
@@ -233,6 +243,9 @@ fn main() -> ExitCode {
             db_path(db).and_then(|db| chat_server::admin::userdel(&db, &name))
         }
         Command::Users { db } => db_path(db).and_then(|db| chat_server::admin::users(&db)),
+        Command::Export { room, format, db } => db_path(db).and_then(|db| {
+            chat_server::admin::export(&db, &room, format, std::io::stdout().lock()).map(|_| ())
+        }),
         Command::MigrateDb { from, to } => parse_db(&from)
             .and_then(|from| Ok((from, parse_db(&to)?)))
             .and_then(|(from, to)| chat_server::admin::migrate_db(&from, &to).map(|_| ())),

@@ -623,7 +623,7 @@ impl Rooms {
                         room = %crate::untrusted::Untrusted(room),
                         from = state.next_index(),
                         to = stored_upto,
-                        "events missing from the store; skipping"
+                        "messages or changes missing from the store; skipping"
                     );
                     // Where the skip lands is known exactly when it lands
                     // on the store's head; otherwise (the room is gone)
@@ -653,7 +653,7 @@ impl Rooms {
                             room = %crate::untrusted::Untrusted(room),
                             index = upto + 1,
                             stored = last,
-                            "discarding an event the store does not have"
+                            "discarding a message the store does not have, or a change"
                         );
                     }
                     // A wider fill asked for meanwhile (by a join that read a

@@ -19,6 +19,7 @@ backend_tests! {
     forged_envelopes_from_redis_are_refused_and_skip_nothing,
     read_markers_and_forgotten_rooms_reach_the_users_devices_on_other_nodes,
     direct_and_private_conversations_cross_nodes,
+    messages_and_their_changes_cross_nodes_in_one_order,
 }
 
 struct Cluster {
@@ -422,4 +423,127 @@ async fn direct_and_private_conversations_cross_nodes(backend: Backend) {
     assert_eq!(joined["members"], json!(["alice", "carol"]));
     let answer = bob.request(json!({"type":"history","room":"ops"})).await;
     assert_eq!(answer["code"], "forbidden", "{answer}");
+}
+
+async fn messages_and_their_changes_cross_nodes_in_one_order(backend: Backend) {
+    let cluster = cluster(backend, 2);
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut watchers = Vec::new();
+    for node in [one, two] {
+        let mut watcher = Client::login(&node.url(), "root", PASSWORD).await;
+        watcher.join("live", None).await;
+        watchers.push(watcher);
+    }
+    let mut alice = Client::login(&one.url(), "alice", PASSWORD).await;
+    alice.join("live", None).await;
+    let mut bob = Client::login(&two.url(), "bob", PASSWORD).await;
+    bob.join("live", None).await;
+    alice.say("live", "first").await;
+    // Alice writes on one node while bob reacts to and she edits what is
+    // there, from both nodes at once.
+    let writer = tokio::spawn(async move {
+        for i in 2..=40 {
+            alice.say("live", &format!("line {i}")).await;
+            if i % 5 == 0 {
+                let edited = alice
+                    .request(json!({"type":"edit","room":"live","seq":i - 1,"text":format!("line {} fixed", i - 1)}))
+                    .await;
+                assert_eq!(edited["type"], "edited", "{edited}");
+            }
+        }
+        alice
+    });
+    // Bob reacts to the first twenty once they are there, while alice
+    // goes on writing and editing.
+    bob.recv_matching(Duration::from_secs(10), |e| {
+        e["type"] == "message" && e["seq"] == 20
+    })
+    .await;
+    let mut reactions = 0;
+    for seq in 1..=20u64 {
+        let answer = bob
+            .request(json!({"type":"react","room":"live","seq":seq,"emoji":"👍"}))
+            .await;
+        assert_eq!(answer["type"], "reaction", "{answer}");
+        reactions += 1;
+    }
+    let mut alice = writer.await.unwrap();
+    let changes = reactions + 8;
+    // Every watcher, on either node, sees messages 1..=40 and changes
+    // 1..=28 once each, each numbering without a hole, and no change
+    // before the message it changes.
+    for watcher in &mut watchers {
+        let (mut seq, mut rev) = (0, 0);
+        while seq < 40 || rev < changes {
+            let event = watcher.recv().await;
+            match event["type"].as_str().unwrap() {
+                "message" => {
+                    seq += 1;
+                    assert_eq!(event["seq"], seq, "{event}");
+                }
+                "edited" | "reaction" => {
+                    rev += 1;
+                    assert_eq!(event["rev"], rev, "{event}");
+                    assert!(
+                        event["seq"].as_u64().unwrap() <= seq,
+                        "{event} before its message"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    // A resume on the other node learns the changes made on this one.
+    let mut carol = Client::login(&two.url(), "carol", PASSWORD).await;
+    let joined = carol
+        .request(json!({"type":"join","room":"live","since":40,"since_rev":0}))
+        .await;
+    assert_eq!(
+        (joined["last_seq"].clone(), joined["rev"].clone()),
+        (json!(40), json!(changes))
+    );
+    let snapshot = carol.recv().await;
+    assert_eq!(snapshot["type"], "changes", "{snapshot}");
+    assert_eq!(snapshot["rev"], changes);
+    let changed = snapshot["messages"].as_array().unwrap();
+    assert_eq!(changed.len(), 20, "messages 1 to 20 have reactions");
+    assert_eq!(changed[3]["text"], "line 4 fixed");
+    assert_eq!(changed[3]["reactions"], json!({"👍":["bob"]}));
+    // Search on either node sees the edits.
+    let found = carol
+        .request(json!({"type":"search","query":"fixed","room":"live"}))
+        .await;
+    assert_eq!(found["messages"].as_array().unwrap().len(), 8, "{found}");
+    let gone = alice
+        .request(json!({"type":"delete","room":"live","seq":4}))
+        .await;
+    assert_eq!(gone["type"], "deleted");
+    let seen = carol
+        .recv_matching(Duration::from_secs(10), |e| e["type"] == "deleted")
+        .await;
+    assert_eq!(
+        (seen["seq"].clone(), seen["rev"].clone()),
+        (json!(4), json!(changes + 1))
+    );
+
+    // A forged change from Redis is refused and skips nothing.
+    let forged = json!({"kind":"change","origin":"mallory","room_id":1,"seq":40,"rev":changes + 2,
+                        "change":{"kind":"reaction","seq":4,"user":"m\u{1b}[2J","emoji":"x","on":true}});
+    assert_eq!(
+        cluster.redis.publish("chat:room:live", &forged.to_string()),
+        2
+    );
+    two.wait_for_log("ignoring an invalid cluster message", 1)
+        .await;
+    let answer = bob
+        .request(json!({"type":"react","room":"live","seq":5,"emoji":"🎉"}))
+        .await;
+    assert_eq!(answer["rev"], changes + 2, "{answer}");
+    let seen = carol
+        .recv_matching(Duration::from_secs(10), |e| e["type"] == "reaction")
+        .await;
+    assert_eq!(
+        (seen["user"].clone(), seen["rev"].clone()),
+        (json!("bob"), json!(changes + 2))
+    );
 }

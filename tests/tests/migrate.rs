@@ -94,6 +94,20 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything_and_resume_has_no_gap() {
         acks.iter().map(|a| a.0).collect::<Vec<_>>(),
         (1..=MESSAGES).collect::<Vec<_>>()
     );
+    // Messages that lived: an edit, a deletion, reactions in an order.
+    for change in [
+        json!({"type":"edit","room":"big","seq":1,"text":"message 0, edited"}),
+        json!({"type":"delete","room":"big","seq":2}),
+        json!({"type":"react","room":"big","seq":3,"emoji":"🎉"}),
+        json!({"type":"react","room":"big","seq":3,"emoji":"👍"}),
+    ] {
+        let answer = alice.request(change).await;
+        assert_ne!(answer["type"], "error", "{answer}");
+    }
+    let (joined, lived) = alice.join("big", Some(0)).await;
+    assert_eq!(joined["rev"], 4);
+    let lived: Vec<Value> = lived.into_iter().take(3).collect();
+    assert_eq!(lived[1]["deleted"], true);
     alice.join("small", None).await;
     alice.say("small", "the only one").await;
     // A read marker, which the copies keep with the account's rooms.
@@ -155,7 +169,15 @@ async fn sqlite_to_postgres_to_sqlite_keeps_everything_and_resume_has_no_gap() {
         assert_eq!(joined["last_seq"], MESSAGES, "{joined}");
         assert_eq!(seqs(&missed), (MESSAGES - 9..=MESSAGES).collect::<Vec<_>>());
         // Every message, from the start, with its original seq and ts.
-        let (_, all) = backlog(&mut alice, "big", 0).await;
+        let (joined, all) = backlog(&mut alice, "big", 0).await;
+        // Edits, deletions and reactions (in their order) came along, and
+        // so did the room's change counter.
+        assert_eq!(joined["rev"], 4, "{joined}");
+        assert_eq!(all[..3], lived[..]);
+        let found = alice
+            .request(json!({"type":"search","query":"edited"}))
+            .await;
+        assert_eq!(found["messages"][0]["seq"], 1, "{found}");
         let kept: Vec<(u64, i64)> = all
             .iter()
             .map(|m| (m["seq"].as_u64().unwrap(), m["ts"].as_i64().unwrap()))

@@ -54,7 +54,16 @@ async fn login_welcome_and_failures(backend: Backend) {
     );
     assert_eq!(
         features,
-        Some(json!(["read", "rooms_paging", "private", "dm"]))
+        Some(json!([
+            "read",
+            "rooms_paging",
+            "private",
+            "dm",
+            "edit",
+            "react",
+            "reply",
+            "search"
+        ]))
     );
     assert_eq!(rooms, Some(json!([])));
 

@@ -628,3 +628,72 @@ fn a_dm_opens_in_the_terminal_and_rings_the_bell_when_not_in_view() {
     }
     tmux.run(&["send-keys", "-t", Tmux::SESSION, "C-c"]);
 }
+
+/// The terminal client edits a message with the keys a person uses (Up to
+/// select it, `e`, more text, Enter), and a plain WebSocket client in the
+/// room sees the edit arrive; that client's reaction and its deletion of
+/// its own message then show in the terminal.
+#[test]
+fn an_edit_typed_in_the_terminal_reaches_a_websocket_client_and_back() {
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
+    let home = tempfile::tempdir().expect("temp dir");
+    let tmux = Tmux::start(
+        home.path(),
+        &[
+            ("HOME", home.path()),
+            ("XDG_CONFIG_HOME", &home.path().join("config")),
+            ("CHAT_PASSWORD", std::path::Path::new(PASSWORD)),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut bob = runtime.block_on(async {
+        let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+        bob.join("general", None).await;
+        bob
+    });
+    tmux.type_line(&format!(
+        "'{}' {} --user alice --join general",
+        tui_binary().display(),
+        server.url()
+    ));
+    tmux.wait_for(&["general", "alice"]);
+    tmux.type_line("lunch at noon");
+    runtime.block_on(async {
+        let message = bob
+            .recv_matching(TIMEOUT, |e| e["type"] == "message" && e["user"] == "alice")
+            .await;
+        assert_eq!(message["text"], "lunch at noon");
+    });
+    tmux.wait_for(&["alice: lunch at noon"]);
+    // Up on the empty input selects the newest message; `e` edits it.
+    tmux.run(&["send-keys", "-t", Tmux::SESSION, "Up"]);
+    tmux.run(&["send-keys", "-t", Tmux::SESSION, "e"]);
+    tmux.type_line(", moved to one");
+    runtime.block_on(async {
+        let edited = bob.recv_type("edited").await;
+        assert_eq!(
+            (edited["seq"].clone(), edited["text"].clone()),
+            (json!(1), json!("lunch at noon, moved to one"))
+        );
+        assert!(edited.get("re").is_none(), "{edited}");
+    });
+    tmux.wait_for(&["lunch at noon, moved to one", "(edited)"]);
+    // Bob reacts to it, and says and withdraws something.
+    runtime.block_on(async {
+        let answer = bob
+            .request(json!({"type":"react","room":"general","seq":1,"emoji":"👍"}))
+            .await;
+        assert_eq!(answer["on"], true, "{answer}");
+        bob.say("general", "oops wrong room").await;
+    });
+    tmux.wait_for(&["👍 1", "bob: oops wrong room"]);
+    runtime.block_on(async {
+        let answer = bob
+            .request(json!({"type":"delete","room":"general","seq":2}))
+            .await;
+        assert_eq!(answer["type"], "deleted", "{answer}");
+    });
+    let screen = tmux.wait_for(&["message deleted"]);
+    assert!(!screen.contains("oops wrong room"), "{screen}");
+    tmux.run(&["send-keys", "-t", Tmux::SESSION, "C-c"]);
+}

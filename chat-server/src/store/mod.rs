@@ -190,6 +190,9 @@ pub struct RoomRecord {
     pub private: bool,
     /// Time of the newest message (or of creation), milliseconds.
     pub last_activity: i64,
+    /// The room's change counter (kept by `migrate-db`, so that clients
+    /// resuming with `since_rev` stay right).
+    pub rev: u64,
 }
 
 /// One of an account's rooms: joined from some device and not forgotten.

@@ -841,7 +841,7 @@ const LIST_USERS: &str =
 
 /// With a viewer (`$3`), only the public rooms and the private ones among
 /// the viewer's account rooms.
-const LIST_ROOMS: &str = "SELECT id, name, last_seq, last_activity, private FROM rooms
+const LIST_ROOMS: &str = "SELECT id, name, last_seq, last_activity, private, rev FROM rooms
      WHERE ($1::text IS NULL OR name COLLATE \"C\" > $1)
        AND ($3::text IS NULL OR NOT private OR EXISTS (
             SELECT 1 FROM account_rooms a WHERE a.user_name = $3 AND a.room_id = rooms.id))
@@ -2193,6 +2193,7 @@ impl Store for PostgresStore {
                             last_seq: from_db(row.try_get(2)?),
                             private: row.try_get(4)?,
                             last_activity: row.try_get(3)?,
+                            rev: from_db(row.try_get(5)?),
                         })
                     })
                     .collect::<Result<_, PgError>>()?;
@@ -2501,14 +2502,15 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 let row = conn
                     .query_one(
-                        "INSERT INTO rooms (name, last_seq, last_activity, private)
-                         VALUES ($1, $2, $3, $4)
+                        "INSERT INTO rooms (name, last_seq, last_activity, private, rev)
+                         VALUES ($1, $2, $3, $4, $5)
                          RETURNING id",
                         &[
                             &room.name,
                             &to_db(room.last_seq),
                             &room.last_activity,
                             &room.private,
+                            &to_db(room.rev),
                         ],
                     )
                     .await?;
@@ -2534,19 +2536,27 @@ impl Store for PostgresStore {
         let edits: Vec<Option<i64>> = messages.iter().map(|m| m.edited_ts).collect();
         let deleted: Vec<bool> = messages.iter().map(|m| m.deleted).collect();
         // Reactions, one row per user. Their `rev` only orders a message's
-        // reactions (see `reactions_of_m!`): numbered here in the order the
-        // record lists them, which gives the same record back. The change
-        // log is not copied (the copy's rooms start at rev 0).
-        let (mut r_seqs, mut r_emoji, mut r_users, mut r_order) = (vec![], vec![], vec![], vec![]);
+        // reactions (see `reactions_of_m!`), and the copy has no change log:
+        // they are ranked in the order the record lists them, which reads
+        // back as the same record, below any real rev (which start at 1) so
+        // that reactions made after the copy come after them. The change
+        // log is not copied; the rooms keep their `rev` (import_room).
+        let (mut r_seqs, mut r_emoji, mut r_users, mut r_ranks) = (vec![], vec![], vec![], vec![]);
         for message in messages {
-            let mut order: i64 = 0;
+            let count: usize = message
+                .reactions
+                .0
+                .iter()
+                .map(|(_, users)| users.len())
+                .sum();
+            let mut rank = -(count as i64);
             for (emoji, users) in &message.reactions.0 {
                 for user in users {
-                    order += 1;
                     r_seqs.push(to_db(message.seq));
                     r_emoji.push(emoji.clone());
                     r_users.push(user.clone());
-                    r_order.push(order);
+                    r_ranks.push(rank);
+                    rank += 1;
                 }
             }
         }
@@ -2558,7 +2568,7 @@ impl Store for PostgresStore {
                     &statement,
                     &[
                         &room.0, &seqs, &users, &texts, &stamps, &replies, &edits, &deleted,
-                        &r_seqs, &r_emoji, &r_users, &r_order,
+                        &r_seqs, &r_emoji, &r_users, &r_ranks,
                     ],
                 )
                 .await?;

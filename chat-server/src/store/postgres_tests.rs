@@ -505,6 +505,7 @@ async fn imports_keep_the_state_of_messages() {
         last_seq: 3,
         private: false,
         last_activity: 5,
+        rev: 5,
     };
     let id = store.import_room(&room).await.unwrap();
     let mut messages = vec![
@@ -553,11 +554,26 @@ async fn imports_keep_the_state_of_messages() {
         .await
         .unwrap();
     assert_eq!(found.messages, [messages[1].clone()]);
+    // The room keeps its rev; a reaction made after the copy comes after
+    // the copied ones.
+    let rooms = store.list_rooms(None, 10, None).await.unwrap();
+    assert_eq!(rooms[0].rev, 5);
+    let changed = store
+        .change(id, 2, "dan", false, react("👍"), None)
+        .await
+        .unwrap();
+    assert_eq!(changed.rev, 6);
+    messages[1].reactions.set("👍", "dan", true);
+    let now = store.range(id, "copied", 1, 2, 1).await.unwrap();
+    assert_eq!(
+        reactions(&now[0]),
+        [("🎉", vec!["cat", "bob"]), ("👍", vec!["ann", "dan"])]
+    );
     let changed = store
         .change(id, 3, "cat", false, edit("changed"), None)
         .await
         .unwrap();
-    assert_eq!(changed.rev, 1);
+    assert_eq!(changed.rev, 7);
     let last = store.append(id, "ann", "new", None).await.unwrap();
     assert_eq!(last.seq, 4);
     store.close().await;
