@@ -217,3 +217,87 @@ async fn migrate_db_refuses_bad_arguments_in_one_line() {
         text(&scheme)
     );
 }
+
+/// The state of messages that live (part 2) survives both copies: edits,
+/// deletions, reactions and replies; the copies index the text for search
+/// and take further changes.
+#[tokio::test]
+async fn edits_deletions_reactions_and_replies_survive_copies_both_ways() {
+    let mut original = TestServer::with_users(Backend::Sqlite, Options::unlimited());
+    let mut alice = Client::login(&original.url(), "alice", PASSWORD).await;
+    let mut bob = Client::login(&original.url(), "bob", PASSWORD).await;
+    alice.join("talk", None).await;
+    bob.join("talk", None).await;
+    for text in ["one", "two, a secret", "three"] {
+        alice.say("talk", text).await;
+    }
+    let reply = alice
+        .request(json!({"type":"send","room":"talk","text":"about one","reply_to":1}))
+        .await;
+    assert_eq!(reply["seq"], 4, "{reply}");
+    for (who, request) in [
+        (
+            "alice",
+            json!({"type":"edit","room":"talk","seq":3,"text":"three, edited"}),
+        ),
+        (
+            "alice",
+            json!({"type":"react","room":"talk","seq":1,"emoji":"👍"}),
+        ),
+        (
+            "bob",
+            json!({"type":"react","room":"talk","seq":1,"emoji":"🎉"}),
+        ),
+        (
+            "alice",
+            json!({"type":"react","room":"talk","seq":1,"emoji":"🎉"}),
+        ),
+        ("alice", json!({"type":"delete","room":"talk","seq":2})),
+    ] {
+        let client = if who == "alice" { &mut alice } else { &mut bob };
+        let answer = client.request(request.clone()).await;
+        assert_ne!(answer["type"], "error", "{request} got {answer}");
+    }
+    drop((alice, bob));
+    let sqlite = original.scratch().db().to_owned();
+    assert!(original.terminate().success());
+
+    let postgres = Scratch::new(Backend::Postgres);
+    let there = migrate(&sqlite, postgres.db());
+    assert!(there.status.success(), "{}", text(&there));
+    let back = Scratch::new(Backend::Sqlite);
+    let home = migrate(postgres.db(), back.db());
+    assert!(home.status.success(), "{}", text(&home));
+
+    for scratch in [postgres, back] {
+        let backend = scratch.backend();
+        let server = TestServer::start_with(scratch, Options::unlimited());
+        let mut alice = Client::login(&server.url(), "alice", PASSWORD).await;
+        let (_, all) = backlog(&mut alice, "talk", 0).await;
+        assert_eq!(seqs(&all), [1, 2, 3, 4], "{backend:?}");
+        assert_eq!(all[0]["reactions"]["👍"], json!(["alice"]), "{backend:?}");
+        assert_eq!(
+            all[0]["reactions"]["🎉"],
+            json!(["bob", "alice"]),
+            "{backend:?}"
+        );
+        assert_eq!(all[1]["deleted"], true, "{backend:?}");
+        assert_eq!(all[1]["text"], "", "{backend:?}");
+        assert_eq!(all[2]["text"], "three, edited", "{backend:?}");
+        assert!(all[2]["edited_ts"].is_i64(), "{backend:?}: {}", all[2]);
+        assert_eq!(all[3]["reply_to"], 1, "{backend:?}");
+        // Searchable: the edited text, never the deleted one.
+        let found = alice.request(json!({"type":"search","query":"edit"})).await;
+        assert_eq!(found["type"], "search_results", "{backend:?}: {found}");
+        assert_eq!(found["messages"][0]["seq"], 3, "{backend:?}: {found}");
+        let none = alice
+            .request(json!({"type":"search","query":"secret"}))
+            .await;
+        assert_eq!(none["messages"], json!([]), "{backend:?}: {none}");
+        // And copied messages take changes like any other.
+        let edited = alice
+            .request(json!({"type":"edit","room":"talk","seq":1,"text":"one, edited after"}))
+            .await;
+        assert_eq!(edited["type"], "edited", "{backend:?}: {edited}");
+    }
+}

@@ -1,20 +1,23 @@
 //! The PostgreSQL backend: one database shared by every node of a cluster.
 //!
-//! **Group commit.** Every write a client waits for (a send, creating or
-//! deleting a room, registering) is queued to one writer task per node. The
-//! writer takes everything queued, up to [`MAX_BATCH`] jobs, and commits it
-//! in one transaction: a commit costs a WAL flush and a round trip, so under
-//! load hundreds of sends share one, while an idle server still commits a
-//! lone send at once (nothing waits for a batch to fill).
+//! **Group commit.** Every write a client waits for (a send, an edit,
+//! deletion or reaction, creating or deleting a room, registering) is
+//! queued to one writer task per node. The writer takes everything queued,
+//! up to [`MAX_BATCH`] jobs, and commits it in one transaction: a commit
+//! costs a WAL flush and a round trip, so under load hundreds of sends share
+//! one, while an idle server still commits a lone send at once (nothing
+//! waits for a batch to fill).
 //!
 //! **One round trip a batch.** The whole transaction goes out as one
 //! pipeline: `BEGIN`, one statement that locks the batch's rooms, one
-//! statement that stores every message of the batch, a statement or two per
-//! rare job, `COMMIT`. tokio-postgres writes them back to back and
-//! PostgreSQL answers them in order, so the writer waits for the network
-//! once. That works because no statement needs an answer to an earlier one
-//! on this side: the database itself computes each message's `seq` (see
-//! [`STORE_MESSAGES`]). Acks wait for `COMMIT`'s answer.
+//! statement that stores every message of the batch, one per change, a
+//! statement or two per rare job, `COMMIT`. tokio-postgres writes them back
+//! to back and PostgreSQL answers them in order, so the writer waits for the
+//! network once. That works because no statement needs an answer to an
+//! earlier one on this side: the database itself computes each message's
+//! `seq` (see [`STORE_MESSAGES`]) and checks and applies each change,
+//! answering a refusal as a row rather than an error (see
+//! [`APPLY_CHANGE`]). Acks wait for `COMMIT`'s answer.
 //!
 //! **How `seq` stays contiguous.** A room's messages are numbered from
 //! `rooms.last_seq`, which the same statement that stores them bumps by
@@ -24,25 +27,38 @@
 //! handed out in commit order, no two transactions get the same one, and a
 //! transaction that rolls back gives its numbers back with its `UPDATE`.
 //!
+//! **How `rev` stays contiguous.** A change moves its room's `rev` by one
+//! with the same row lock, and is logged in `room_changes` at the room's
+//! position then (`last_seq`, `rev`); a message records the room's `rev`
+//! when it was stored. Every event of a room thus has an index
+//! `seq + rev` one more than the one before, in commit order.
+//!
 //! **Lock order.** A batch may touch many rooms, and so may another node's.
-//! The batch's first statement locks all the rooms it appends to or deletes
-//! in id order (`ORDER BY id FOR UPDATE`), so two writers take the rows they
-//! share in the same order and cannot deadlock on them; new room and user
-//! names are inserted in name order for the same reason. A deadlock that
-//! happens anyway (a room created and deleted by two nodes at once) rolls
+//! The batch's first statement locks all the rooms it appends to, changes
+//! or deletes in id order (`ORDER BY id FOR UPDATE`), so two writers take
+//! the rows they share in the same order and cannot deadlock on them (a
+//! change's reaction and log rows live under its room's lock); new room and
+//! user names are inserted in name order for the same reason. A deadlock
+//! that happens anyway (a room created and deleted by two nodes at once) rolls
 //! the transaction back, and the batch is retried.
 //!
-//! **The commit feed.** After `COMMIT`, the stored messages and deletions
-//! go on the feed in commit order, then the jobs are answered, as in the
-//! SQLite backend.
+//! **The commit feed.** After `COMMIT`, the stored messages, changes and
+//! room deletions go on the feed in the order they ran, then the jobs are
+//! answered, as in the SQLite backend.
+//!
+//! **Search** is PostgreSQL's full-text search over a GIN index (see
+//! migration 5 and [`SEARCH`]); pages go newest first by `gid`, a number
+//! every message takes from a sequence when stored.
 //!
 //! **One bad job.** A batch that fails on one job's data (a constraint or
 //! a value PostgreSQL refuses) is split in halves and committed again until
 //! that job stands alone: it gets the error, the others commit.
 //!
-//! **Reads and rare writes** (logins, history, room lists, account changes
-//! from the admin commands, `migrate-db` imports) take a connection from the
-//! pool directly: each is one statement, atomic on its own.
+//! **Reads and rare writes** (logins, history, gap fills, searches, room
+//! lists, account changes from the admin commands, `migrate-db` imports)
+//! take a connection from the pool directly: each is one statement, atomic
+//! on its own and reading one snapshot (a page of messages with their
+//! reactions, a room's changes with its `rev`).
 //!
 //! **Losing the database.** Connecting, waiting for a pooled connection and
 //! every answer are bounded in time (and the server aborts statements that
@@ -53,7 +69,7 @@
 //! connections once the database is back. The outage is logged once when
 //! it starts and once when it ends, not per request.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::error::Error as _;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -77,8 +93,9 @@ use tokio::time::timeout;
 
 use super::jobs::{answer, Outcome, WriteJob};
 use super::{
-    now_ms, AccountRoomRecord, AccountRoomRow, Appended, Commit, Durability, HistoryPage, RoomHead,
-    RoomId, RoomRecord, SessionId, Store, StoreError, Stored, UserRecord,
+    now_ms, AccountRoomRecord, AccountRoomRow, Answer, Appended, Change, Changed, Commit,
+    Durability, HistoryPage, Position, RoomEvent, RoomHead, RoomId, RoomRecord, SearchPage,
+    SearchQuery, SessionId, Store, StoreError, Stored, UserRecord, MAX_REACTIONS_PER_MESSAGE,
 };
 
 type PgError = tokio_postgres::Error;
@@ -189,7 +206,81 @@ const MIGRATIONS: &[&str] = &[
     // Private rooms and direct messages: their members are the accounts
     // whose rooms hold them.
     "ALTER TABLE rooms ADD COLUMN private boolean NOT NULL DEFAULT false;",
+    // Messages that live (protocol part 2): edits, deletions, reactions and
+    // replies, each change one step of the room's `rev`, logged in
+    // `room_changes` (what resume and gap fills read back); and full-text
+    // search.
+    //
+    // `gid` numbers every message in storing order across rooms: search
+    // pages go newest first by it and use it as their cursor. Existing
+    // messages are numbered by time here; new ones take the identity's next
+    // value (a sequence: nodes never wait for each other to number, and a
+    // rolled back batch only leaves a gap, which a cursor does not mind).
+    //
+    // Reactions and the change log are written only under the room's row
+    // lock, like messages, but unlike messages (which are deleted
+    // explicitly, see DELETE_ROOM) they go with their room through the
+    // foreign keys: one range delete per room, whoever deletes it.
+    //
+    // Search: a GIN index over the words of the text with the `simple`
+    // configuration (no stemming, no stop words: a word matches as typed,
+    // as a prefix). ASCII punctuation becomes a space first so that the
+    // words are runs of letters and digits, as the protocol splits a query
+    // (the parser would otherwise keep `example.com` or `3.14` whole). The
+    // words are a stored generated column: a plan that walks `gid`
+    // backwards and checks each message (the cheapest for common words)
+    // then reads them instead of parsing the text again per row. Only
+    // messages not deleted are indexed; a deleted one's text, and so its
+    // words, are empty too.
+    "ALTER TABLE rooms ADD COLUMN rev bigint NOT NULL DEFAULT 0 CHECK (rev >= 0);
+     ALTER TABLE messages
+         ADD COLUMN rev bigint NOT NULL DEFAULT 0,
+         ADD COLUMN reply_to bigint,
+         ADD COLUMN edited_ts bigint,
+         ADD COLUMN deleted boolean NOT NULL DEFAULT false,
+         ADD COLUMN gid bigint;
+     UPDATE messages SET gid = numbered.n
+         FROM (SELECT room_id, seq, row_number() OVER (ORDER BY ts, room_id, seq) AS n
+                 FROM messages) AS numbered
+         WHERE messages.room_id = numbered.room_id AND messages.seq = numbered.seq;
+     ALTER TABLE messages ALTER COLUMN gid SET NOT NULL;
+     ALTER TABLE messages ALTER COLUMN gid ADD GENERATED ALWAYS AS IDENTITY;
+     SELECT setval(pg_get_serial_sequence('messages', 'gid'), coalesce(max(gid), 0) + 1, false)
+         FROM messages;
+     CREATE UNIQUE INDEX messages_by_gid ON messages (gid);
+     ALTER TABLE messages ADD COLUMN words tsvector GENERATED ALWAYS AS
+         (to_tsvector('simple', regexp_replace(text, '[!-/:-@[-`{-~]+', ' ', 'g'))) STORED;
+     CREATE INDEX messages_search ON messages USING gin (words) WHERE NOT deleted;
+     CREATE TABLE reactions (
+         room_id bigint NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+         seq bigint NOT NULL,
+         emoji text NOT NULL,
+         user_name text NOT NULL,
+         rev bigint NOT NULL,
+         PRIMARY KEY (room_id, seq, emoji, user_name)
+     );
+     CREATE TABLE room_changes (
+         room_id bigint NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+         rev bigint NOT NULL,
+         at_seq bigint NOT NULL,
+         seq bigint NOT NULL,
+         kind text NOT NULL CHECK (kind IN ('edit', 'delete', 'react')),
+         user_name text NOT NULL,
+         text text,
+         emoji text,
+         turned_on boolean,
+         ts bigint NOT NULL,
+         PRIMARY KEY (room_id, rev)
+     );",
 ];
+
+/// The words a message `m` is searched by: the column the
+/// `messages_search` index covers (migration 5).
+macro_rules! search_document {
+    () => {
+        "m.words"
+    };
+}
 
 /// The foreign key from `account_rooms` to `rooms` (see [`MARK_READ`]).
 const ACCOUNT_ROOMS_ROOM_FKEY: &str = "account_rooms_room_fkey";
@@ -573,6 +664,11 @@ impl Health {
     }
 }
 
+/// What a text with a NUL character gets: PostgreSQL cannot store it.
+fn no_nul() -> StoreError {
+    StoreError::Unavailable("PostgreSQL cannot store NUL characters".into())
+}
+
 /// `u64` counters are `bigint` columns; they never get near the limit.
 fn to_db(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -584,36 +680,118 @@ fn from_db(n: i64) -> u64 {
 
 // ---- Statements. ----
 
-/// Locks, in id order, every room the batch appends to ($1) or deletes
-/// ($2): writers on several nodes then take shared rooms in the same order.
+/// Locks, in id order, every room the batch appends to or changes ($1) or
+/// deletes ($2): writers on several nodes then take shared rooms in the
+/// same order.
 const LOCK_ROOMS: &str = "SELECT id FROM rooms
      WHERE id = ANY($1::bigint[]) OR name = ANY($2::text[])
      ORDER BY id
      FOR UPDATE";
 
-/// Stores every message of a batch. `$1`/`$2`: each room appended to and
-/// its number of messages; `$3`: the time; `$4`..`$7`: per message, its
-/// room, its place among that room's messages in this batch (1, 2, …), its
-/// author and text. Each room's counter moves by its count and the messages
-/// take the numbers just below the new value, in order. A room that no
-/// longer exists matches no row: its messages are not stored, and it is
-/// missing from the answer (`NoSuchRoom` for those jobs).
-const STORE_MESSAGES: &str = "WITH counts AS (
-         SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS c(room_id, n)
+/// Stores every message of a batch. `$1`: the time; `$2`..`$5`: per
+/// message, in queue order, its room, author, text and the message it
+/// replies to. A reply to a message that is unknown or deleted is refused
+/// (`ok` false) and takes no number. Each room's counter moves by its count
+/// of the rest, which take the numbers just below the new value in queue
+/// order, and the room's `rev` as their position's. A room that no longer
+/// exists matches no row: its messages are not stored, and its name is
+/// missing from the answer (`NoSuchRoom` for those jobs). One row per
+/// message, in queue order.
+const STORE_MESSAGES: &str = "WITH batch AS (
+         SELECT m.*, (m.reply_to IS NULL OR EXISTS (
+                    SELECT 1 FROM messages AS t
+                     WHERE t.room_id = m.room_id AND t.seq = m.reply_to AND NOT t.deleted)) AS ok
+           FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[])
+                WITH ORDINALITY AS m(room_id, author, body, reply_to, n)
+     ), placed AS (
+         SELECT b.*, row_number() OVER (PARTITION BY b.room_id ORDER BY b.n) AS place
+           FROM batch AS b WHERE b.ok
+     ), counts AS (
+         SELECT room_id, count(*) AS n FROM placed GROUP BY room_id
      ), bumped AS (
          UPDATE rooms AS r
-            SET last_seq = r.last_seq + c.n, last_activity = $3::bigint
+            SET last_seq = r.last_seq + c.n, last_activity = $1::bigint
            FROM counts AS c
           WHERE r.id = c.room_id
-      RETURNING r.id, r.name, r.last_seq - c.n AS base
+      RETURNING r.id, r.name, r.last_seq - c.n AS base, r.rev
      ), stored AS (
-         INSERT INTO messages (room_id, seq, \"user\", text, ts)
-         SELECT m.room_id, b.base + m.place, m.author, m.body, $3::bigint
-           FROM unnest($4::bigint[], $5::bigint[], $6::text[], $7::text[])
-                AS m(room_id, place, author, body)
-           JOIN bumped AS b ON b.id = m.room_id
+         INSERT INTO messages (room_id, seq, \"user\", text, ts, rev, reply_to)
+         SELECT p.room_id, b.base + p.place, p.author, p.body, $1::bigint, b.rev, p.reply_to
+           FROM placed AS p JOIN bumped AS b ON b.id = p.room_id
+          ORDER BY p.n
      )
-     SELECT id, name, base FROM bumped";
+     SELECT b.ok, r.name, r.base + p.place, r.rev
+       FROM batch AS b
+       LEFT JOIN placed AS p ON p.n = b.n
+       LEFT JOIN bumped AS r ON r.id = p.room_id
+      ORDER BY b.n";
+
+/// Applies one edit, deletion or reaction, checks included, in one
+/// statement (so that the batch's pipeline needs no answer before going
+/// on; the room is already locked): `$1` room, `$2` seq, `$3` user, `$4`
+/// admin, `$5` kind (`edit`, `delete`, `react`), `$6` the new text, `$7`
+/// the emoji, `$8` the time, `$9` [`MAX_REACTIONS_PER_MESSAGE`].
+///
+/// `verdict` is `ok` or why not; only then does the room's `rev` move by
+/// one and the rest happen: an edit replaces the text; a deletion empties
+/// it (in storage, not only in answers: in the change log's earlier edits
+/// too) and drops the message's reactions; a reaction is toggled, `had`
+/// saying it was on before. Every change is logged at the room's position
+/// then. One row: the verdict, `had`, and the room's name, `last_seq` and
+/// new `rev` (NULL when nothing was changed).
+const APPLY_CHANGE: &str = "WITH target AS (
+         SELECT \"user\" AS author FROM messages
+          WHERE room_id = $1::bigint AND seq = $2::bigint AND NOT deleted
+     ), mine AS (
+         SELECT EXISTS (SELECT 1 FROM reactions
+                         WHERE room_id = $1 AND seq = $2
+                           AND emoji = $7::text AND user_name = $3::text) AS had,
+                EXISTS (SELECT 1 FROM reactions
+                         WHERE room_id = $1 AND seq = $2 AND emoji = $7) AS known,
+                (SELECT count(DISTINCT emoji) FROM reactions
+                  WHERE room_id = $1 AND seq = $2) AS kinds
+     ), verdict AS (
+         SELECT CASE
+                    WHEN t.author IS NULL THEN 'no_message'
+                    WHEN $5::text = 'edit' AND t.author <> $3 THEN 'not_author'
+                    WHEN $5 = 'delete' AND t.author <> $3 AND NOT $4::boolean THEN 'not_author'
+                    WHEN $5 = 'react' AND NOT mine.had AND NOT mine.known
+                         AND mine.kinds >= $9::bigint THEN 'too_many'
+                    ELSE 'ok'
+                END AS status,
+                mine.had
+           FROM mine LEFT JOIN target AS t ON true
+     ), bumped AS (
+         UPDATE rooms SET rev = rev + 1
+          WHERE id = $1 AND (SELECT status FROM verdict) = 'ok'
+      RETURNING name, last_seq, rev
+     ), edited AS (
+         UPDATE messages SET text = $6::text, edited_ts = $8::bigint
+          WHERE room_id = $1 AND seq = $2 AND $5 = 'edit' AND EXISTS (SELECT 1 FROM bumped)
+     ), deleted AS (
+         UPDATE messages SET text = '', deleted = true
+          WHERE room_id = $1 AND seq = $2 AND $5 = 'delete' AND EXISTS (SELECT 1 FROM bumped)
+     ), unlogged AS (
+         UPDATE room_changes SET text = ''
+          WHERE room_id = $1 AND seq = $2 AND kind = 'edit'
+            AND $5 = 'delete' AND EXISTS (SELECT 1 FROM bumped)
+     ), unreacted AS (
+         DELETE FROM reactions
+          WHERE room_id = $1 AND seq = $2 AND EXISTS (SELECT 1 FROM bumped)
+            AND ($5 = 'delete' OR ($5 = 'react' AND emoji = $7 AND user_name = $3))
+     ), reacted AS (
+         INSERT INTO reactions (room_id, seq, emoji, user_name, rev)
+         SELECT $1, $2, $7, $3, b.rev FROM bumped AS b, verdict AS v
+          WHERE $5 = 'react' AND NOT v.had
+     ), logged AS (
+         INSERT INTO room_changes
+                (room_id, rev, at_seq, seq, kind, user_name, text, emoji, turned_on, ts)
+         SELECT $1, b.rev, b.last_seq, $2, $5, $3, $6, $7,
+                CASE WHEN $5 = 'react' THEN NOT v.had END, $8
+           FROM bumped AS b, verdict AS v
+     )
+     SELECT v.status, v.had, b.name, b.last_seq, b.rev
+       FROM verdict AS v LEFT JOIN bumped AS b ON true";
 
 const CREATE_ROOM: &str = "INSERT INTO rooms (name, last_activity) VALUES ($1, $2)
      ON CONFLICT (name) DO NOTHING";
@@ -621,7 +799,7 @@ const CREATE_ROOM: &str = "INSERT INTO rooms (name, last_activity) VALUES ($1, $
 /// Run as its own statement after [`CREATE_ROOM`]: a statement's snapshot
 /// predates the statement, so one that also read the room would miss a
 /// room another node created meanwhile (which made the insert do nothing).
-const ROOM_HEAD: &str = "SELECT id, last_seq, private FROM rooms WHERE name = $1";
+const ROOM_HEAD: &str = "SELECT id, last_seq, private, rev FROM rooms WHERE name = $1";
 
 /// Creates a private room and its members' account rooms in one statement
 /// (atomic on its own): `$1` the name, `$2` the time, `$3` the members.
@@ -648,6 +826,7 @@ const CREATE_USER: &str =
 /// add one before it commits: no message outlives its room.
 const LOCK_ROOM: &str = "SELECT id FROM rooms WHERE name = $1 FOR UPDATE";
 
+/// The room's reactions and change log go with it (foreign keys).
 const DELETE_ROOM: &str = "WITH gone AS (
          DELETE FROM rooms WHERE name = $1 RETURNING id
      ), history AS (
@@ -664,29 +843,145 @@ const LIST_USERS: &str =
 
 /// With a viewer (`$3`), only the public rooms and the private ones among
 /// the viewer's account rooms.
-const LIST_ROOMS: &str = "SELECT id, name, last_seq, last_activity, private FROM rooms
+const LIST_ROOMS: &str = "SELECT id, name, last_seq, last_activity, private, rev FROM rooms
      WHERE ($1::text IS NULL OR name COLLATE \"C\" > $1)
        AND ($3::text IS NULL OR NOT private OR EXISTS (
             SELECT 1 FROM account_rooms a WHERE a.user_name = $3 AND a.room_id = rooms.id))
      ORDER BY name COLLATE \"C\" LIMIT $2";
 
+/// A message's columns as [`message_from_row`] reads them, from `messages
+/// AS m` joined with [`reactions_of_m!`].
+macro_rules! message_columns {
+    () => {
+        "m.seq, m.\"user\", m.text, m.ts, m.reply_to, m.edited_ts, m.deleted, rx.emoji, rx.users"
+    };
+}
+
+/// The reactions of message `m`, as two arrays in the order they were
+/// made (one row, NULLs when there are none): folding them in that order
+/// gives each emoji's users in the order they reacted, and the emoji in the
+/// order of their first reaction still on.
+macro_rules! reactions_of_m {
+    () => {
+        "CROSS JOIN LATERAL (
+             SELECT array_agg(x.emoji ORDER BY x.rev) AS emoji,
+                    array_agg(x.user_name ORDER BY x.rev) AS users
+               FROM reactions AS x WHERE x.room_id = m.room_id AND x.seq = m.seq
+         ) AS rx"
+    };
+}
+
 /// A history page in one round trip: the room's row gives the page's end
 /// (its newest seq, or the one before `before`), and the page is the range
 /// of the primary key below it. No row: no such room; one row with NULLs:
 /// an empty page.
-const HISTORY_PAGE: &str = "WITH head AS (
+const HISTORY_PAGE: &str = concat!(
+    "WITH head AS (
          SELECT id, LEAST(last_seq, $2) AS last FROM rooms WHERE name = $1
      )
-     SELECT head.last, m.seq, m.\"user\", m.text, m.ts
-     FROM head LEFT JOIN messages m
-         ON m.room_id = head.id AND m.seq <= head.last AND m.seq > head.last - $3
-     ORDER BY m.seq";
+     SELECT head.last, ",
+    message_columns!(),
+    " FROM head LEFT JOIN messages m
+         ON m.room_id = head.id AND m.seq <= head.last AND m.seq > head.last - $3 ",
+    reactions_of_m!(),
+    " ORDER BY m.seq"
+);
 
-const READ_RANGE: &str = "SELECT seq, \"user\", text, ts FROM messages
-     WHERE room_id = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq";
+const READ_RANGE: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages m ",
+    reactions_of_m!(),
+    " WHERE m.room_id = $1 AND m.seq >= $2 AND m.seq <= $3 ORDER BY m.seq"
+);
 
-const IMPORT_MESSAGES: &str = "INSERT INTO messages (room_id, seq, \"user\", text, ts)
-     SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[])";
+/// A gap fill in one statement (one snapshot): the room's messages after
+/// `$2` (at most `$4` of them, in their current state) and its logged
+/// changes after rev `$3` (the first `$4`), merged by event index
+/// (`seq + rev` of each one's position) up to `$5`, the first `$4`. A change
+/// row carries its message's seq, its author, its text (an edit's) and its
+/// time in the message columns.
+const READ_EVENTS: &str = concat!(
+    "SELECT e.* FROM (
+         (SELECT 'message' AS kind, m.seq AS at_seq, m.rev AS at_rev, ",
+    message_columns!(),
+    ", NULL::text AS emoji, NULL::boolean AS turned_on
+            FROM messages m ",
+    reactions_of_m!(),
+    " WHERE m.room_id = $1 AND m.seq > $2 AND m.seq <= $2 + $4)
+         UNION ALL
+         (SELECT c.kind, c.at_seq, c.rev, c.seq, c.user_name, c.text, c.ts, NULL::bigint,
+                 NULL::bigint, NULL::boolean, NULL::text[], NULL::text[], c.emoji, c.turned_on
+            FROM room_changes c
+           WHERE c.room_id = $1 AND c.rev > $3
+           ORDER BY c.rev LIMIT $4)
+     ) AS e
+     WHERE e.at_seq + e.at_rev <= $5
+     ORDER BY e.at_seq + e.at_rev LIMIT $4"
+);
+
+/// The messages of room `$1` with `$3 < seq <= $4` changed after rev `$2`,
+/// in their current state, the first `$5` by seq; and the room's `rev`, in
+/// one statement: both of the same snapshot. No row: no such room; one row
+/// with NULLs: nothing changed.
+const CHANGED_SINCE: &str = concat!(
+    "WITH head AS (
+         SELECT rev FROM rooms WHERE id = $1
+     ), changed AS (
+         SELECT DISTINCT seq FROM room_changes
+          WHERE room_id = $1 AND rev > $2 AND seq > $3 AND seq <= $4
+          ORDER BY seq LIMIT $5
+     )
+     SELECT head.rev, ",
+    message_columns!(),
+    " FROM head LEFT JOIN (changed c JOIN messages m ON m.room_id = $1 AND m.seq = c.seq) ON true ",
+    reactions_of_m!(),
+    " ORDER BY m.seq"
+);
+
+/// A page of search results, newest first: `$1` the tsquery, `$2` the
+/// cursor (gids below it), `$3` the room or NULL, `$4` the viewer (who
+/// reads the public rooms and the private ones among their account rooms),
+/// `$5` how many. The page is cut before the reactions are read.
+const SEARCH: &str = concat!(
+    "SELECT m.gid, m.name, ",
+    message_columns!(),
+    " FROM (
+         SELECT m.gid, m.room_id, m.seq, m.\"user\", m.text, m.ts, m.reply_to, m.edited_ts,
+                m.deleted, r.name
+           FROM messages m JOIN rooms r ON r.id = m.room_id
+          WHERE ",
+    search_document!(),
+    " @@ to_tsquery('simple', $1) AND NOT m.deleted
+            AND m.gid < $2 AND ($3::bigint IS NULL OR m.room_id = $3)
+            AND (NOT r.private OR EXISTS (
+                 SELECT 1 FROM account_rooms a WHERE a.user_name = $4 AND a.room_id = r.id))
+          ORDER BY m.gid DESC LIMIT $5
+     ) AS m ",
+    reactions_of_m!(),
+    " ORDER BY m.gid DESC"
+);
+
+/// The tsquery text for `words`: each a quoted lexeme matched as a prefix,
+/// all required. The words are letters and digits only, but quotes and
+/// backslashes are escaped anyway (tsquery syntax), so no word can be
+/// taken for an operator. Passed as a parameter, never spliced into SQL.
+fn tsquery(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|word| format!("'{}':*", word.replace('\\', "\\\\").replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(" & ")
+}
+
+const IMPORT_MESSAGES: &str = "WITH stored AS (
+         INSERT INTO messages (room_id, seq, \"user\", text, ts, reply_to, edited_ts, deleted)
+         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[],
+                                  $6::bigint[], $7::bigint[], $8::boolean[])
+          ORDER BY 2
+     )
+     INSERT INTO reactions (room_id, seq, emoji, user_name, rev)
+     SELECT $1, * FROM unnest($9::bigint[], $10::text[], $11::text[], $12::bigint[])";
 
 /// `COLLATE "C"`: bytewise, as SQLite orders them.
 const ACCOUNT_ROOMS: &str = "SELECT r.id, r.name, r.last_seq, a.read_seq, r.private
@@ -750,8 +1045,30 @@ async fn room_head(conn: &ClientWrapper, name: &str) -> Result<Option<RoomHead>,
         id: RoomId(row.try_get(0)?),
         last_seq: from_db(row.try_get(1)?),
         private: row.try_get(2)?,
-        rev: 0,
+        rev: from_db(row.try_get(3)?),
     }))
+}
+
+/// The message in the [`message_columns!`] of `row` from column `at` on,
+/// of the room named `room`.
+fn message_from_row(room: &str, row: &Row, at: usize) -> Result<MessageRecord, PgError> {
+    let mut message = MessageRecord {
+        room: room.to_owned(),
+        seq: from_db(row.try_get(at)?),
+        user: row.try_get(at + 1)?,
+        text: row.try_get(at + 2)?,
+        ts: row.try_get(at + 3)?,
+        reply_to: row.try_get::<_, Option<i64>>(at + 4)?.map(from_db),
+        edited_ts: row.try_get(at + 5)?,
+        deleted: row.try_get(at + 6)?,
+        reactions: Default::default(),
+    };
+    let emoji: Option<Vec<String>> = row.try_get(at + 7)?;
+    let users: Option<Vec<String>> = row.try_get(at + 8)?;
+    for (emoji, user) in emoji.iter().flatten().zip(users.iter().flatten()) {
+        message.reactions.set(emoji, user, true);
+    }
+    Ok(message)
 }
 
 async fn read_range(
@@ -766,17 +1083,70 @@ async fn read_range(
         .query(&statement, &[&room.0, &to_db(first), &to_db(last)])
         .await?;
     rows.iter()
-        .map(|row| {
-            Ok(MessageRecord {
-                room: name.to_owned(),
-                seq: from_db(row.try_get(0)?),
-                user: row.try_get(1)?,
-                text: row.try_get(2)?,
-                ts: row.try_get(3)?,
-                ..Default::default()
-            })
-        })
+        .map(|row| message_from_row(name, row, 0))
         .collect()
+}
+
+/// A gap fill's events (see [`READ_EVENTS`]).
+async fn read_events(
+    conn: &ClientWrapper,
+    name: &str,
+    room: RoomId,
+    after: Position,
+    upto: u64,
+    limit: usize,
+) -> Result<Vec<Stored>, PgError> {
+    let wanted = upto.saturating_sub(after.index()).min(limit as u64);
+    if wanted == 0 {
+        return Ok(Vec::new());
+    }
+    let statement = conn.prepare_cached(READ_EVENTS).await?;
+    let rows = conn
+        .query(
+            &statement,
+            &[
+                &room.0,
+                &to_db(after.seq),
+                &to_db(after.rev),
+                &to_db(wanted),
+                &to_db(upto),
+            ],
+        )
+        .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let kind: &str = row.try_get(0)?;
+        let at = Position {
+            seq: from_db(row.try_get(1)?),
+            rev: from_db(row.try_get(2)?),
+        };
+        // The message columns start at 3; a change's seq, user, text and
+        // time are in the first four of them, its emoji and on/off after.
+        let seq = from_db(row.try_get(3)?);
+        let event = match kind {
+            "message" => RoomEvent::Message(message_from_row(name, row, 3)?),
+            "edit" => RoomEvent::Edited {
+                seq,
+                text: row.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
+                edited_ts: row.try_get(6)?,
+            },
+            "delete" => RoomEvent::Deleted { seq },
+            _ => RoomEvent::Reaction {
+                seq,
+                user: row.try_get(4)?,
+                emoji: row.try_get::<_, Option<String>>(12)?.unwrap_or_default(),
+                on: row.try_get::<_, Option<bool>>(13)?.unwrap_or(false),
+            },
+        };
+        events.push(Stored {
+            room_id: room,
+            room: name.to_owned(),
+            at,
+            event,
+            answer: None,
+        });
+    }
+    Ok(events)
 }
 
 // ---- The writer task. ----
@@ -785,69 +1155,90 @@ async fn read_range(
 /// the rooms it locks.
 #[derive(Debug, Default, PartialEq)]
 struct Plan<'a> {
-    /// The rooms appended to, ascending, and how many messages each gets.
+    /// The rooms appended to or changed, ascending: locked first.
     rooms: Vec<i64>,
-    counts: Vec<i64>,
-    /// One entry per append, in queue order: its room, and its place among
-    /// that room's messages in this batch (1, 2, …), which keeps a room's
-    /// messages in queue order.
+    /// One entry per append, in queue order: its room, author, text and
+    /// the message it replies to. Queue order is a room's seq order.
     message_rooms: Vec<i64>,
-    places: Vec<i64>,
     users: Vec<&'a str>,
     texts: Vec<&'a str>,
-    /// The rooms the batch deletes, locked along with the appends' rooms.
+    reply_to: Vec<Option<i64>>,
+    /// The rooms the batch deletes, locked along with the others.
     deleted: Vec<&'a str>,
+}
+
+/// What [`STORE_MESSAGES`] answered for one append.
+#[derive(Debug, Clone, PartialEq)]
+enum Placed {
+    /// Stored in the room named so, at this seq, the room's `rev` then.
+    Stored { name: String, seq: u64, rev: u64 },
+    /// Its reply target is unknown or deleted.
+    BadReply,
+    /// Its room is gone.
+    NoRoom,
 }
 
 impl<'a> Plan<'a> {
     fn new(jobs: &'a [WriteJob]) -> Plan<'a> {
         let mut plan = Plan::default();
-        let mut per_room: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut rooms = std::collections::BTreeSet::new();
         for job in jobs {
             match job {
                 WriteJob::Append {
-                    room, user, text, ..
+                    room,
+                    user,
+                    text,
+                    reply_to,
+                    ..
                 } => {
-                    let count = per_room.entry(room.0).or_insert(0);
-                    *count += 1;
+                    rooms.insert(room.0);
                     plan.message_rooms.push(room.0);
-                    plan.places.push(*count);
                     plan.users.push(user);
                     plan.texts.push(text);
+                    plan.reply_to.push(reply_to.map(to_db));
+                }
+                WriteJob::Change { room, .. } => {
+                    rooms.insert(room.0);
                 }
                 WriteJob::DeleteRoom { name, .. } => plan.deleted.push(name),
-                WriteJob::OpenRoom { .. }
-                | WriteJob::CreateUser { .. }
-                | WriteJob::Change { .. } => {}
+                WriteJob::OpenRoom { .. } | WriteJob::CreateUser { .. } => {}
             }
         }
-        (plan.rooms, plan.counts) = per_room.into_iter().unzip();
+        plan.rooms = rooms.into_iter().collect();
         plan
     }
 
     /// Each append's outcome, in queue order, and the messages stored, from
-    /// what [`STORE_MESSAGES`] returned per room: its name and the `seq`
-    /// just before this batch's messages.
-    fn place(&self, bumped: &HashMap<i64, (String, u64)>, ts: i64) -> (Vec<Outcome>, Vec<Stored>) {
+    /// what [`STORE_MESSAGES`] answered for each.
+    fn place(&self, placed: &[Placed], ts: i64) -> (Vec<Outcome>, Vec<Stored>) {
         let mut outcomes = Vec::with_capacity(self.message_rooms.len());
         let mut stored = Vec::with_capacity(self.message_rooms.len());
         for (i, &room) in self.message_rooms.iter().enumerate() {
-            let Some((name, base)) = bumped.get(&room) else {
-                outcomes.push(Outcome::Refused(StoreError::NoSuchRoom));
-                continue;
+            let (name, seq, rev) = match placed.get(i) {
+                Some(Placed::Stored { name, seq, rev }) => (name, *seq, *rev),
+                Some(Placed::BadReply) => {
+                    outcomes.push(Outcome::Refused(StoreError::NoSuchMessage));
+                    continue;
+                }
+                // No answer for it cannot happen; NoSuchRoom is as good as
+                // anything then.
+                Some(Placed::NoRoom) | None => {
+                    outcomes.push(Outcome::Refused(StoreError::NoSuchRoom));
+                    continue;
+                }
             };
-            let seq = base + from_db(self.places[i]);
             outcomes.push(Outcome::Appended(Appended { seq, ts }));
             stored.push(Stored {
                 room_id: RoomId(room),
                 room: name.clone(),
-                at: super::Position { seq, rev: 0 },
-                event: super::RoomEvent::Message(MessageRecord {
+                at: Position { seq, rev },
+                event: RoomEvent::Message(MessageRecord {
                     room: name.clone(),
                     seq,
                     user: self.users[i].to_owned(),
                     text: self.texts[i].to_owned(),
                     ts,
+                    reply_to: self.reply_to[i].map(from_db),
                     ..Default::default()
                 }),
                 answer: None,
@@ -857,10 +1248,82 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// A change's kind, text and emoji as [`APPLY_CHANGE`] takes them.
+fn change_params(change: &Change) -> (&'static str, Option<&str>, Option<&str>) {
+    match change {
+        Change::Edit { text } => ("edit", Some(text), None),
+        Change::Delete => ("delete", None, None),
+        Change::React { emoji } => ("react", None, Some(emoji)),
+    }
+}
+
+/// A change's outcome from the row [`APPLY_CHANGE`] answered, and the event
+/// to announce.
+fn changed(
+    room: RoomId,
+    seq: u64,
+    user: &str,
+    change: &Change,
+    answer: &Option<Answer>,
+    row: &Row,
+    ts: i64,
+) -> Result<(Outcome, Option<Stored>), PgError> {
+    let status: &str = row.try_get(0)?;
+    let refused = |err| Ok((Outcome::Refused(err), None));
+    match status {
+        "ok" => {}
+        "no_message" => return refused(StoreError::NoSuchMessage),
+        "not_author" => return refused(StoreError::NotAuthor),
+        "too_many" => return refused(StoreError::TooManyReactions),
+        other => {
+            tracing::error!(status = other, "unexpected change verdict");
+            return refused(StoreError::Unavailable("unexpected change verdict".into()));
+        }
+    }
+    let had: bool = row.try_get(1)?;
+    let Some(name) = row.try_get::<_, Option<String>>(2)? else {
+        // The room went with its messages, so this is not expected either.
+        return refused(StoreError::NoSuchRoom);
+    };
+    let at = Position {
+        seq: from_db(row.try_get(3)?),
+        rev: from_db(row.try_get(4)?),
+    };
+    let on = matches!(change, Change::React { .. }) && !had;
+    let event = match change {
+        Change::Edit { text } => RoomEvent::Edited {
+            seq,
+            text: text.clone(),
+            edited_ts: ts,
+        },
+        Change::Delete => RoomEvent::Deleted { seq },
+        Change::React { emoji } => RoomEvent::Reaction {
+            seq,
+            user: user.to_owned(),
+            emoji: emoji.clone(),
+            on,
+        },
+    };
+    let outcome = Outcome::Changed(Changed {
+        rev: at.rev,
+        ts,
+        on,
+    });
+    let stored = Stored {
+        room_id: room,
+        room: name,
+        at,
+        event,
+        answer: answer.clone(),
+    };
+    Ok((outcome, Some(stored)))
+}
+
 /// The writer's statements, prepared once per connection.
 struct WriterStatements {
     lock_rooms: Statement,
     store_messages: Statement,
+    apply_change: Statement,
     create_room: Statement,
     room_head: Statement,
     create_user: Statement,
@@ -870,10 +1333,11 @@ struct WriterStatements {
 
 impl WriterStatements {
     async fn prepare(conn: &Client) -> Result<WriterStatements, PgError> {
-        // Pipelined too: one round trip for all seven.
+        // Pipelined too: one round trip for all eight.
         let (
             lock_rooms,
             store_messages,
+            apply_change,
             create_room,
             room_head,
             create_user,
@@ -882,6 +1346,7 @@ impl WriterStatements {
         ) = tokio::try_join!(
             conn.prepare(LOCK_ROOMS),
             conn.prepare(STORE_MESSAGES),
+            conn.prepare(APPLY_CHANGE),
             conn.prepare(CREATE_ROOM),
             conn.prepare(ROOM_HEAD),
             conn.prepare(CREATE_USER),
@@ -891,6 +1356,7 @@ impl WriterStatements {
         Ok(WriterStatements {
             lock_rooms,
             store_messages,
+            apply_change,
             create_room,
             room_head,
             create_user,
@@ -908,6 +1374,7 @@ enum Step {
     Settings,
     LockRooms,
     StoreMessages,
+    Change(usize),
     CreateRoom,
     RoomHead(usize),
     CreateUser(usize),
@@ -943,10 +1410,13 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Lays out one transaction storing `jobs`: appends first (in one
-    /// statement, after locking every room involved), then the rare jobs in
+    /// statement, after locking every room involved), then changes (one
+    /// statement each, in queue order), then the rare jobs in
     /// [`rare_job_order`]. Jobs in one batch were all in flight at once, so
     /// any order between them is one the clients could have seen; the
-    /// commit feed reports the order used.
+    /// commit feed reports the order used. (So a reply may land just before
+    /// the deletion of its target in the same batch: the reply was sent
+    /// before the deletion was acknowledged.)
     fn build(
         conn: &'a Client,
         statements: &'a WriterStatements,
@@ -980,17 +1450,48 @@ impl<'a> Pipeline<'a> {
                 conn.query(
                     &st.store_messages,
                     &[
-                        &plan.rooms,
-                        &plan.counts,
                         ts,
                         &plan.message_rooms,
-                        &plan.places,
                         &plan.users,
                         &plan.texts,
+                        &plan.reply_to,
                     ],
                 )
                 .await
                 .map(Reply::Rows)
+            });
+        }
+        for (index, job) in jobs.iter().enumerate() {
+            let WriteJob::Change {
+                room,
+                seq,
+                user,
+                admin,
+                change,
+                ..
+            } = job
+            else {
+                continue;
+            };
+            pipeline.push(Step::Change(index), async move {
+                let (kind, text, emoji) = change_params(change);
+                let max = to_db(MAX_REACTIONS_PER_MESSAGE as u64);
+                conn.query_one(
+                    &st.apply_change,
+                    &[
+                        &room.0,
+                        &to_db(*seq),
+                        user,
+                        admin,
+                        &kind,
+                        &text,
+                        &emoji,
+                        ts,
+                        &max,
+                    ],
+                )
+                .await
+                .map(|row| Reply::Rows(vec![row]))
             });
         }
         for index in rare_job_order(jobs) {
@@ -1102,14 +1603,42 @@ fn read_replies(
     replies: Vec<Reply>,
     ts: i64,
 ) -> Result<Committed, PgError> {
-    let mut bumped = HashMap::new();
+    let mut placed = Vec::with_capacity(plan.message_rooms.len());
+    let mut changes = Vec::new();
     let mut rare: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
     for (step, reply) in steps.iter().zip(replies) {
         match (*step, reply) {
             (Step::StoreMessages, Reply::Rows(rows)) => {
                 for row in &rows {
-                    let name: String = row.try_get(1)?;
-                    bumped.insert(row.try_get(0)?, (name, from_db(row.try_get(2)?)));
+                    let ok: bool = row.try_get(0)?;
+                    let name: Option<String> = row.try_get(1)?;
+                    placed.push(match (ok, name) {
+                        (false, _) => Placed::BadReply,
+                        (true, None) => Placed::NoRoom,
+                        (true, Some(name)) => Placed::Stored {
+                            name,
+                            seq: from_db(row.try_get(2)?),
+                            rev: from_db(row.try_get(3)?),
+                        },
+                    });
+                }
+            }
+            (Step::Change(index), Reply::Rows(rows)) => {
+                if let (
+                    WriteJob::Change {
+                        room,
+                        seq,
+                        user,
+                        change,
+                        answer,
+                        ..
+                    },
+                    Some(row),
+                ) = (&jobs[index], rows.first())
+                {
+                    let (outcome, stored) = changed(*room, *seq, user, change, answer, row, ts)?;
+                    changes.extend(stored);
+                    rare[index] = Some(outcome);
                 }
             }
             (Step::RoomHead(index), Reply::Rows(rows)) => {
@@ -1120,7 +1649,7 @@ fn read_replies(
                         id: RoomId(row.try_get(0)?),
                         last_seq: from_db(row.try_get(1)?),
                         private: row.try_get(2)?,
-                        rev: 0,
+                        rev: from_db(row.try_get(3)?),
                     }),
                     // Deleted by another node between the two statements.
                     None => Outcome::Refused(StoreError::NoSuchRoom),
@@ -1142,9 +1671,11 @@ fn read_replies(
             _ => {}
         }
     }
-    let (appended, stored) = plan.place(&bumped, ts);
+    let (appended, mut stored) = plan.place(&placed, ts);
     let mut appended = appended.into_iter();
     let mut commits = Vec::new();
+    // In the order they ran: the messages, then the changes.
+    stored.extend(changes);
     if !stored.is_empty() {
         commits.push(Commit::Events(stored));
     }
@@ -1529,53 +2060,6 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn change(
-        &self,
-        _room: RoomId,
-        _seq: u64,
-        _user: &str,
-        _admin: bool,
-        _change: super::Change,
-        _answer: Option<super::Answer>,
-    ) -> Result<super::Changed, StoreError> {
-        Err(StoreError::Unavailable(
-            "placeholder until the PostgreSQL branch lands".into(),
-        ))
-    }
-
-    async fn changed_since(
-        &self,
-        _room: RoomId,
-        _name: &str,
-        _after_rev: u64,
-        _after_seq: u64,
-        _upto_seq: u64,
-        _limit: usize,
-    ) -> Result<(Vec<MessageRecord>, u64), StoreError> {
-        Err(StoreError::Unavailable(
-            "placeholder until the PostgreSQL branch lands".into(),
-        ))
-    }
-
-    async fn events(
-        &self,
-        _room: RoomId,
-        _name: &str,
-        _after: super::Position,
-        _upto: u64,
-        _limit: usize,
-    ) -> Result<Vec<Stored>, StoreError> {
-        Err(StoreError::Unavailable(
-            "placeholder until the PostgreSQL branch lands".into(),
-        ))
-    }
-
-    async fn search(&self, _query: &super::SearchQuery) -> Result<super::SearchPage, StoreError> {
-        Err(StoreError::Unavailable(
-            "placeholder until the PostgreSQL branch lands".into(),
-        ))
-    }
-
     async fn find_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         let name = name.to_owned();
         self.with_conn(ANSWER_TIMEOUT, move |conn| {
@@ -1713,7 +2197,7 @@ impl Store for PostgresStore {
                             last_seq: from_db(row.try_get(2)?),
                             private: row.try_get(4)?,
                             last_activity: row.try_get(3)?,
-                            rev: 0,
+                            rev: from_db(row.try_get(5)?),
                         })
                     })
                     .collect::<Result<_, PgError>>()?;
@@ -1787,23 +2271,140 @@ impl Store for PostgresStore {
         room: RoomId,
         user: &str,
         text: &str,
-        _reply_to: Option<u64>,
+        reply_to: Option<u64>,
     ) -> Result<Appended, StoreError> {
         // PostgreSQL text cannot hold NUL. The protocol refuses control
         // characters before this point; checking here keeps one bad message
         // from failing its whole batch.
         if user.contains('\0') || text.contains('\0') {
-            return Err(StoreError::Unavailable(
-                "PostgreSQL cannot store NUL characters".into(),
-            ));
+            return Err(no_nul());
         }
         let (user, text) = (user.to_owned(), text.to_owned());
         self.write(|reply| WriteJob::Append {
-            reply_to: None,
             room,
             user,
             text,
+            reply_to,
             reply,
+        })
+        .await
+    }
+
+    async fn change(
+        &self,
+        room: RoomId,
+        seq: u64,
+        user: &str,
+        admin: bool,
+        change: Change,
+        answer: Option<Answer>,
+    ) -> Result<Changed, StoreError> {
+        let (_, text, emoji) = change_params(&change);
+        if [Some(user), text, emoji]
+            .into_iter()
+            .flatten()
+            .any(|s| s.contains('\0'))
+        {
+            return Err(no_nul());
+        }
+        let user = user.to_owned();
+        self.write(|reply| WriteJob::Change {
+            room,
+            seq,
+            user,
+            admin,
+            change,
+            answer,
+            reply,
+        })
+        .await
+    }
+
+    async fn changed_since(
+        &self,
+        room: RoomId,
+        name: &str,
+        after_rev: u64,
+        after_seq: u64,
+        upto_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<MessageRecord>, u64), StoreError> {
+        let name = name.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(CHANGED_SINCE).await?;
+                let rows = conn
+                    .query(
+                        &statement,
+                        &[
+                            &room.0,
+                            &to_db(after_rev),
+                            &to_db(after_seq),
+                            &to_db(upto_seq),
+                            &limit,
+                        ],
+                    )
+                    .await?;
+                let Some(first) = rows.first() else {
+                    return Err(StoreError::NoSuchRoom.into());
+                };
+                let rev = from_db(first.try_get(0)?);
+                let mut messages = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    if row.try_get::<_, Option<i64>>(1)?.is_none() {
+                        continue; // the row of NULLs: nothing changed
+                    }
+                    messages.push(message_from_row(&name, row, 1)?);
+                }
+                Ok((messages, rev))
+            })
+        })
+        .await
+    }
+
+    async fn events(
+        &self,
+        room: RoomId,
+        name: &str,
+        after: Position,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move { Ok(read_events(conn, &name, room, after, upto, limit).await?) })
+        })
+        .await
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+        if query.words.is_empty() || query.limit == 0 {
+            return Ok(SearchPage::default());
+        }
+        let terms = tsquery(&query.words);
+        let before = query.before.unwrap_or(i64::MAX);
+        let room = query.room.map(|r| r.0);
+        let viewer = query.viewer.clone();
+        let limit = query.limit;
+        // One more than the page: whether there is a next one.
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        self.with_conn(ANSWER_TIMEOUT, move |conn| {
+            Box::pin(async move {
+                let statement = conn.prepare_cached(SEARCH).await?;
+                let rows = conn
+                    .query(&statement, &[&terms, &before, &room, &viewer, &fetch])
+                    .await?;
+                let mut page = SearchPage::default();
+                for row in rows.iter().take(limit) {
+                    let name: String = row.try_get(1)?;
+                    page.messages.push(message_from_row(&name, row, 2)?);
+                }
+                if rows.len() > limit {
+                    page.next = Some(rows[limit - 1].try_get(0)?);
+                }
+                Ok(page)
+            })
         })
         .await
     }
@@ -1828,17 +2429,10 @@ impl Store for PostgresStore {
                 let last: i64 = first.try_get(0)?;
                 let mut messages = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let Some(seq) = row.try_get::<_, Option<i64>>(1)? else {
+                    if row.try_get::<_, Option<i64>>(1)?.is_none() {
                         continue; // the empty page's row of NULLs
-                    };
-                    messages.push(MessageRecord {
-                        room: name.clone(),
-                        seq: from_db(seq),
-                        user: row.try_get(2)?,
-                        text: row.try_get(3)?,
-                        ts: row.try_get(4)?,
-                        ..Default::default()
-                    });
+                    }
+                    messages.push(message_from_row(&name, row, 1)?);
                 }
                 Ok(HistoryPage {
                     has_more: match messages.first() {
@@ -1912,14 +2506,15 @@ impl Store for PostgresStore {
             Box::pin(async move {
                 let row = conn
                     .query_one(
-                        "INSERT INTO rooms (name, last_seq, last_activity, private)
-                         VALUES ($1, $2, $3, $4)
+                        "INSERT INTO rooms (name, last_seq, last_activity, private, rev)
+                         VALUES ($1, $2, $3, $4, $5)
                          RETURNING id",
                         &[
                             &room.name,
                             &to_db(room.last_seq),
                             &room.last_activity,
                             &room.private,
+                            &to_db(room.rev),
                         ],
                     )
                     .await?;
@@ -1941,12 +2536,46 @@ impl Store for PostgresStore {
         let users: Vec<String> = messages.iter().map(|m| m.user.clone()).collect();
         let texts: Vec<String> = messages.iter().map(|m| m.text.clone()).collect();
         let stamps: Vec<i64> = messages.iter().map(|m| m.ts).collect();
+        let replies: Vec<Option<i64>> = messages.iter().map(|m| m.reply_to.map(to_db)).collect();
+        let edits: Vec<Option<i64>> = messages.iter().map(|m| m.edited_ts).collect();
+        let deleted: Vec<bool> = messages.iter().map(|m| m.deleted).collect();
+        // Reactions, one row per user. Their `rev` only orders a message's
+        // reactions (see `reactions_of_m!`), and the copy has no change log:
+        // they are ranked in the order the record lists them, which reads
+        // back as the same record, below any real rev (which start at 1) so
+        // that reactions made after the copy come after them. The change
+        // log is not copied; the rooms keep their `rev` (import_room).
+        let (mut r_seqs, mut r_emoji, mut r_users, mut r_ranks) = (vec![], vec![], vec![], vec![]);
+        for message in messages {
+            let count: usize = message
+                .reactions
+                .0
+                .iter()
+                .map(|(_, users)| users.len())
+                .sum();
+            let mut rank = -(count as i64);
+            for (emoji, users) in &message.reactions.0 {
+                for user in users {
+                    r_seqs.push(to_db(message.seq));
+                    r_emoji.push(emoji.clone());
+                    r_users.push(user.clone());
+                    r_ranks.push(rank);
+                    rank += 1;
+                }
+            }
+        }
         // One statement: atomic, and one round trip however many messages.
         self.write_alone(move |conn| {
             Box::pin(async move {
                 let statement = conn.prepare_cached(IMPORT_MESSAGES).await?;
-                conn.execute(&statement, &[&room.0, &seqs, &users, &texts, &stamps])
-                    .await?;
+                conn.execute(
+                    &statement,
+                    &[
+                        &room.0, &seqs, &users, &texts, &stamps, &replies, &edits, &deleted,
+                        &r_seqs, &r_emoji, &r_users, &r_ranks,
+                    ],
+                )
+                .await?;
                 Ok(())
             })
         })
@@ -2107,6 +2736,10 @@ impl Store for PostgresStore {
 }
 
 #[cfg(test)]
+#[path = "postgres_tests.rs"]
+mod on_postgres;
+
+#[cfg(test)]
 mod tests {
     use std::pin::Pin;
     use std::sync::{Arc, Mutex};
@@ -2115,10 +2748,24 @@ mod tests {
 
     fn append(room: i64, user: &str, text: &str) -> WriteJob {
         WriteJob::Append {
-            reply_to: None,
             room: RoomId(room),
             user: user.into(),
             text: text.into(),
+            reply_to: None,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn react(room: i64, seq: u64, user: &str) -> WriteJob {
+        WriteJob::Change {
+            room: RoomId(room),
+            seq,
+            user: user.into(),
+            admin: false,
+            change: Change::React {
+                emoji: "👍".into()
+            },
+            answer: None,
             reply: oneshot::channel().0,
         }
     }
@@ -2204,7 +2851,7 @@ mod tests {
     }
 
     #[test]
-    fn plans_group_appends_by_room() {
+    fn plans_lay_out_appends_and_lock_every_room() {
         let jobs = vec![
             append(5, "ann", "a"),
             append(3, "bob", "b"),
@@ -2213,22 +2860,28 @@ mod tests {
                 requested_by: SessionId(1),
                 reply: oneshot::channel().0,
             },
+            react(9, 1, "cat"),
             append(5, "cat", "c"),
-            append(7, "dan", "d"),
+            WriteJob::Append {
+                room: RoomId(7),
+                user: "dan".into(),
+                text: "d".into(),
+                reply_to: Some(4),
+                reply: oneshot::channel().0,
+            },
             append(3, "eve", "e"),
         ];
         let plan = Plan::new(&jobs);
-        assert_eq!(plan.rooms, [3, 5, 7], "rooms ascending: the lock order");
-        assert_eq!(plan.counts, [2, 2, 1]);
-        assert_eq!(plan.message_rooms, [5, 3, 5, 7, 3]);
-        assert_eq!(plan.places, [1, 1, 2, 1, 2], "queue order within a room");
+        assert_eq!(plan.rooms, [3, 5, 7, 9], "rooms ascending: the lock order");
+        assert_eq!(plan.message_rooms, [5, 3, 5, 7, 3], "queue order");
         assert_eq!(plan.users, ["ann", "bob", "cat", "dan", "eve"]);
         assert_eq!(plan.texts, ["a", "b", "c", "d", "e"]);
+        assert_eq!(plan.reply_to, [None, None, None, Some(4), None]);
         assert_eq!(plan.deleted, ["old"]);
     }
 
     #[test]
-    fn appends_take_the_numbers_after_the_base() {
+    fn appends_take_what_the_statement_answered() {
         let jobs = vec![
             append(5, "ann", "a"),
             append(3, "bob", "b"),
@@ -2237,9 +2890,20 @@ mod tests {
             append(3, "eve", "e"),
         ];
         let plan = Plan::new(&jobs);
-        // Room 7 is gone: the statement returned no row for it.
-        let bumped = HashMap::from([(3, ("three".to_owned(), 10)), (5, ("five".to_owned(), 0))]);
-        let (outcomes, stored) = plan.place(&bumped, 42);
+        let stored = |name: &str, seq, rev| Placed::Stored {
+            name: name.into(),
+            seq,
+            rev,
+        };
+        // Room 7 is gone; cat's reply target was not there.
+        let placed = [
+            stored("five", 1, 0),
+            stored("three", 11, 4),
+            Placed::BadReply,
+            Placed::NoRoom,
+            stored("three", 12, 4),
+        ];
+        let (outcomes, stored) = plan.place(&placed, 42);
         let seqs: Vec<Option<u64>> = outcomes
             .iter()
             .map(|o| match o {
@@ -2247,32 +2911,52 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(seqs, [Some(1), Some(11), Some(2), None, Some(12)]);
+        assert_eq!(seqs, [Some(1), Some(11), None, None, Some(12)]);
+        assert!(matches!(
+            outcomes[2],
+            Outcome::Refused(StoreError::NoSuchMessage)
+        ));
         assert!(matches!(
             outcomes[3],
             Outcome::Refused(StoreError::NoSuchRoom)
         ));
-        let announced: Vec<(i64, &str, u64, &str)> = stored
+        let announced: Vec<(i64, &str, Position, &str)> = stored
             .iter()
             .map(|s| {
-                let crate::store::RoomEvent::Message(m) = &s.event else {
-                    panic!("not a message: {s:?}");
+                let RoomEvent::Message(m) = &s.event else {
+                    panic!("only messages");
                 };
-                (s.room_id.0, m.room.as_str(), m.seq, m.user.as_str())
+                assert_eq!(
+                    (m.room.as_str(), m.seq, m.ts),
+                    (s.room.as_str(), s.at.seq, 42)
+                );
+                (s.room_id.0, s.room.as_str(), s.at, m.user.as_str())
             })
             .collect();
+        let at = |seq, rev| Position { seq, rev };
         assert_eq!(
             announced,
             [
-                (5, "five", 1, "ann"),
-                (3, "three", 11, "bob"),
-                (5, "five", 2, "cat"),
-                (3, "three", 12, "eve"),
+                (5, "five", at(1, 0), "ann"),
+                (3, "three", at(11, 4), "bob"),
+                (3, "three", at(12, 4), "eve"),
             ]
         );
-        assert!(stored
-            .iter()
-            .all(|s| matches!(&s.event, crate::store::RoomEvent::Message(m) if m.ts == 42)));
+    }
+
+    #[test]
+    fn search_words_become_quoted_prefixes() {
+        let words = |w: &[&str]| w.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(tsquery(&words(&["héllo", "42"])), "'héllo':* & '42':*");
+        // Never produced by the protocol's word splitting, but harmless.
+        assert_eq!(tsquery(&words(&["it's", "a\\b"])), "'it''s':* & 'a\\\\b':*");
+    }
+
+    #[test]
+    fn the_search_query_uses_the_indexed_column() {
+        let indexed = search_document!().replace("m.", "");
+        assert!(MIGRATIONS[4].contains(&format!("USING gin ({indexed})")));
+        assert!(SEARCH.contains(search_document!()));
     }
 
     #[test]
@@ -2303,6 +2987,7 @@ mod tests {
             open("x"),
             user("ann"),
             delete("a"),
+            react(1, 1, "ann"),
         ];
         assert_eq!(rare_job_order(&jobs), [3, 6, 4, 0, 5, 1]);
     }
