@@ -526,6 +526,9 @@ fn fts_query(words: &[String], room: Option<RoomId>) -> String {
 }
 
 fn search(conn: &Connection, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+    if query.words.is_empty() || query.limit == 0 {
+        return Ok(SearchPage::default());
+    }
     // The index yields rowids (gids) newest first and SQLite stops after
     // the page; rooms the viewer may not read are skipped on the way.
     let mut stmt = conn.prepare_cached(&format!(
@@ -744,6 +747,12 @@ fn apply_change(
             .execute(params![room.0, seq])?;
             tx.prepare_cached("DELETE FROM reactions WHERE room_id = ?1 AND seq = ?2")?
                 .execute(params![room.0, seq])?;
+            // Its earlier edits' texts go from the change log too (a gap
+            // fill replays those edits empty, before the deletion).
+            tx.prepare_cached(
+                "UPDATE room_changes SET text = '' WHERE room_id = ?1 AND seq = ?2 AND kind = 'edit'",
+            )?
+            .execute(params![room.0, seq])?;
             to_index(tx, gid, true)?;
             ("delete", None, None, RoomEvent::Deleted { seq })
         }
