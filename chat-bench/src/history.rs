@@ -74,12 +74,13 @@ fn seed(db: &Path, room: &str, count: u64) -> Result<()> {
             ])?;
         }
     }
-    // Searchable, as the server would have left it.
+    // Searchable, as the server would have left it (and marked so).
     tx.execute(
         "INSERT INTO messages_fts (rowid, text, room)
          SELECT gid, text, 'r' || room_id FROM messages WHERE room_id = ?1",
         [room_id],
     )?;
+    tx.execute("UPDATE search_indexed SET upto = ?1", [count])?;
     tx.commit()?;
     conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")?;
     Ok(())

@@ -10,7 +10,7 @@
 //!
 //! Seeded directly like `history` (see [`crate::history::Seeded`]): rows
 //! exactly as the server stores them, `gid` in storing order and the
-//! full-text index filled; `--backend postgres` copies the file with
+//! full-text index filled (and marked so); `--backend postgres` copies the file with
 //! `migrate-db`, which indexes it there.
 
 use std::path::Path;
@@ -153,6 +153,7 @@ fn seed(db: &Path, prefix: &str, rooms: u64, count: u64) -> Result<()> {
             ])?;
             index.execute(rusqlite::params![gid, text, format!("r{}", ids[at])])?;
         }
+        tx.execute("UPDATE search_indexed SET upto = ?1", [count])?;
         for (id, last) in ids.iter().zip(&seqs) {
             tx.execute(
                 "UPDATE rooms SET last_seq = ?2, last_activity = ?3 WHERE id = ?1",

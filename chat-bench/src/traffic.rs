@@ -99,7 +99,10 @@ struct Room {
     name: String,
     /// Sends made into the room (refused ones are taken back).
     sent: AtomicU64,
+    /// Sends and changes acked (an edit or reaction is acked by its answer).
     acked: AtomicU64,
+    /// Of those, the edits and reactions.
+    changes_acked: AtomicU64,
     /// Messages every live member has received.
     floor: AtomicU64,
     credit: Notify,
@@ -240,6 +243,7 @@ impl Traffic {
                     name: format!("{prefix}r{r}"),
                     sent: AtomicU64::new(0),
                     acked: AtomicU64::new(0),
+                    changes_acked: AtomicU64::new(0),
                     floor: AtomicU64::new(0),
                     credit: Notify::new(),
                     members: (0..spec.members)
@@ -462,6 +466,8 @@ impl Traffic {
         for room in &self.rooms {
             let acked = room.acked.load(Ordering::Relaxed);
             result.acked += acked;
+            // Acked edits and reactions deliver no message.
+            let acked = acked.saturating_sub(room.changes_acked.load(Ordering::Relaxed));
             result.sent += room.sent.load(Ordering::Relaxed);
             for member in &room.members {
                 let got = member.received.load(Ordering::Relaxed);
@@ -625,12 +631,14 @@ impl Conn {
                         let text = format!("{now:012}{}", self.shared.padding);
                         self.operations += 1;
                         let every = self.shared.change_every;
-                        let frame = if every > 0 && self.operations % every == 0 && self.own_seq > 0
+                        let frame = if every > 0
+                            && self.operations.is_multiple_of(every)
+                            && self.own_seq > 0
                         {
                             // A change delivers no message: not counted as
                             // one the room's members must receive.
                             room.sent.fetch_sub(1, Ordering::Relaxed);
-                            if (self.operations / every) % 2 == 0 {
+                            if (self.operations / every).is_multiple_of(2) {
                                 client::edit_frame(&room.name, self.own_seq, &text, now)
                             } else {
                                 client::react_frame(&room.name, self.own_seq, now)
@@ -716,8 +724,11 @@ impl Conn {
                 }
             }
             Incoming::Ack { re, seq } => {
-                if let Some(seq) = seq {
-                    self.own_seq = self.own_seq.max(seq);
+                match seq {
+                    Some(seq) => self.own_seq = self.own_seq.max(seq),
+                    None => {
+                        self.room.changes_acked.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 self.inflight = self.inflight.saturating_sub(1);
                 self.me.inflight.store(self.inflight, Ordering::Relaxed);
