@@ -135,6 +135,33 @@ fn ingest_smoke() {
 }
 
 #[test]
+fn ingest_with_changes_smoke() {
+    let report = smoke("ingest", &["--changes", "0.2"]);
+    // Edits and reactions were acked besides the sends, and every message
+    // still arrived once.
+    let sent = num(&report, "sent");
+    assert!(sent > 0.0 && num(&report, "acked") > sent, "{report}");
+    assert_eq!(
+        num(&report, "delivered"),
+        sent * num(&report, "members_per_room"),
+        "{report}"
+    );
+    for zero in ["lost", "duplicates", "gaps", "error_events", "closed"] {
+        assert_eq!(num(&report, zero), 0.0, "{zero}: {report}");
+    }
+}
+
+#[test]
+fn search_smoke() {
+    let report = smoke("search", &[]);
+    assert_eq!(num(&report, "searches"), 100.0, "{report}");
+    // The seeded words are found: most searches fill their page.
+    assert!(num(&report, "results_per_search") > 10.0, "{report}");
+    let p99 = num(&report, "search_latency_p99_ms");
+    assert!(p99 > 0.0 && p99 <= num(&report, "search_latency_max_ms"));
+}
+
+#[test]
 fn connections_smoke() {
     let report = smoke("connections", &[]);
     let requested = num(&report, "requested");

@@ -656,7 +656,9 @@ fn an_edit_typed_in_the_terminal_reaches_a_websocket_client_and_back() {
         tui_binary().display(),
         server.url()
     ));
-    tmux.wait_for(&["general", "alice"]);
+    // What only the client draws (the command line typed into the shell
+    // names the user and the room too).
+    tmux.wait_for(&["● connected", "#general"]);
     tmux.type_line("lunch at noon");
     runtime.block_on(async {
         let message = bob
