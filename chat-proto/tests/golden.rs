@@ -563,9 +563,11 @@ fn bad_frames_keep_the_id_when_it_can_be_read() {
 }
 
 /// Every JSON example in the users' reference (`docs/protocol.md`) is a
-/// request this crate decodes or an event it decodes, and encodes back to
-/// the same JSON: the examples people copy into websocat cannot drift from
-/// the protocol. (Lines with `…` stand for elided parts and are skipped.)
+/// request this crate decodes or an event it decodes, and encodes back with
+/// every field of the example unchanged: the examples people copy into
+/// websocat cannot drift from the protocol. (An event may show fewer fields
+/// than the server sends: part 1's examples leave out part 2's. Lines with
+/// `…` stand for elided parts and are skipped.)
 #[test]
 fn every_example_in_the_users_reference_is_valid() {
     let doc = include_str!("../../docs/protocol.md");
@@ -575,13 +577,23 @@ fn every_example_in_the_users_reference_is_valid() {
             continue;
         }
         let json: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        if let Ok(request) = decode_client(line) {
-            assert_eq!(wire(&request), json, "request {line}");
-        } else {
-            let event = decode_server(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-            assert_eq!(wire(&event), json, "event {line}");
-        }
+        // Some types are both a request and an event (`history`, `rooms`,
+        // `typing`, `read`): either reading must keep every field.
+        let readings = [
+            decode_client(line).ok().map(|r| wire(&r)),
+            decode_server(line).ok().map(|e| wire(&e)),
+        ];
+        let keeps_all = |encoded: &Value| {
+            json.as_object()
+                .expect("an object")
+                .iter()
+                .all(|(key, value)| encoded.get(key) == Some(value))
+        };
+        assert!(
+            readings.iter().flatten().any(keeps_all),
+            "{line} reads back as {readings:?}"
+        );
         checked += 1;
     }
-    assert!(checked >= 40, "only {checked} examples found");
+    assert!(checked >= 35, "only {checked} examples found");
 }
