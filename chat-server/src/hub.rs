@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::fanout::{Fanout, UserEvent};
 use crate::rooms::{frame, FillOutcome, GapFill, JoinPoint, Outbound, Rooms, SessionHandle};
 use crate::store::{
-    Answer, Appended, Change, Changed, Commit, CommitFeed, HistoryPage, Position, RoomHead, RoomId,
+    Answer, Appended, Change, Changed, Commit, CommitFeed, HistoryPage, RoomHead, RoomId,
     SearchPage, SearchQuery, SessionId, Store, StoreError, UserRecord,
 };
 use crate::untrusted::Untrusted;
@@ -306,11 +306,7 @@ impl Hub {
             if head.private && !self.store.is_member(&session.user, head.id).await? {
                 return Err(Refusal::Forbidden("the room is private"));
             }
-            let stored = Position {
-                seq: head.last_seq,
-                rev: head.rev,
-            };
-            let Some(point) = self.rooms.join(room, head.id, session, stored) else {
+            let Some(point) = self.rooms.join(room, head.id, session, head.position()) else {
                 continue;
             };
             // Subscribed (cluster mode) only now that the room has a member
@@ -320,7 +316,7 @@ impl Hub {
             self.fanout.watch_room(room).await;
             match self.store.room(room).await {
                 Ok(Some(now)) if now.id == head.id => {
-                    self.rooms.catch_up(room, head.id, now.last_seq + now.rev);
+                    self.rooms.catch_up(room, head.id, now.position().index());
                     break (head.id, point);
                 }
                 Ok(_) => {
@@ -827,10 +823,7 @@ async fn fill_gap(
         return Ok(FillOutcome::Read { stored_last: None });
     }
     let stored_last = match store.room(&gap.room).await? {
-        Some(head) if head.id == gap.room_id => Some(Position {
-            seq: head.last_seq,
-            rev: head.rev,
-        }),
+        Some(head) if head.id == gap.room_id => Some(head.position()),
         _ => None,
     };
     Ok(FillOutcome::Read { stored_last })

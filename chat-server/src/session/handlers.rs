@@ -721,11 +721,7 @@ impl Session {
             Err(err) => return self.error(ErrorCode::BadRequest, err.to_string(), id).await,
         };
         if !self.rate.allow() {
-            let message = format!(
-                "slow down: {} messages per second",
-                self.state.config.send_rate
-            );
-            return self.error(ErrorCode::RateLimited, message, id).await;
+            return self.rate_limited(id).await;
         }
         let stored = self
             .state
@@ -757,6 +753,15 @@ impl Session {
         Ok(())
     }
 
+    /// The answer to a send, edit, deletion or reaction over the rate limit.
+    async fn rate_limited(&mut self, id: Option<String>) -> Result<(), Ending> {
+        let message = format!(
+            "slow down: {} messages per second",
+            self.state.config.send_rate
+        );
+        self.error(ErrorCode::RateLimited, message, id).await
+    }
+
     /// An edit, deletion or reaction: needs the room joined (like a send)
     /// and takes from the same rate limit. Pipelined like sends; a
     /// success is answered by the session's own copy of the event, which
@@ -775,11 +780,7 @@ impl Session {
                 .await;
         };
         if !self.rate.allow() {
-            let message = format!(
-                "slow down: {} messages per second",
-                self.state.config.send_rate
-            );
-            return self.error(ErrorCode::RateLimited, message, id).await;
+            return self.rate_limited(id).await;
         }
         let changed = self
             .state

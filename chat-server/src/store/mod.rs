@@ -77,6 +77,16 @@ pub struct Appended {
     pub ts: i64,
 }
 
+impl RoomHead {
+    /// Where the room's newest event stands.
+    pub fn position(&self) -> Position {
+        Position {
+            seq: self.last_seq,
+            rev: self.rev,
+        }
+    }
+}
+
 /// Where an event stands in its room: the room's newest `seq` and `rev`
 /// once it was stored. A message moves `seq` by one, a change `rev`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -425,16 +425,32 @@ fn read_range(
     first: u64,
     last: u64,
 ) -> Result<Vec<MessageRecord>, StoreError> {
+    Ok(read_range_with_revs(conn, name, room, first, last)?
+        .into_iter()
+        .map(|(message, _)| message)
+        .collect())
+}
+
+/// [`read_range`], each message with the room's `rev` when it was stored
+/// (its position, for gap fills).
+fn read_range_with_revs(
+    conn: &Connection,
+    name: &str,
+    room: RoomId,
+    first: u64,
+    last: u64,
+) -> Result<Vec<(MessageRecord, u64)>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages
+        "SELECT {MESSAGE_COLUMNS}, rev FROM messages
          WHERE room_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq"
     ))?;
     let rows = stmt.query_map(params![room.0, first, last], |row| {
-        message_from_row(name, row)
+        Ok((message_from_row(name, row)?, row.get::<_, u64>(7)?))
     })?;
-    let mut messages: Vec<MessageRecord> = rows.collect::<Result<_, _>>()?;
+    let (mut messages, revs): (Vec<MessageRecord>, Vec<u64>) =
+        rows.collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
     attach_reactions(conn, room, &mut messages)?;
-    Ok(messages)
+    Ok(messages.into_iter().zip(revs).collect())
 }
 
 /// The events of a room after `after`, up to event index `upto`, at most
@@ -452,15 +468,7 @@ fn read_events(
     if wanted == 0 {
         return Ok(Vec::new());
     }
-    let mut messages = read_range(conn, name, room, after.seq + 1, after.seq + wanted)?;
-    let mut revs = conn.prepare_cached(
-        "SELECT seq, rev FROM messages WHERE room_id = ?1 AND seq >= ?2 AND seq <= ?3",
-    )?;
-    let message_revs: std::collections::HashMap<u64, u64> = revs
-        .query_map(params![room.0, after.seq + 1, after.seq + wanted], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
-        .collect::<Result<_, _>>()?;
+    let messages = read_range_with_revs(conn, name, room, after.seq + 1, after.seq + wanted)?;
     let mut stmt = conn.prepare_cached(
         "SELECT rev, at_seq, seq, kind, user, text, emoji, on_, ts FROM room_changes
          WHERE room_id = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3",
@@ -499,8 +507,7 @@ fn read_events(
             answer: None,
         });
     }
-    for message in messages.drain(..) {
-        let rev = message_revs.get(&message.seq).copied().unwrap_or(0);
+    for (message, rev) in messages {
         events.push(Stored {
             room_id: room,
             room: name.to_owned(),
