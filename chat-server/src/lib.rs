@@ -24,4 +24,5 @@ pub mod session;
 pub mod store;
 pub mod tls;
 pub mod untrusted;
+pub mod web;
 pub mod wire;

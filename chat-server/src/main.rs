@@ -334,6 +334,14 @@ fn serve(listen: SocketAddr, mut config: ServeConfig, tls: TlsArgs) -> Result<()
         } else {
             println!("listening on {}", urls.join(" "));
         }
+        // The browser client is served at the same address.
+        for url in &urls {
+            let page = url
+                .replacen("ws", "http", 1)
+                .trim_end_matches("ws")
+                .to_owned();
+            println!("  open {page} in a browser");
+        }
         match &fingerprint {
             Some(fingerprint) if self_signed => println!(
                 "  certificate {fingerprint} (self-signed: clients are asked to \

@@ -137,12 +137,14 @@ pub struct Wire {
 }
 
 impl Wire {
-    fn new(stream: Stream) -> Wire {
+    /// `read` holds bytes already read from `stream` (the request head),
+    /// which tungstenite reads first.
+    fn new(stream: Stream, read: Vec<u8>) -> Wire {
         Wire {
             stream,
             upgraded: false,
             control: Vec::new(),
-            spill: Vec::new(),
+            spill: read,
             spill_at: 0,
         }
     }
@@ -231,14 +233,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Runs the WebSocket handshake on `stream`; `callback` sees the request.
+    /// Runs the WebSocket handshake on `stream`, whose first bytes were
+    /// already read into `read`; `callback` sees the request.
     pub async fn accept<C: Callback + Unpin>(
         stream: Stream,
+        read: Vec<u8>,
         callback: C,
         config: WebSocketConfig,
     ) -> Result<Connection, WsError> {
         let mut ws = tokio_tungstenite::accept_hdr_async_with_config(
-            Wire::new(stream),
+            Wire::new(stream, read),
             callback,
             Some(config),
         )

@@ -24,9 +24,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod browser;
 mod netns;
 mod postgres;
 
+pub use browser::Browser;
 pub use netns::{TestHost, TestHosts};
 pub use postgres::{psql, TestPostgres};
 

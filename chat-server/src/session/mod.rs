@@ -34,6 +34,7 @@ use crate::server::ServerState;
 use crate::store::{RoomId, SessionId};
 use crate::tls::Stream;
 use crate::untrusted::{untrusted, Untrusted};
+use crate::web;
 use crate::wire::{self, Connection};
 
 mod handlers;
@@ -95,8 +96,9 @@ struct Account {
     handle: Arc<SessionHandle>,
 }
 
-/// Runs the TLS handshake when the server serves `wss://`, accepts the
-/// WebSocket upgrade on `/ws` (or `/`), and runs the session.
+/// Runs the TLS handshake when the server serves `wss://`, answers the
+/// browser client's plain HTTP requests ([`web`]), accepts the WebSocket
+/// upgrade on `/ws` (or `/`), and runs the session.
 ///
 /// Both phases run boxed, one after the other, and nothing else is kept
 /// across them: this future, allocated for every connection for its whole
@@ -110,10 +112,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<ServerState>)
     session.await;
 }
 
-/// The TLS (for `wss://`) and WebSocket handshakes, which share one time
-/// limit; a connection that fails either (a plain `ws://` client on a TLS
-/// port, a port scanner, a wrong path) is dropped with a debug line and
-/// touches nothing else.
+/// The TLS (for `wss://`) and WebSocket handshakes, each under a time
+/// limit, with the web client's HTTP requests between them; a connection
+/// that fails either (a plain `ws://` client on a TLS port, a port scanner,
+/// a wrong path) is dropped with a debug line and touches nothing else.
 async fn handshakes(
     stream: TcpStream,
     peer: SocketAddr,
@@ -131,27 +133,34 @@ async fn handshakes(
             Err(refusal)
         }
     };
-    let handshakes = async {
-        let stream = match &state.config.tls {
-            None => Stream::Plain(stream),
-            Some(tls) => match tls.accept(stream).await {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::debug!(%peer, error = %untrusted(&err), "TLS handshake failed");
-                    return None;
-                }
-            },
-        };
-        match Connection::accept(stream, check_path, websocket_config()).await {
-            Ok(socket) => Some(socket),
-            Err(err) => {
-                tracing::debug!(%peer, error = %untrusted(&err), "handshake refused");
-                None
+    let stream = match &state.config.tls {
+        None => Stream::Plain(stream),
+        Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %untrusted(&err), "TLS handshake failed");
+                return None;
             }
-        }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return None;
+            }
+        },
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshakes).await {
-        Ok(socket) => socket,
+    // Plain HTTP requests (the browser client's files) are answered first;
+    // each must arrive within `web::IDLE`.
+    let mut stream = stream;
+    let read = match web::serve(&mut stream).await {
+        web::Outcome::Upgrade(read) => read,
+        web::Outcome::Done => return None,
+    };
+    let upgrade = Connection::accept(stream, read, check_path, websocket_config());
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+        Ok(Ok(socket)) => Some(socket),
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %untrusted(&err), "handshake refused");
+            None
+        }
         Err(_) => {
             tracing::debug!(%peer, "handshake timed out");
             None
