@@ -44,12 +44,12 @@ impl Browser {
         Self::launch(width, height, None).await
     }
 
-    /// A phone: a 390×844 viewport at 3 device pixels per CSS pixel, with
+    /// A phone: a 390×844 viewport at 2 device pixels per CSS pixel, with
     /// touch, as Chromium's device emulation makes it (a desktop window
     /// cannot be made that narrow).
     pub async fn phone() -> Browser {
         let metrics =
-            json!({"width": 390, "height": 844, "pixelRatio": 3.0, "touch": true, "mobile": true});
+            json!({"width": 390, "height": 844, "pixelRatio": 2.0, "touch": true, "mobile": true});
         Self::launch(390, 844, Some(metrics)).await
     }
 
