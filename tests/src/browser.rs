@@ -69,6 +69,8 @@ impl Browser {
             .expect("start chromedriver (apt-get install chromium-driver)");
         let profile = tempfile::tempdir().expect("temp dir");
         let capabilities = json!({
+            // The TLS test's server has a self-signed certificate.
+            "acceptInsecureCerts": true,
             "goog:chromeOptions": {
                 "binary": chromium(),
                 "args": [

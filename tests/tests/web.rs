@@ -476,3 +476,34 @@ async fn unread_counts_follow_the_read_markers_of_other_devices() {
         .await;
     browser.close().await;
 }
+
+/// With TLS on, the same port serves the page over `https://`, and the
+/// page connects with `wss://` (a `ws://` socket from an `https://` page
+/// would be blocked as mixed content, so the login alone proves it).
+#[tokio::test]
+async fn with_tls_the_page_comes_over_https_and_chats_over_wss() {
+    let server = TestServer::with_users(
+        Backend::Sqlite,
+        Options {
+            args: vec!["--tls-self-signed".into()],
+            ..Options::default()
+        },
+    );
+    let browser = Browser::start(1000, 700).await;
+    let url = format!("https://127.0.0.1:{}/", server.port());
+    browser.log_in(&url, "alice", PASSWORD).await;
+    browser.wait_for_text("#room-title", "general").await;
+    browser.type_into("#input", "over wss").await;
+    browser.type_into("#input", ENTER).await;
+    browser
+        .wait_for(
+            "the message stored and shown",
+            "return [...document.querySelectorAll('#messages .msg[data-seq] .text')]
+                .some(n => n.textContent === 'over wss')",
+            vec![],
+        )
+        .await;
+    let protocol = browser.eval("return location.protocol", vec![]).await;
+    assert_eq!(protocol, json!("https:"));
+    browser.close().await;
+}
