@@ -47,7 +47,7 @@ pub struct HistoryArgs {
 }
 
 /// Inserts `count` messages into a new room `room` of the database at `db`.
-fn seed(db: &Path, room: &str, count: u64) -> Result<()> {
+pub fn seed(db: &Path, room: &str, count: u64) -> Result<()> {
     let mut conn = rusqlite::Connection::open(db)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "OFF")?;

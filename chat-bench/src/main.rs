@@ -23,6 +23,7 @@ mod report;
 mod search;
 mod setup;
 mod traffic;
+mod web;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,10 @@ enum Scenario {
     Ingest(load::LoadArgs),
     /// Fan-out across two nodes through Redis, against one node.
     Cluster(load::LoadArgs),
+    /// The browser client in a headless Chromium: page load to the first
+    /// message on screen, and the page's memory after scrolling through
+    /// 10,000 messages.
+    Web(web::WebArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
             Scenario::Login(args) => login::login(args).await,
             Scenario::Ingest(args) => load::ingest(args).await,
             Scenario::Cluster(args) => load::cluster(args).await,
+            Scenario::Web(args) => web::web(args).await,
         }
     });
     // Idle connection tasks may still be parked: do not wait for them.

@@ -41,7 +41,13 @@ pub struct Browser {
 impl Browser {
     /// A desktop browser with a window of `width`×`height` CSS pixels.
     pub async fn start(width: u32, height: u32) -> Browser {
-        Self::launch(width, height, None).await
+        Self::launch(width, height, None, &[]).await
+    }
+
+    /// The same with more Chromium flags (the benchmark's
+    /// `--js-flags=--expose-gc`).
+    pub async fn start_with(width: u32, height: u32, flags: &[&str]) -> Browser {
+        Self::launch(width, height, None, flags).await
     }
 
     /// A phone: a 390×844 viewport at 2 device pixels per CSS pixel, with
@@ -50,10 +56,10 @@ impl Browser {
     pub async fn phone() -> Browser {
         let metrics =
             json!({"width": 390, "height": 844, "pixelRatio": 2.0, "touch": true, "mobile": true});
-        Self::launch(390, 844, Some(metrics)).await
+        Self::launch(390, 844, Some(metrics), &[]).await
     }
 
-    async fn launch(width: u32, height: u32, phone: Option<Value>) -> Browser {
+    async fn launch(width: u32, height: u32, phone: Option<Value>, flags: &[&str]) -> Browser {
         let port = free_port();
         let mut command = Command::new(chromedriver());
         command
@@ -86,6 +92,9 @@ impl Browser {
             }
         });
         let mut capabilities = capabilities;
+        if let Some(args) = capabilities["goog:chromeOptions"]["args"].as_array_mut() {
+            args.extend(flags.iter().map(|flag| json!(flag)));
+        }
         if let Some(metrics) = phone {
             capabilities["goog:chromeOptions"]["mobileEmulation"] =
                 json!({"deviceMetrics": metrics});
@@ -190,6 +199,13 @@ impl Browser {
             .expect("send keys");
     }
 
+    /// Replaces the value of the input matching `css` with `text`.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let input = self.find(css).await;
+        input.clear().await.expect("clear");
+        input.send_keys(text).await.expect("send keys");
+    }
+
     /// The element matching `css`, once it exists.
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
         self.client
@@ -203,8 +219,8 @@ impl Browser {
     /// Opens `url`, logs in as `user`, and waits for the chat view.
     pub async fn log_in(&self, url: &str, user: &str, password: &str) {
         self.client.goto(url).await.expect("open the page");
-        self.type_into("#login-user", user).await;
-        self.type_into("#login-password", password).await;
+        self.fill("#login-user", user).await;
+        self.fill("#login-password", password).await;
         self.click("#login-submit").await;
         self.wait_for(
             "the chat view",

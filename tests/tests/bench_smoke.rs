@@ -207,3 +207,18 @@ fn cluster_smoke() {
         assert_phase_sane(&report, &format!("{topology}full"));
     }
 }
+
+#[test]
+fn web_smoke() {
+    let report = smoke("web", &[]);
+    // Every load reached a message on screen, and scrolling up reached the
+    // room's first message with the page's window bounded.
+    assert_eq!(num(&report, "load_to_first_message_count"), 2.0);
+    assert!(
+        num(&report, "submit_to_welcome_p50_ms") <= num(&report, "submit_to_first_message_p50_ms")
+    );
+    assert_eq!(num(&report, "messages_scrolled_through"), 1000.0);
+    let kept = num(&report, "messages_kept_in_page");
+    assert!(kept >= 50.0 && kept < 1000.0, "a bounded window: {report}");
+    assert!(num(&report, "cold_load_bytes") > 0.0);
+}
