@@ -29,6 +29,8 @@ const MAX_REQUESTS: usize = 100;
 /// A kept-alive connection that sends no request for this long is closed;
 /// a request head must also arrive within it.
 pub const IDLE: Duration = Duration::from_secs(10);
+/// The longest a connection may spend on plain HTTP requests.
+const MAX_HTTP_PHASE: Duration = Duration::from_secs(60);
 /// How long, and how many bytes, a closing connection is drained for.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
@@ -126,9 +128,13 @@ pub enum Outcome {
 /// upgrade, or the connection ends. Each request head must arrive within
 /// [`IDLE`].
 pub async fn serve(stream: &mut Stream) -> Outcome {
+    // One deadline for the whole HTTP phase too, so a client trickling
+    // requests cannot hold its connection slot for `MAX_REQUESTS` × `IDLE`.
+    let phase_ends = tokio::time::Instant::now() + MAX_HTTP_PHASE;
     let mut read = Vec::new();
-    for _ in 0..MAX_REQUESTS {
-        let head_len = match tokio::time::timeout(IDLE, read_head(stream, &mut read)).await {
+    for served in 1..=MAX_REQUESTS {
+        let wait = IDLE.min(phase_ends.saturating_duration_since(tokio::time::Instant::now()));
+        let head_len = match tokio::time::timeout(wait, read_head(stream, &mut read)).await {
             Ok(Ok(Some(len))) => len,
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return Outcome::Done,
         };
@@ -143,9 +149,16 @@ pub async fn serve(stream: &mut Stream) -> Outcome {
             }
             Ok(httparse::Status::Partial) | Err(_) => Answer::close(400, "bad request\n"),
         };
+        let mut answer = answer;
+        answer.keep_alive &= served < MAX_REQUESTS;
         let head_only = request.method == Some("HEAD");
         let bytes = answer.to_bytes(head_only);
-        if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
+        // A client that stops reading is dropped like a silent one.
+        let write = async {
+            stream.write_all(&bytes).await?;
+            stream.flush().await
+        };
+        if !matches!(tokio::time::timeout(IDLE, write).await, Ok(Ok(()))) {
             return Outcome::Done;
         }
         if !answer.keep_alive {
@@ -209,17 +222,32 @@ fn header<'a>(request: &'a httparse::Request, name: &str) -> Option<&'a str> {
         .and_then(|h| std::str::from_utf8(h.value).ok())
 }
 
-/// True when `header` is a comma-separated list holding `token`.
+/// True when `header` is a comma-separated list holding `token`, not
+/// weighted `q=0` (refused, in `Accept-Encoding`).
 fn lists(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| {
         v.split(',').any(|item| {
-            item.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(token)
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|param| {
+                param
+                    .trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            name.eq_ignore_ascii_case(token) && !refused
         })
     })
+}
+
+/// How many times header `name` appears.
+fn count(request: &httparse::Request, name: &str) -> usize {
+    request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .count()
 }
 
 fn is_upgrade(request: &httparse::Request) -> bool {
@@ -283,6 +311,10 @@ fn answer(request: &httparse::Request) -> Answer {
     // so does any request that might carry a body, which is never read.
     let has_body = header(request, "transfer-encoding").is_some()
         || header(request, "content-length").is_some_and(|v| v.trim() != "0");
+    if count(request, "content-length") > 1 {
+        // Which one frames the request is ambiguous: never guess.
+        return Answer::close(400, "bad request: more than one Content-Length\n");
+    }
     let keep_alive =
         request.version == Some(1) && !lists(header(request, "connection"), "close") && !has_body;
     let mut answer = match request.method {
@@ -386,6 +418,10 @@ mod tests {
         assert!(moved.starts_with("HTTP/1.1 301 ") && moved.contains("Location: /\r\n"));
         let missing = respond("GET /../etc/passwd HTTP/1.1\r\n\r\n");
         assert!(missing.starts_with("HTTP/1.1 404 "));
+        let twice = respond("GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n");
+        assert!(twice.starts_with("HTTP/1.1 400 "), "{twice}");
+        let refused = respond("GET / HTTP/1.1\r\nAccept-Encoding: gzip;q=0, identity\r\n\r\n");
+        assert!(!refused.contains("Content-Encoding"), "{refused}");
         let post = respond("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n");
         assert!(post.starts_with("HTTP/1.1 405 ") && post.contains("Connection: close"));
         let head = respond("HEAD /app.js HTTP/1.1\r\n\r\n");

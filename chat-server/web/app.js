@@ -17,6 +17,7 @@ const OTHER_ROOMS_KEEP = 100; // what a room that is not shown keeps
 const TYPING_EVERY = 3000; // ms between our typing events
 const TYPING_SHOWN = 5000; // ms a typing event is shown
 const BACKOFF = [500, 1000, 2000, 4000, 8000, 15000]; // ms before reconnect attempts
+const PING_EVERY = 30000; // ms between keep-alive pings
 const QUICK_EMOJI = ["👍", "❤️", "😂", "🎉", "😮", "😢", "🙏", "👀"];
 
 const $ = (id) => document.getElementById(id);
@@ -49,7 +50,8 @@ const state = {
   selected: null, // seq of the selected message in the current room
   compose: null, // {mode: "reply" | "edit", seq}
   atBottom: true,
-  readTimer: null,
+  pingTimer: null,
+  pingOutstanding: false,
   search: null, // {query, room, next, loading}
   browse: null, // {after, loading}
   reacting: null, // seq the react dialog is for
@@ -73,6 +75,9 @@ function newRoom(name) {
     typing: new Map(), // user -> time it stops showing
     mentions: 0,
     afterJoin: null, // what to do once the join backlog is in
+    sentRead: 0, // the read marker the server has
+    readTimer: null,
+    pageToken: 0, // answers to older page requests are ignored
   };
 }
 
@@ -222,27 +227,54 @@ function connect() {
     }
     if (event && typeof event.type === "string") handle(event);
   };
-  ws.onclose = (close) => {
-    if (state.ws !== ws) return;
-    state.ws = null;
-    const was = state.online;
-    state.online = false;
-    for (const room of state.rooms.values()) {
-      room.joined = false;
-      room.joining = null;
-      room.members.clear();
-      room.typing.clear();
-    }
-    state.waiting.clear();
-    if (!state.everOnline) {
-      if (password !== null) showLoginError(close.code === 1008 ? "Refused by the server." : "Cannot reach the server.");
-      return;
-    }
-    if (password === null) return; // logged out
-    renderHeader();
-    renderTimeline();
-    scheduleReconnect(was ? 0 : undefined);
-  };
+  ws.onclose = (close) => connectionLost(ws, close.code);
+}
+
+/// The socket `ws` closed (or stopped answering): everything that lived on
+/// it is forgotten, and a logged-in page reconnects.
+function connectionLost(ws, code) {
+  if (state.ws !== ws) return;
+  state.ws = null;
+  ws.onclose = null;
+  ws.close();
+  clearInterval(state.pingTimer);
+  state.pingOutstanding = false;
+  const was = state.online;
+  state.online = false;
+  for (const room of state.rooms.values()) {
+    room.joined = false;
+    room.joining = null;
+    room.loading = false;
+    room.pageToken += 1;
+    room.members.clear();
+    room.typing.clear();
+  }
+  state.waiting.clear();
+  if (!state.everOnline) {
+    if (password !== null) showLoginError(code === 1008 ? "Refused by the server." : "Cannot reach the server.");
+    return;
+  }
+  if (password === null) return; // logged out
+  renderHeader();
+  renderTimeline();
+  scheduleReconnect(was ? 0 : undefined);
+}
+
+/// A ping every 30 s; a socket that has not answered the previous one by
+/// then is taken for dead (after a laptop's sleep or a network change the
+/// browser may not notice for minutes).
+function startHeartbeat(ws) {
+  clearInterval(state.pingTimer);
+  state.pingOutstanding = false;
+  state.pingTimer = setInterval(() => {
+    if (state.ws !== ws) return clearInterval(state.pingTimer);
+    if (state.pingOutstanding) return connectionLost(ws, 1006);
+    state.pingOutstanding = true;
+    send({ type: "ping" }, () => {
+      state.pingOutstanding = false;
+      return true;
+    });
+  }, PING_EVERY);
 }
 
 function scheduleReconnect(delay) {
@@ -302,11 +334,20 @@ function onWelcome(event) {
   state.features = new Set(event.features || []);
   setStatus("", false);
   showChat();
+  startHeartbeat(state.ws);
+  if (Array.isArray(event.rooms)) {
+    // Rooms deleted, or left on another device, while this page was away
+    // are gone: joining them again would create them anew.
+    const listed = new Set(event.rooms.map((info) => info.name));
+    for (const name of [...state.rooms.keys()]) if (!listed.has(name)) state.rooms.delete(name);
+    if (state.current && !state.rooms.has(state.current)) state.current = null;
+  }
   for (const info of event.rooms || []) {
     const room = roomNamed(info.name);
     room.private = !!info.private;
     room.lastSeq = Math.max(room.lastSeq, info.last_seq || 0);
-    room.read = Math.max(room.read, info.read || 0);
+    room.sentRead = info.read || 0;
+    room.read = Math.max(room.read, room.sentRead);
   }
   if (state.rooms.size === 0) roomNamed("general");
   for (const room of state.rooms.values()) joinRoom(room);
@@ -337,7 +378,12 @@ function joinRoom(room, extra = {}) {
     if (state.features.has("edit") || state.features.has("react")) request.since_rev = room.rev;
   }
   room.joining = { since: resume ? room.seen : null, lastSeq: null, mine: [] };
-  send(request);
+  send(request, (event) => {
+    if (event.type !== "error") return false; // `joined`, handled below
+    forgetRoom(room.name);
+    notice(`Cannot join ${room.name}: ${event.message || event.code}`);
+    return true;
+  });
 }
 
 function onJoined(event) {
@@ -347,6 +393,13 @@ function onJoined(event) {
   room.rev = Math.max(room.rev, event.rev || 0);
   room.members = new Set(event.members || []);
   if (!room.joining) room.joining = { since: null, lastSeq: null, mine: [] };
+  if (room.joining.since !== null && event.last_seq < room.joining.since) {
+    // A new room of the same name (the old one was deleted meanwhile):
+    // what this page holds belongs to the old one.
+    Object.assign(room, { messages: [], seen: 0, lastSeq: event.last_seq, read: room.sentRead });
+    room.rev = event.rev || 0;
+    room.joining.since = null;
+  }
   room.joining.lastSeq = event.last_seq;
   renderRoomList();
   if (room.name === state.current) renderHeader();
@@ -362,6 +415,7 @@ function onHistory(event) {
     room.hasOlder = !!event.has_more;
     room.hasNewer = false;
     room.seen = Math.max(room.seen, joining.lastSeq ?? 0);
+    joining.mine.push(...event.messages.filter((m) => m.user === state.user));
     finishJoin(room);
   } else {
     for (const message of event.messages) {
@@ -384,8 +438,12 @@ function finishJoin(room) {
   // Sends that were on the wire when the connection dropped: those whose
   // message came back in the backlog were stored; the rest go again.
   for (const item of state.outbox) {
-    if (item.room !== room.name || item.status !== "sent") continue;
-    const index = mine.findIndex((m) => m.text === item.text && (m.reply_to ?? null) === (item.reply_to ?? null));
+    if (item.room !== room.name) continue;
+    if (item.status === "delivered") item.status = "done"; // stored; its ack was lost
+    if (item.status !== "sent") continue;
+    const index = mine.findIndex(
+      (m) => m.seq > item.seenAtSend && m.text === item.text && (m.reply_to ?? null) === (item.reply_to ?? null)
+    );
     if (index >= 0) {
       mine.splice(index, 1);
       item.status = "done";
@@ -398,6 +456,7 @@ function finishJoin(room) {
   const then = room.afterJoin;
   room.afterJoin = null;
   if (then) then();
+  sendRead(room);
   maybeMarkRead();
 }
 
@@ -425,7 +484,9 @@ function onMessage(event) {
   room.typing.delete(message.user);
   if (message.user === state.user) {
     // Our own send: its pending copy gives way to the stored one.
-    const item = state.outbox.find((i) => i.room === room.name && i.status === "sent" && i.text === message.text);
+    const item = state.outbox.find(
+      (i) => i.room === room.name && i.status === "sent" && i.text === message.text && message.seq > i.seenAtSend
+    );
     if (item) item.status = "delivered";
     if (room.read < message.seq && room.read >= message.seq - 1) room.read = message.seq;
   }
@@ -433,8 +494,9 @@ function onMessage(event) {
   const stick = shown && state.atBottom;
   if (!room.hasNewer) {
     room.messages.push(message);
-    if (!shown) trimWindow(room, "newer", OTHER_ROOMS_KEEP);
-    else if (stick) trimWindow(room, "newer");
+    // At the bottom (or out of sight) the oldest give way to the new one.
+    if (!shown) trimWindow(room, "older", OTHER_ROOMS_KEEP);
+    else if (stick) trimWindow(room, "older");
   }
   noticeIncoming(room, message, true);
   if (shown) {
@@ -548,6 +610,7 @@ function onRead(event) {
   const room = state.rooms.get(event.room);
   if (!room) return;
   room.read = Math.max(room.read, event.seq);
+  room.sentRead = Math.max(room.sentRead, event.seq);
   if (room.read >= room.lastSeq) room.mentions = 0;
   renderRoomList();
 }
@@ -571,6 +634,11 @@ function onError(event) {
       busy: "The server is busy: try again in a moment.",
     };
     const text = reasons[event.code] || event.message || event.code;
+    if (state.everOnline && (event.code === "busy" || event.code === "internal")) {
+      // Everyone reconnects at once after a restart: try again later.
+      if (state.ws) connectionLost(state.ws, 1013);
+      return;
+    }
     if (state.everOnline) {
       // The password stopped working while we were away.
       logout();
@@ -608,7 +676,10 @@ function submitInput() {
   if (!room) return;
   if (state.compose && state.compose.mode === "edit") {
     const seq = state.compose.seq;
-    send({ type: "edit", room: room.name, seq, text: body }, answerError);
+    if (!send({ type: "edit", room: room.name, seq, text: body }, answerError)) {
+      notice("Offline: the edit is kept here; save it again once connected.");
+      return;
+    }
     setCompose(null);
   } else {
     const item = { id: "q" + state.nextId++, room: room.name, text: body, status: "queued" };
@@ -636,6 +707,8 @@ function flushOutbox() {
     if (id) {
       item.id = id;
       item.status = "sent";
+      // Only a message stored after this can be this send's.
+      item.seenAtSend = room.seen;
     }
   }
   if (state.current) renderPending();
@@ -677,7 +750,9 @@ function runCommand(line) {
     case "leave":
     case "forget":
       if (!room) return false;
-      send({ type: "leave", room: room.name, forget: command === "forget" || undefined }, () => true);
+      // The page shows the account's rooms: leaving one here leaves it on
+      // every device (plain `leave` would bring it back at the next login).
+      send({ type: "leave", room: room.name, forget: true }, () => true);
       forgetRoom(room.name);
       return true;
     case "search":
@@ -685,7 +760,7 @@ function runCommand(line) {
       return true;
     case "help":
       notice(
-        "Commands: /join ROOM, /private ROOM, /dm USER, /invite USER, /leave, /forget (leave on every device), " +
+        "Commands: /join ROOM, /private ROOM, /dm USER, /invite USER, /leave (on every device), " +
           "/search WORDS. Start a line with // to send a /. Shift+Enter for a new line; ↑ on an empty line selects messages."
       );
       return true;
@@ -758,10 +833,15 @@ function maybeMarkRead() {
   }
   room.read = newest;
   renderRoomList();
-  clearTimeout(state.readTimer);
-  state.readTimer = setTimeout(() => {
-    if (state.features.has("read")) send({ type: "read", room: room.name, seq: room.read });
-  }, 300);
+  clearTimeout(room.readTimer);
+  room.readTimer = setTimeout(() => sendRead(room), 300);
+}
+
+/// Tells the server a read marker it does not have yet (again after a
+/// reconnect, when the last attempt was lost with the connection).
+function sendRead(room) {
+  if (!state.features.has("read") || room.read <= room.sentRead || room.joining) return;
+  if (send({ type: "read", room: room.name, seq: room.read })) room.sentRead = room.read;
 }
 
 document.addEventListener("visibilitychange", maybeMarkRead);
@@ -782,38 +862,48 @@ function trimWindow(room, dropFrom, keep = WINDOW) {
   }
 }
 
-function loadOlder(room) {
-  if (room.loading || !room.hasOlder || !room.messages.length || !state.online) return;
-  room.loading = true;
-  $("older").textContent = "Loading older messages…";
-  const first = room.messages[0].seq;
-  send({ type: "history", room: room.name, before: first, limit: PAGE }, (event) => {
+/// Asks for a page of `room`'s history; `apply` gets the answer unless a
+/// newer page request (or a lost connection) made it stale.
+function requestPage(room, request, apply) {
+  const token = ++room.pageToken;
+  const id = send({ type: "history", room: room.name, limit: PAGE, ...request }, (event) => {
+    if (token !== room.pageToken) return true;
     room.loading = false;
     $("older").textContent = "";
     if (event.type !== "history") return answerError(event);
-    const older = event.messages.filter((m) => m.seq < first);
-    room.messages = older.concat(room.messages);
+    apply(event.messages.filter((m) => m.seq <= room.seen), event);
+    return true;
+  });
+  if (id) room.loading = true;
+  return id;
+}
+
+/// The window's newest end: does it reach `seen` (the live edge)?
+function settleNewer(room) {
+  const newest = room.messages.length ? room.messages[room.messages.length - 1].seq : 0;
+  room.hasNewer = newest < room.seen;
+}
+
+function loadOlder(room) {
+  if (room.loading || !room.hasOlder || !room.messages.length || !state.online) return;
+  const first = room.messages[0].seq;
+  const asked = requestPage(room, { before: first }, (messages, event) => {
+    room.messages = messages.filter((m) => m.seq < first).concat(room.messages);
     room.hasOlder = !!event.has_more;
     trimWindow(room, "newer");
     if (room.name === state.current) renderTimeline({ keepAnchor: true });
-    return true;
   });
+  if (asked) $("older").textContent = "Loading older messages…";
 }
 
 function loadNewer(room) {
   if (room.loading || !room.hasNewer || !room.messages.length || !state.online) return;
-  room.loading = true;
   const last = room.messages[room.messages.length - 1].seq;
-  send({ type: "history", room: room.name, before: last + PAGE + 1, limit: PAGE }, (event) => {
-    room.loading = false;
-    if (event.type !== "history") return answerError(event);
-    const newer = event.messages.filter((m) => m.seq > last && m.seq <= room.seen);
-    room.messages = room.messages.concat(newer);
-    const newest = room.messages.length ? room.messages[room.messages.length - 1].seq : 0;
-    room.hasNewer = newest < room.seen;
+  requestPage(room, { before: last + PAGE + 1 }, (messages) => {
+    room.messages = room.messages.concat(messages.filter((m) => m.seq > last));
+    settleNewer(room);
     trimWindow(room, "older");
     if (room.name === state.current) renderTimeline({ keepAnchor: true });
-    return true;
   });
 }
 
@@ -836,22 +926,18 @@ function jumpTo(name, seq) {
     select(seq, true);
     return;
   }
-  room.loading = true;
-  send({ type: "history", room: name, before: seq + PAGE / 2 + 1, limit: PAGE }, (event) => {
-    room.loading = false;
-    if (event.type !== "history") return answerError(event);
-    room.messages = event.messages.slice();
+  requestPage(room, { before: seq + PAGE / 2 + 1 }, (messages, event) => {
+    room.messages = messages;
     room.hasOlder = !!event.has_more;
-    const newest = room.messages.length ? room.messages[room.messages.length - 1].seq : 0;
-    room.hasNewer = newest < room.seen;
+    settleNewer(room);
     if (state.current === name) {
       renderTimeline();
       select(seq, true);
     }
-    return true;
   });
 }
 
+/// Back to the live edge of the current room.
 function jumpToNewest() {
   const room = state.rooms.get(state.current);
   if (!room) return;
@@ -859,16 +945,13 @@ function jumpToNewest() {
     scrollToBottom();
     return;
   }
-  room.loading = true;
-  send({ type: "history", room: room.name, limit: PAGE }, (event) => {
-    room.loading = false;
-    if (event.type !== "history") return answerError(event);
-    room.messages = event.messages.filter((m) => m.seq <= room.seen);
+  requestPage(room, {}, (messages, event) => {
+    room.messages = messages;
     room.hasOlder = !!event.has_more;
-    room.hasNewer = false;
+    settleNewer(room);
+    if (room.name !== state.current) return;
     renderTimeline();
     scrollToBottom();
-    return true;
   });
 }
 
@@ -1001,13 +1084,26 @@ function appendToTimeline(room, message) {
   const add = (node) => (pending ? list.insertBefore(node, pending) : list.append(node));
   if (!previous || !sameDay(previous.ts, message.ts)) add(daySeparator(message.ts));
   add(messageItem(room, message, previous));
-  // A window that grew past its size while we stayed at the bottom.
+  // Messages the window dropped at the top (it stays at its size while
+  // new ones come in at the bottom), with their day separators.
   const first = room.messages[0];
-  while (list.firstElementChild && list.firstElementChild.dataset.seq && Number(list.firstElementChild.dataset.seq) < first.seq) {
-    list.firstElementChild.remove();
+  let removed = false;
+  for (let node = list.firstElementChild; node; ) {
+    const next = node.nextElementSibling;
+    if (node.dataset.seq) {
+      if (Number(node.dataset.seq) >= first.seq) break;
+      node.remove();
+      removed = true;
+    }
+    node = next;
   }
-  if (list.firstElementChild && list.firstElementChild.classList.contains("day") && list.children[1] &&
-      list.children[1].classList.contains("day")) list.firstElementChild.remove();
+  while (list.firstElementChild && list.firstElementChild.classList.contains("day") &&
+         list.children[1] && list.children[1].classList.contains("day")) list.firstElementChild.remove();
+  if (removed) {
+    // The new first message has nothing above it to continue.
+    const top = list.querySelector(`[data-seq="${first.seq}"]`);
+    if (top) top.replaceWith(messageItem(room, first, null));
+  }
   $("older").textContent = room.hasOlder ? "" : "This is the start of the room.";
   renderPending();
 }
@@ -1178,7 +1274,9 @@ function act(action, seq) {
     $("confirm-text").textContent = firstLine(message.text, 120);
     dialog.returnValue = "";
     dialog.onclose = () => {
-      if (dialog.returnValue === "yes") send({ type: "delete", room: room.name, seq }, answerError);
+      if (dialog.returnValue === "yes" && !send({ type: "delete", room: room.name, seq }, answerError)) {
+        notice("Offline: nothing was deleted.");
+      }
       $("input").focus();
     };
     dialog.showModal();
@@ -1193,7 +1291,9 @@ function act(action, seq) {
 }
 
 function react(seq, emoji) {
-  if (state.current) send({ type: "react", room: state.current, seq, emoji }, answerError);
+  if (state.current && !send({ type: "react", room: state.current, seq, emoji }, answerError)) {
+    notice("Offline: the reaction was not sent.");
+  }
 }
 
 function openReactDialog(seq) {
