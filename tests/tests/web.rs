@@ -507,3 +507,51 @@ async fn with_tls_the_page_comes_over_https_and_chats_over_wss() {
     assert_eq!(protocol, json!("https:"));
     browser.close().await;
 }
+
+/// A direct conversation opened from the page, typing and presence.
+#[tokio::test]
+async fn a_dm_from_the_page_with_typing_and_presence() {
+    let server = TestServer::with_users(Backend::Sqlite, Options::default());
+    let browser = Browser::start(1000, 700).await;
+    browser.log_in(&page_url(&server), "alice", PASSWORD).await;
+    browser.wait_for_text("#room-title", "general").await;
+    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+    bob.join("general", None).await;
+    browser.wait_for_text("#room-members", "2 online").await;
+
+    // Typing shows under the timeline, and goes when bob sends.
+    bob.send(json!({"type":"typing","room":"general"})).await;
+    browser.wait_for_text("#typing", "bob is typing").await;
+    bob.say("general", "done typing").await;
+    browser
+        .wait_for(
+            "the typing line cleared",
+            "return document.getElementById('typing').textContent === ''",
+            vec![],
+        )
+        .await;
+
+    browser.type_into("#input", "/dm bob").await;
+    browser.type_into("#input", ENTER).await;
+    let invited = bob.recv_type("invited").await;
+    assert_eq!(invited["room"], "alice+bob");
+    assert_eq!(invited["by"], "alice");
+    browser.wait_for_text("#room-title", "@bob").await;
+    browser.wait_for_text("#room-list", "@bob").await;
+    bob.join("alice+bob", None).await;
+    bob.say("alice+bob", "hi alice").await;
+    browser.wait_for_text("#messages", "hi alice").await;
+    browser.type_into("#input", "hi bob").await;
+    browser.type_into("#input", ENTER).await;
+    let message = bob
+        .recv_matching(TIMEOUT, |e| e["type"] == "message" && e["user"] == "alice")
+        .await;
+    assert_eq!(message["room"], "alice+bob");
+
+    // Bob leaving general shows in its member list.
+    browser.click("#room-list button[data-room=general]").await;
+    browser.wait_for_text("#room-members", "2 online").await;
+    bob.request(json!({"type":"leave","room":"general"})).await;
+    browser.wait_for_text("#room-members", "1 online").await;
+    browser.close().await;
+}
