@@ -94,6 +94,10 @@ enum Command {
         /// Burst of messages above the rate.
         #[arg(long, default_value_t = chat_proto::limits::SEND_BURST)]
         send_burst: u32,
+        /// text: a line a person reads; json: one JSON object a line, for
+        /// log shippers (level, time, target, message and fields).
+        #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -213,10 +217,12 @@ fn main() -> ExitCode {
             durability,
             max_rooms,
             room_quota,
+            log_format,
             tls,
         } => db_path(db).and_then(|db| {
             serve(
                 listen,
+                log_format,
                 ServeConfig {
                     db,
                     durability,
@@ -276,16 +282,33 @@ fn tune_malloc() {
     }
 }
 
-fn serve(listen: SocketAddr, mut config: ServeConfig, tls: TlsArgs) -> Result<()> {
+/// How `serve` writes its log to standard error.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn serve(
+    listen: SocketAddr,
+    log_format: LogFormat,
+    mut config: ServeConfig,
+    tls: TlsArgs,
+) -> Result<()> {
     tune_malloc();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,deadpool=error")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,deadpool=error"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // JSON escapes every control character itself: peer text stays
+        // one line there too.
+        LogFormat::Json => log.json().with_current_span(false).init(),
+    }
     // Said once the server is up: a start-up failure stays one line.
     let mut lowered = None;
     match chat_server::fdlimit::settle(config.max_connections) {

@@ -951,3 +951,30 @@ async fn rooms_are_paged_and_their_creation_is_limited(backend: Backend) {
     let zero = alice.request(json!({"type":"rooms","limit":0})).await;
     assert_eq!(zero["code"], "bad_request", "{zero}");
 }
+
+/// `--log-format json`: every line of the log is one JSON object, for log
+/// shippers.
+#[tokio::test]
+async fn the_log_can_be_json_lines() {
+    let server = TestServer::with_users(
+        Backend::Sqlite,
+        Options {
+            args: vec!["--log-format".into(), "json".into()],
+            ..Options::default()
+        },
+    );
+    // The start-up lines are logged before the first client gets in.
+    let _alice = Client::login(&server.url(), "alice", PASSWORD).await;
+    server.wait_for_log("\"database\"", 1).await;
+    let log = server.log();
+    let mut lines = 0;
+    for line in log.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        assert!(event["level"].is_string(), "{line}");
+        assert!(event["timestamp"].is_string(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 0);
+    assert!(log.contains("\"message\":\"database\""), "{log}");
+}
