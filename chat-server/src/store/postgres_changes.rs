@@ -457,8 +457,9 @@ mod tests {
                 done("r", 1, 5, false),
             ]
         );
-        assert_eq!(writes.drop_emoji, [Some("👍"), Some("🎉")]);
-        assert_eq!(writes.drop_users, [Some("bob"), Some("cat")]);
+        // Both rows from before go (listed by emoji).
+        assert_eq!(writes.drop_emoji, [Some("🎉"), Some("👍")]);
+        assert_eq!(writes.drop_users, [Some("cat"), Some("bob")]);
         assert_eq!(
             (writes.add_emoji, writes.add_users, writes.add_revs),
             (vec!["👍"], vec!["bob"], vec![5])
