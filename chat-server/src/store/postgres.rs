@@ -105,6 +105,8 @@ type PgError = tokio_postgres::Error;
 
 #[path = "postgres_changes.rs"]
 mod changes;
+#[path = "postgres_search.rs"]
+mod search;
 use changes::{Head, Refusal, Request, Target, Verdict, Writes};
 
 /// Most jobs folded into one transaction.
@@ -953,6 +955,46 @@ const SEARCH: &str = concat!(
     reactions_of_m!(),
     " ORDER BY m.gid DESC"
 );
+
+/// [`SEARCH`] with the messages read by one word only (`$6`, the rarest;
+/// see [`search`]) and tested for all of them (`$1`) one by one: the same
+/// results. The subquery is planned on its own (`OFFSET 0`), without the
+/// page's order to follow, so that it reads the word's matches from the
+/// index rather than walking messages newest first.
+const SEARCH_RARE: &str = concat!(
+    "SELECT m.gid, m.name, ",
+    message_columns!(),
+    " FROM (
+         SELECT m.gid, m.room_id, m.seq, m.\"user\", m.text, m.ts, m.reply_to, m.edited_ts,
+                m.deleted, r.name
+           FROM (SELECT * FROM messages AS m
+                  WHERE ",
+    search_document!(),
+    " @@ to_tsquery('simple', $6) AND NOT m.deleted
+                    AND m.gid < $2 AND ($3::bigint IS NULL OR m.room_id = $3)
+                 OFFSET 0) AS m
+           JOIN rooms r ON r.id = m.room_id
+          WHERE ",
+    search_document!(),
+    " @@ to_tsquery('simple', $1)
+            AND (NOT r.private OR EXISTS (
+                 SELECT 1 FROM account_rooms a WHERE a.user_name = $4 AND a.room_id = r.id))
+          ORDER BY m.gid DESC LIMIT $5
+     ) AS m ",
+    reactions_of_m!(),
+    " ORDER BY m.gid DESC"
+);
+
+/// What [`search::WordStats`] is read from: the most common words of
+/// messages and their shares (the planner's statistics; no row before the
+/// first `ANALYZE`), and how many messages there are.
+const WORD_STATS: &str = "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs,
+            c.reltuples::float8
+       FROM pg_class AS c
+       LEFT JOIN pg_stats AS s
+              ON s.schemaname = current_schema() AND s.tablename = 'messages'
+             AND s.attname = 'words'
+      WHERE c.oid = 'messages'::regclass";
 
 /// The tsquery text for `words`: each a quoted lexeme matched as a prefix,
 /// all required. The words are letters and digits only, but quotes and
@@ -2159,6 +2201,8 @@ pub struct PostgresStore {
     /// sends in flight.
     jobs: Mutex<Option<mpsc::UnboundedSender<WriteJob>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// What searches of several words choose their plan by, once read.
+    word_stats: Mutex<Option<Arc<search::WordStats>>>,
 }
 
 impl PostgresStore {
@@ -2238,7 +2282,51 @@ impl PostgresStore {
             health,
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(writer)),
+            word_stats: Mutex::new(None),
         })
+    }
+
+    /// The statistics searches of several words choose their plan by, read
+    /// again when older than [`search::STATS_TTL`]. `None` when they cannot
+    /// be read: the search goes on with the planner's own plans.
+    async fn word_stats(&self) -> Option<Arc<search::WordStats>> {
+        let kept = self.word_stats.lock().expect("word stats lock").clone();
+        if let Some(stats) = kept.filter(|s| s.read_at.elapsed() < search::STATS_TTL) {
+            return Some(stats);
+        }
+        let read = self
+            .with_conn(ANSWER_TIMEOUT, |conn| {
+                Box::pin(async move {
+                    let statement = conn.prepare_cached(WORD_STATS).await?;
+                    Ok(conn.query_opt(&statement, &[]).await?)
+                })
+            })
+            .await;
+        let row = match read {
+            Ok(row) => row,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the search statistics");
+                return None;
+            }
+        };
+        let (words, shares, messages) = match &row {
+            Some(row) => (
+                row.try_get::<_, Option<Vec<String>>>(0).ok().flatten(),
+                row.try_get::<_, Option<Vec<f32>>>(1).ok().flatten(),
+                row.try_get::<_, f64>(2).unwrap_or(0.0),
+            ),
+            None => (None, None, 0.0),
+        };
+        // The shares array ends with three more: the least and greatest
+        // share, and the share of NULLs; zip stops at the words' end.
+        let common = words
+            .unwrap_or_default()
+            .into_iter()
+            .zip(shares.unwrap_or_default().into_iter().map(f64::from))
+            .collect();
+        let stats = Arc::new(search::WordStats::new(Instant::now(), messages, common));
+        *self.word_stats.lock().expect("word stats lock") = Some(stats.clone());
+        Some(stats)
     }
 
     fn is_closed(&self) -> bool {
@@ -2629,12 +2717,30 @@ impl Store for PostgresStore {
         let limit = query.limit;
         // One more than the page: whether there is a next one.
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let rarest = match query.words.len() {
+            1 => None,
+            _ => self.word_stats().await.and_then(|stats| {
+                let fetch = usize::try_from(fetch).unwrap_or(usize::MAX);
+                stats
+                    .rarest(&query.words, fetch)
+                    .map(|word| tsquery(&[word.to_owned()]))
+            }),
+        };
         self.with_conn(ANSWER_TIMEOUT, move |conn| {
             Box::pin(async move {
-                let statement = conn.prepare_cached(SEARCH).await?;
-                let rows = conn
-                    .query(&statement, &[&terms, &before, &room, &viewer, &fetch])
-                    .await?;
+                let rows = match &rarest {
+                    None => {
+                        let statement = conn.prepare_cached(SEARCH).await?;
+                        conn.query(&statement, &[&terms, &before, &room, &viewer, &fetch])
+                            .await?
+                    }
+                    Some(rare) => {
+                        let statement = conn.prepare_cached(SEARCH_RARE).await?;
+                        let params: [&(dyn ToSql + Sync); 6] =
+                            [&terms, &before, &room, &viewer, &fetch, rare];
+                        conn.query(&statement, &params).await?
+                    }
+                };
                 let mut page = SearchPage::default();
                 for row in rows.iter().take(limit) {
                     let name: String = row.try_get(1)?;

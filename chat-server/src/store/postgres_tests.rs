@@ -752,3 +752,72 @@ async fn the_upgrade_numbers_and_indexes_existing_messages() {
     assert!(plan.contains("messages_search"), "{plan}");
     store.close().await;
 }
+
+#[tokio::test]
+async fn the_rare_word_plan_finds_what_the_usual_one_does() {
+    let (store, _feed, _) = open_store().await;
+    store.create_user("ann", "h", false).await.unwrap();
+    let public = store.open_room("public").await.unwrap().id;
+    let other = store.open_room("other").await.unwrap().id;
+    let private = store
+        .create_private_room("secret", &["ann"])
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let rooms = [public, other, private];
+    for n in 0..90u64 {
+        let mut text = String::from("the common words");
+        if n % 7 == 0 {
+            text.push_str(" rarely");
+        }
+        if n % 3 == 0 {
+            text.push_str(" thematic");
+        }
+        store
+            .append(rooms[n as usize % 3], "ann", &text, None)
+            .await
+            .unwrap();
+    }
+    // Deleted messages never match, whichever plan.
+    store
+        .change(public, 1, "ann", false, Change::Delete, None)
+        .await
+        .unwrap();
+    let conn = store.pool.get().await.unwrap();
+    let usual = conn.prepare(SEARCH).await.unwrap();
+    let rare = conn.prepare(SEARCH_RARE).await.unwrap();
+    let gids = |rows: Vec<Row>| rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>();
+    for (words, room, viewer, before) in [
+        (&["the", "rar"][..], None, "ann", i64::MAX),
+        (&["th", "rarely"][..], None, "bob", i64::MAX),
+        (
+            &["com", "the", "rarely"][..],
+            Some(public.0),
+            "ann",
+            i64::MAX,
+        ),
+        (&["them", "rarely"][..], None, "ann", 60),
+        (&["words", "nothing"][..], None, "ann", i64::MAX),
+    ] {
+        let words: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+        let terms = tsquery(&words);
+        let limit = 5i64;
+        let expected = gids(
+            conn.query(&usual, &[&terms, &before, &room, &viewer, &limit])
+                .await
+                .unwrap(),
+        );
+        for word in &words {
+            let one = tsquery(std::slice::from_ref(word));
+            let found = gids(
+                conn.query(&rare, &[&terms, &before, &room, &viewer, &limit, &one])
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(found, expected, "{words:?} read by {word}");
+        }
+    }
+    drop(conn);
+    store.close().await;
+}
