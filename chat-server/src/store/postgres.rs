@@ -8,16 +8,18 @@
 //! one, while an idle server still commits a lone send at once (nothing
 //! waits for a batch to fill).
 //!
-//! **One round trip a batch.** The whole transaction goes out as one
-//! pipeline: `BEGIN`, one statement that locks the batch's rooms, one
-//! statement that stores every message of the batch, one per change, a
+//! **One round trip a batch** (two with changes). The whole transaction
+//! goes out as one pipeline: `BEGIN`, one statement that locks the batch's
+//! rooms, one statement that stores every message of the batch, a
 //! statement or two per rare job, `COMMIT`. tokio-postgres writes them back
 //! to back and PostgreSQL answers them in order, so the writer waits for the
 //! network once. That works because no statement needs an answer to an
 //! earlier one on this side: the database itself computes each message's
-//! `seq` (see [`STORE_MESSAGES`]) and checks and applies each change,
-//! answering a refusal as a row rather than an error (see
-//! [`APPLY_CHANGE`]). Acks wait for `COMMIT`'s answer.
+//! `seq` (see [`STORE_MESSAGES`]). A batch with edits, deletions or
+//! reactions stops after the appends to read the messages they change, and
+//! works them out here (see [`changes`]); their writes, a few statements for
+//! all of them, go out with the rare jobs and `COMMIT`. Acks wait for
+//! `COMMIT`'s answer.
 //!
 //! **How `seq` stays contiguous.** A room's messages are numbered from
 //! `rooms.last_seq`, which the same statement that stores them bumps by
@@ -81,6 +83,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chat_proto::MessageRecord;
 use deadpool_postgres::tokio_postgres::error::SqlState;
+use deadpool_postgres::tokio_postgres::types::ToSql;
 use deadpool_postgres::tokio_postgres::{self, Client, Config, NoTls, Row, Statement};
 use deadpool_postgres::{
     ClientWrapper, Connect, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod,
@@ -99,6 +102,12 @@ use super::{
 };
 
 type PgError = tokio_postgres::Error;
+
+#[path = "postgres_changes.rs"]
+mod changes;
+#[path = "postgres_search.rs"]
+mod search;
+use changes::{Head, Refusal, Request, Target, Verdict, Writes};
 
 /// Most jobs folded into one transaction.
 const MAX_BATCH: usize = 1024;
@@ -726,72 +735,57 @@ const STORE_MESSAGES: &str = "WITH batch AS (
        LEFT JOIN bumped AS r ON r.id = p.room_id
       ORDER BY b.n";
 
-/// Applies one edit, deletion or reaction, checks included, in one
-/// statement (so that the batch's pipeline needs no answer before going
-/// on; the room is already locked): `$1` room, `$2` seq, `$3` user, `$4`
-/// admin, `$5` kind (`edit`, `delete`, `react`), `$6` the new text, `$7`
-/// the emoji, `$8` the time, `$9` [`MAX_REACTIONS_PER_MESSAGE`].
-///
-/// `verdict` is `ok` or why not; only then does the room's `rev` move by
-/// one and the rest happen: an edit replaces the text; a deletion empties
-/// it (in storage, not only in answers: in the change log's earlier edits
-/// too) and drops the message's reactions; a reaction is toggled, `had`
-/// saying it was on before. Every change is logged at the room's position
-/// then. One row: the verdict, `had`, and the room's name, `last_seq` and
-/// new `rev` (NULL when nothing was changed).
-const APPLY_CHANGE: &str = "WITH target AS (
-         SELECT \"user\" AS author FROM messages
-          WHERE room_id = $1::bigint AND seq = $2::bigint AND NOT deleted
-     ), mine AS (
-         SELECT EXISTS (SELECT 1 FROM reactions
-                         WHERE room_id = $1 AND seq = $2
-                           AND emoji = $7::text AND user_name = $3::text) AS had,
-                EXISTS (SELECT 1 FROM reactions
-                         WHERE room_id = $1 AND seq = $2 AND emoji = $7) AS known,
-                (SELECT count(DISTINCT emoji) FROM reactions
-                  WHERE room_id = $1 AND seq = $2) AS kinds
-     ), verdict AS (
-         SELECT CASE
-                    WHEN t.author IS NULL THEN 'no_message'
-                    WHEN $5::text = 'edit' AND t.author <> $3 THEN 'not_author'
-                    WHEN $5 = 'delete' AND t.author <> $3 AND NOT $4::boolean THEN 'not_author'
-                    WHEN $5 = 'react' AND NOT mine.had AND NOT mine.known
-                         AND mine.kinds >= $9::bigint THEN 'too_many'
-                    ELSE 'ok'
-                END AS status,
-                mine.had
-           FROM mine LEFT JOIN target AS t ON true
-     ), bumped AS (
-         UPDATE rooms SET rev = rev + 1
-          WHERE id = $1 AND (SELECT status FROM verdict) = 'ok'
-      RETURNING name, last_seq, rev
-     ), edited AS (
-         UPDATE messages SET text = $6::text, edited_ts = $8::bigint
-          WHERE room_id = $1 AND seq = $2 AND $5 = 'edit' AND EXISTS (SELECT 1 FROM bumped)
-     ), deleted AS (
-         UPDATE messages SET text = '', deleted = true
-          WHERE room_id = $1 AND seq = $2 AND $5 = 'delete' AND EXISTS (SELECT 1 FROM bumped)
-     ), unlogged AS (
-         UPDATE room_changes SET text = ''
-          WHERE room_id = $1 AND seq = $2 AND kind = 'edit'
-            AND $5 = 'delete' AND EXISTS (SELECT 1 FROM bumped)
-     ), unreacted AS (
-         DELETE FROM reactions
-          WHERE room_id = $1 AND seq = $2 AND EXISTS (SELECT 1 FROM bumped)
-            AND ($5 = 'delete' OR ($5 = 'react' AND emoji = $7 AND user_name = $3))
-     ), reacted AS (
-         INSERT INTO reactions (room_id, seq, emoji, user_name, rev)
-         SELECT $1, $2, $7, $3, b.rev FROM bumped AS b, verdict AS v
-          WHERE $5 = 'react' AND NOT v.had
-     ), logged AS (
-         INSERT INTO room_changes
-                (room_id, rev, at_seq, seq, kind, user_name, text, emoji, turned_on, ts)
-         SELECT $1, b.rev, b.last_seq, $2, $5, $3, $6, $7,
-                CASE WHEN $5 = 'react' THEN NOT v.had END, $8
-           FROM bumped AS b, verdict AS v
-     )
-     SELECT v.status, v.had, b.name, b.last_seq, b.rev
-       FROM verdict AS v LEFT JOIN bumped AS b ON true";
+/// The messages a batch changes ($1 rooms, $2 seqs), those not deleted:
+/// author and reactions (two arrays, NULL when none). Read after the rooms
+/// are locked; see [`changes`].
+const READ_TARGETS: &str = "SELECT m.room_id, m.seq, m.\"user\", rx.emoji, rx.users
+       FROM unnest($1::bigint[], $2::bigint[]) AS t(room_id, seq)
+       JOIN messages AS m ON m.room_id = t.room_id AND m.seq = t.seq
+      CROSS JOIN LATERAL (
+            SELECT array_agg(x.emoji) AS emoji, array_agg(x.user_name) AS users
+              FROM reactions AS x WHERE x.room_id = m.room_id AND x.seq = m.seq
+      ) AS rx
+      WHERE NOT m.deleted";
+
+/// The rooms a batch changes, after its appends.
+const READ_HEADS: &str = "SELECT id, name, last_seq, rev FROM rooms WHERE id = ANY($1::bigint[])";
+
+/// The writes of a batch's changes ([`changes::Writes`]), one statement a
+/// table and kind, run in this order: the rooms' new `rev`s; messages
+/// edited or deleted (`edited_ts` kept unless given); reaction rows that go
+/// (a NULL emoji: all of the message), then those added, so that a row
+/// turned off and on again comes back with its new `rev`; the change log;
+/// then the logged edits of deleted messages lose their text, this batch's
+/// included.
+const SET_REVS: &str = "UPDATE rooms AS r SET rev = u.rev
+       FROM unnest($1::bigint[], $2::bigint[]) AS u(id, rev)
+      WHERE r.id = u.id";
+
+const REWRITE_MESSAGES: &str = "UPDATE messages AS m
+        SET text = u.text, edited_ts = coalesce(u.edited_ts, m.edited_ts), deleted = u.deleted
+       FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::boolean[])
+            AS u(room_id, seq, text, edited_ts, deleted)
+      WHERE m.room_id = u.room_id AND m.seq = u.seq";
+
+const DROP_REACTIONS: &str = "DELETE FROM reactions AS x
+      USING unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[])
+            AS u(room_id, seq, emoji, user_name)
+      WHERE x.room_id = u.room_id AND x.seq = u.seq
+        AND (u.emoji IS NULL OR (x.emoji = u.emoji AND x.user_name = u.user_name))";
+
+const ADD_REACTIONS: &str = "INSERT INTO reactions (room_id, seq, emoji, user_name, rev)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[])";
+
+const LOG_CHANGES: &str = "INSERT INTO room_changes
+            (room_id, rev, at_seq, seq, kind, user_name, text, emoji, turned_on, ts)
+     SELECT u.*, $10::bigint
+       FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                   $6::text[], $7::text[], $8::text[], $9::boolean[])
+            AS u(room_id, rev, at_seq, seq, kind, user_name, text, emoji, turned_on)";
+
+const UNLOG_EDITS: &str = "UPDATE room_changes AS l SET text = ''
+       FROM unnest($1::bigint[], $2::bigint[]) AS u(room_id, seq)
+      WHERE l.room_id = u.room_id AND l.seq = u.seq AND l.kind = 'edit'";
 
 const CREATE_ROOM: &str = "INSERT INTO rooms (name, last_activity) VALUES ($1, $2)
      ON CONFLICT (name) DO NOTHING";
@@ -961,6 +955,46 @@ const SEARCH: &str = concat!(
     reactions_of_m!(),
     " ORDER BY m.gid DESC"
 );
+
+/// [`SEARCH`] with the messages read by one word only (`$6`, the rarest;
+/// see [`search`]) and tested for all of them (`$1`) one by one: the same
+/// results. The subquery is planned on its own (`OFFSET 0`), without the
+/// page's order to follow, so that it reads the word's matches from the
+/// index rather than walking messages newest first.
+const SEARCH_RARE: &str = concat!(
+    "SELECT m.gid, m.name, ",
+    message_columns!(),
+    " FROM (
+         SELECT m.gid, m.room_id, m.seq, m.\"user\", m.text, m.ts, m.reply_to, m.edited_ts,
+                m.deleted, r.name
+           FROM (SELECT * FROM messages AS m
+                  WHERE ",
+    search_document!(),
+    " @@ to_tsquery('simple', $6) AND NOT m.deleted
+                    AND m.gid < $2 AND ($3::bigint IS NULL OR m.room_id = $3)
+                 OFFSET 0) AS m
+           JOIN rooms r ON r.id = m.room_id
+          WHERE ",
+    search_document!(),
+    " @@ to_tsquery('simple', $1)
+            AND (NOT r.private OR EXISTS (
+                 SELECT 1 FROM account_rooms a WHERE a.user_name = $4 AND a.room_id = r.id))
+          ORDER BY m.gid DESC LIMIT $5
+     ) AS m ",
+    reactions_of_m!(),
+    " ORDER BY m.gid DESC"
+);
+
+/// What [`search::WordStats`] is read from: the most common words of
+/// messages and their shares (the planner's statistics; no row before the
+/// first `ANALYZE`), and how many messages there are.
+const WORD_STATS: &str = "SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs,
+            c.reltuples::float8
+       FROM pg_class AS c
+       LEFT JOIN pg_stats AS s
+              ON s.schemaname = current_schema() AND s.tablename = 'messages'
+             AND s.attname = 'words'
+      WHERE c.oid = 'messages'::regclass";
 
 /// The tsquery text for `words`: each a quoted lexeme matched as a prefix,
 /// all required. The words are letters and digits only, but quotes and
@@ -1165,6 +1199,13 @@ struct Plan<'a> {
     reply_to: Vec<Option<i64>>,
     /// The rooms the batch deletes, locked along with the others.
     deleted: Vec<&'a str>,
+    /// The changes (jobs by index in the batch), in queue order.
+    changes: Vec<usize>,
+    /// The messages they change (distinct, as two arrays) and their rooms,
+    /// read before they are worked out (see [`changes`]).
+    target_rooms: Vec<i64>,
+    target_seqs: Vec<i64>,
+    changed_rooms: Vec<i64>,
 }
 
 /// What [`STORE_MESSAGES`] answered for one append.
@@ -1182,7 +1223,9 @@ impl<'a> Plan<'a> {
     fn new(jobs: &'a [WriteJob]) -> Plan<'a> {
         let mut plan = Plan::default();
         let mut rooms = std::collections::BTreeSet::new();
-        for job in jobs {
+        let mut targets = std::collections::BTreeSet::new();
+        let mut changed_rooms = std::collections::BTreeSet::new();
+        for (index, job) in jobs.iter().enumerate() {
             match job {
                 WriteJob::Append {
                     room,
@@ -1197,15 +1240,44 @@ impl<'a> Plan<'a> {
                     plan.texts.push(text);
                     plan.reply_to.push(reply_to.map(to_db));
                 }
-                WriteJob::Change { room, .. } => {
+                WriteJob::Change { room, seq, .. } => {
                     rooms.insert(room.0);
+                    changed_rooms.insert(room.0);
+                    targets.insert((room.0, to_db(*seq)));
+                    plan.changes.push(index);
                 }
                 WriteJob::DeleteRoom { name, .. } => plan.deleted.push(name),
                 WriteJob::OpenRoom { .. } | WriteJob::CreateUser { .. } => {}
             }
         }
         plan.rooms = rooms.into_iter().collect();
+        plan.changed_rooms = changed_rooms.into_iter().collect();
+        (plan.target_rooms, plan.target_seqs) = targets.into_iter().unzip();
         plan
+    }
+
+    /// The batch's changes as [`changes::apply`] takes them.
+    fn requests(&self, jobs: &'a [WriteJob]) -> Vec<Request<'a>> {
+        self.changes
+            .iter()
+            .filter_map(|&index| match &jobs[index] {
+                WriteJob::Change {
+                    room,
+                    seq,
+                    user,
+                    admin,
+                    change,
+                    ..
+                } => Some(Request {
+                    room: room.0,
+                    seq: *seq,
+                    user,
+                    admin: *admin,
+                    change,
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Each append's outcome, in queue order, and the messages stored, from
@@ -1248,46 +1320,27 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// A change's kind, text and emoji as [`APPLY_CHANGE`] takes them.
-fn change_params(change: &Change) -> (&'static str, Option<&str>, Option<&str>) {
-    match change {
-        Change::Edit { text } => ("edit", Some(text), None),
-        Change::Delete => ("delete", None, None),
-        Change::React { emoji } => ("react", None, Some(emoji)),
-    }
-}
-
-/// A change's outcome from the row [`APPLY_CHANGE`] answered, and the event
-/// to announce.
+/// A change's outcome from its verdict, and the event to announce.
 fn changed(
     room: RoomId,
     seq: u64,
     user: &str,
     change: &Change,
     answer: &Option<Answer>,
-    row: &Row,
+    verdict: &Verdict<'_>,
     ts: i64,
-) -> Result<(Outcome, Option<Stored>), PgError> {
-    let status: &str = row.try_get(0)?;
-    let refused = |err| Ok((Outcome::Refused(err), None));
-    match status {
-        "ok" => {}
-        "no_message" => return refused(StoreError::NoSuchMessage),
-        "not_author" => return refused(StoreError::NotAuthor),
-        "too_many" => return refused(StoreError::TooManyReactions),
-        other => {
-            tracing::error!(status = other, "unexpected change verdict");
-            return refused(StoreError::Unavailable("unexpected change verdict".into()));
+) -> (Outcome, Option<Stored>) {
+    let (name, at, had) = match verdict {
+        Verdict::Done { name, at, had } => (*name, *at, *had),
+        Verdict::Refused(why) => {
+            let err = match why {
+                Refusal::NoMessage => StoreError::NoSuchMessage,
+                Refusal::NotAuthor => StoreError::NotAuthor,
+                Refusal::TooManyReactions => StoreError::TooManyReactions,
+                Refusal::NoRoom => StoreError::NoSuchRoom,
+            };
+            return (Outcome::Refused(err), None);
         }
-    }
-    let had: bool = row.try_get(1)?;
-    let Some(name) = row.try_get::<_, Option<String>>(2)? else {
-        // The room went with its messages, so this is not expected either.
-        return refused(StoreError::NoSuchRoom);
-    };
-    let at = Position {
-        seq: from_db(row.try_get(3)?),
-        rev: from_db(row.try_get(4)?),
     };
     let on = matches!(change, Change::React { .. }) && !had;
     let event = match change {
@@ -1311,19 +1364,69 @@ fn changed(
     });
     let stored = Stored {
         room_id: room,
-        room: name,
+        room: name.to_owned(),
         at,
         event,
         answer: answer.clone(),
     };
-    Ok((outcome, Some(stored)))
+    (outcome, Some(stored))
+}
+
+/// The messages and rooms a batch changes, from the answers to
+/// [`READ_TARGETS`] and [`READ_HEADS`].
+type ChangeState = (
+    std::collections::BTreeMap<(i64, u64), Target>,
+    std::collections::BTreeMap<i64, Head>,
+);
+
+fn read_state(steps: &[Step], replies: &[Reply]) -> Result<ChangeState, PgError> {
+    let mut targets = std::collections::BTreeMap::new();
+    let mut heads = std::collections::BTreeMap::new();
+    for (step, reply) in steps.iter().zip(replies) {
+        match (step, reply) {
+            (Step::ReadTargets, Reply::Rows(rows)) => {
+                for row in rows {
+                    let emoji: Option<Vec<String>> = row.try_get(3)?;
+                    let users: Option<Vec<String>> = row.try_get(4)?;
+                    let target = Target {
+                        author: row.try_get(2)?,
+                        reactions: emoji
+                            .unwrap_or_default()
+                            .into_iter()
+                            .zip(users.unwrap_or_default())
+                            .collect(),
+                    };
+                    targets.insert((row.try_get(0)?, from_db(row.try_get(1)?)), target);
+                }
+            }
+            (Step::ReadHeads, Reply::Rows(rows)) => {
+                for row in rows {
+                    let head = Head {
+                        name: row.try_get(1)?,
+                        last_seq: from_db(row.try_get(2)?),
+                        rev: from_db(row.try_get(3)?),
+                    };
+                    heads.insert(row.try_get(0)?, head);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((targets, heads))
 }
 
 /// The writer's statements, prepared once per connection.
 struct WriterStatements {
     lock_rooms: Statement,
     store_messages: Statement,
-    apply_change: Statement,
+    read_targets: Statement,
+    read_heads: Statement,
+    set_revs: Statement,
+    rewrite_messages: Statement,
+    drop_reactions: Statement,
+    add_reactions: Statement,
+    log_changes: Statement,
+    unlog_edits: Statement,
     create_room: Statement,
     room_head: Statement,
     create_user: Statement,
@@ -1333,11 +1436,18 @@ struct WriterStatements {
 
 impl WriterStatements {
     async fn prepare(conn: &Client) -> Result<WriterStatements, PgError> {
-        // Pipelined too: one round trip for all eight.
+        // Pipelined too: one round trip for them all.
         let (
             lock_rooms,
             store_messages,
-            apply_change,
+            read_targets,
+            read_heads,
+            set_revs,
+            rewrite_messages,
+            drop_reactions,
+            add_reactions,
+            log_changes,
+            unlog_edits,
             create_room,
             room_head,
             create_user,
@@ -1346,7 +1456,14 @@ impl WriterStatements {
         ) = tokio::try_join!(
             conn.prepare(LOCK_ROOMS),
             conn.prepare(STORE_MESSAGES),
-            conn.prepare(APPLY_CHANGE),
+            conn.prepare(READ_TARGETS),
+            conn.prepare(READ_HEADS),
+            conn.prepare(SET_REVS),
+            conn.prepare(REWRITE_MESSAGES),
+            conn.prepare(DROP_REACTIONS),
+            conn.prepare(ADD_REACTIONS),
+            conn.prepare(LOG_CHANGES),
+            conn.prepare(UNLOG_EDITS),
             conn.prepare(CREATE_ROOM),
             conn.prepare(ROOM_HEAD),
             conn.prepare(CREATE_USER),
@@ -1356,7 +1473,14 @@ impl WriterStatements {
         Ok(WriterStatements {
             lock_rooms,
             store_messages,
-            apply_change,
+            read_targets,
+            read_heads,
+            set_revs,
+            rewrite_messages,
+            drop_reactions,
+            add_reactions,
+            log_changes,
+            unlog_edits,
             create_room,
             room_head,
             create_user,
@@ -1374,7 +1498,9 @@ enum Step {
     Settings,
     LockRooms,
     StoreMessages,
-    Change(usize),
+    ReadTargets,
+    ReadHeads,
+    ChangeWrites,
     CreateRoom,
     RoomHead(usize),
     CreateUser(usize),
@@ -1409,28 +1535,24 @@ impl<'a> Pipeline<'a> {
         self.pending.push(Box::pin(statement));
     }
 
-    /// Lays out one transaction storing `jobs`: appends first (in one
-    /// statement, after locking every room involved), then changes (one
-    /// statement each, in queue order), then the rare jobs in
-    /// [`rare_job_order`]. Jobs in one batch were all in flight at once, so
-    /// any order between them is one the clients could have seen; the
-    /// commit feed reports the order used. (So a reply may land just before
-    /// the deletion of its target in the same batch: the reply was sent
-    /// before the deletion was acknowledged.)
-    fn build(
+    /// Lays out the first part of the transaction storing `jobs`: appends
+    /// first (in one statement, after locking every room involved), then,
+    /// when there are changes, the reads [`changes::apply`] needs (the
+    /// rooms are locked by then, so what they read stays true until
+    /// `COMMIT`). [`Pipeline::finish`] lays out the rest.
+    fn start(
+        &mut self,
         conn: &'a Client,
         statements: &'a WriterStatements,
-        jobs: &'a [WriteJob],
         plan: &'a Plan<'a>,
         ts: &'a i64,
-    ) -> Pipeline<'a> {
+    ) {
         let st = statements;
-        let mut pipeline = Pipeline::default();
-        pipeline.push(Step::Begin, async move {
+        self.push(Step::Begin, async move {
             conn.batch_execute("BEGIN").await.map(|()| Reply::Done)
         });
         if !plan.deleted.is_empty() {
-            pipeline.push(Step::Settings, async move {
+            self.push(Step::Settings, async move {
                 let sql = format!(
                     "SET LOCAL statement_timeout = {}",
                     DELETE_TIMEOUT.as_millis()
@@ -1439,14 +1561,14 @@ impl<'a> Pipeline<'a> {
             });
         }
         if !plan.rooms.is_empty() || !plan.deleted.is_empty() {
-            pipeline.push(Step::LockRooms, async move {
+            self.push(Step::LockRooms, async move {
                 conn.execute(&st.lock_rooms, &[&plan.rooms, &plan.deleted])
                     .await
                     .map(Reply::Count)
             });
         }
-        if !plan.rooms.is_empty() {
-            pipeline.push(Step::StoreMessages, async move {
+        if !plan.message_rooms.is_empty() {
+            self.push(Step::StoreMessages, async move {
                 conn.query(
                     &st.store_messages,
                     &[
@@ -1461,62 +1583,64 @@ impl<'a> Pipeline<'a> {
                 .map(Reply::Rows)
             });
         }
-        for (index, job) in jobs.iter().enumerate() {
-            let WriteJob::Change {
-                room,
-                seq,
-                user,
-                admin,
-                change,
-                ..
-            } = job
-            else {
-                continue;
-            };
-            pipeline.push(Step::Change(index), async move {
-                let (kind, text, emoji) = change_params(change);
-                let max = to_db(MAX_REACTIONS_PER_MESSAGE as u64);
-                conn.query_one(
-                    &st.apply_change,
-                    &[
-                        &room.0,
-                        &to_db(*seq),
-                        user,
-                        admin,
-                        &kind,
-                        &text,
-                        &emoji,
-                        ts,
-                        &max,
-                    ],
-                )
-                .await
-                .map(|row| Reply::Rows(vec![row]))
+        if !plan.changes.is_empty() {
+            self.push(Step::ReadTargets, async move {
+                conn.query(&st.read_targets, &[&plan.target_rooms, &plan.target_seqs])
+                    .await
+                    .map(Reply::Rows)
             });
+            self.push(Step::ReadHeads, async move {
+                conn.query(&st.read_heads, &[&plan.changed_rooms])
+                    .await
+                    .map(Reply::Rows)
+            });
+        }
+    }
+
+    /// Lays out the rest of the transaction: the changes' writes (a
+    /// statement per table and kind for them all, skipping those with
+    /// nothing to do), then the rare jobs in [`rare_job_order`], then
+    /// `COMMIT`. Jobs in one batch were all in flight at once, so any
+    /// order between them is one the clients could have seen; the commit
+    /// feed reports the order used: appends, changes in queue order, rare
+    /// jobs. (So a reply may land just before the deletion of its target in
+    /// the same batch: the reply was sent before the deletion was
+    /// acknowledged.)
+    fn finish(
+        &mut self,
+        conn: &'a Client,
+        statements: &'a WriterStatements,
+        jobs: &'a [WriteJob],
+        writes: Option<&'a Writes<'a>>,
+        ts: &'a i64,
+    ) {
+        let st = statements;
+        if let Some(w) = writes {
+            self.change_writes(conn, st, w, ts);
         }
         for index in rare_job_order(jobs) {
             match &jobs[index] {
                 WriteJob::Append { .. } | WriteJob::Change { .. } => {}
                 WriteJob::DeleteRoom { name, .. } => {
-                    pipeline.push(Step::LockRoom, async move {
+                    self.push(Step::LockRoom, async move {
                         conn.execute(&st.lock_room, &[name]).await.map(Reply::Count)
                     });
-                    pipeline.push(Step::DeleteRoom(index), async move {
+                    self.push(Step::DeleteRoom(index), async move {
                         conn.query(&st.delete_room, &[name]).await.map(Reply::Rows)
                     });
                 }
                 WriteJob::OpenRoom { name, .. } => {
-                    pipeline.push(Step::CreateRoom, async move {
+                    self.push(Step::CreateRoom, async move {
                         conn.execute(&st.create_room, &[name, ts])
                             .await
                             .map(Reply::Count)
                     });
-                    pipeline.push(Step::RoomHead(index), async move {
+                    self.push(Step::RoomHead(index), async move {
                         conn.query(&st.room_head, &[name]).await.map(Reply::Rows)
                     });
                 }
                 WriteJob::CreateUser { user, .. } => {
-                    pipeline.push(Step::CreateUser(index), async move {
+                    self.push(Step::CreateUser(index), async move {
                         conn.execute(
                             &st.create_user,
                             &[&user.name, &user.password_hash, &user.admin, &user.created],
@@ -1529,10 +1653,77 @@ impl<'a> Pipeline<'a> {
         }
         // In an aborted transaction COMMIT rolls back and still answers
         // without error: success is every statement's, not COMMIT's alone.
-        pipeline.push(Step::Commit, async move {
+        self.push(Step::Commit, async move {
             conn.batch_execute("COMMIT").await.map(|()| Reply::Done)
         });
-        pipeline
+    }
+
+    /// The writes of a batch's changes, in the order [`SET_REVS`] gives.
+    fn change_writes(
+        &mut self,
+        conn: &'a Client,
+        st: &'a WriterStatements,
+        w: &'a Writes<'a>,
+        ts: &'a i64,
+    ) {
+        let mut statement = |statement: &'a Statement, params: Vec<&'a (dyn ToSql + Sync)>| {
+            self.push(Step::ChangeWrites, async move {
+                conn.execute(statement, &params).await.map(Reply::Count)
+            });
+        };
+        if !w.room_ids.is_empty() {
+            statement(&st.set_revs, vec![&w.room_ids, &w.room_revs]);
+        }
+        if !w.message_rooms.is_empty() {
+            statement(
+                &st.rewrite_messages,
+                vec![
+                    &w.message_rooms,
+                    &w.message_seqs,
+                    &w.message_texts,
+                    &w.message_edited,
+                    &w.message_deleted,
+                ],
+            );
+        }
+        if !w.drop_rooms.is_empty() {
+            statement(
+                &st.drop_reactions,
+                vec![&w.drop_rooms, &w.drop_seqs, &w.drop_emoji, &w.drop_users],
+            );
+        }
+        if !w.add_rooms.is_empty() {
+            statement(
+                &st.add_reactions,
+                vec![
+                    &w.add_rooms,
+                    &w.add_seqs,
+                    &w.add_emoji,
+                    &w.add_users,
+                    &w.add_revs,
+                ],
+            );
+        }
+        if !w.log_rooms.is_empty() {
+            statement(
+                &st.log_changes,
+                vec![
+                    &w.log_rooms,
+                    &w.log_revs,
+                    &w.log_at_seqs,
+                    &w.log_seqs,
+                    &w.log_kinds,
+                    &w.log_users,
+                    &w.log_texts,
+                    &w.log_emoji,
+                    &w.log_turned_on,
+                    ts,
+                ],
+            );
+        }
+        if !w.unlog_rooms.is_empty() {
+            statement(&st.unlog_edits, vec![&w.unlog_rooms, &w.unlog_seqs]);
+        }
     }
 }
 
@@ -1596,16 +1787,35 @@ struct Committed {
 }
 
 /// Reads a committed batch's answers.
+///
+/// `verdicts`: what [`changes::apply`] made of the batch's changes, one per
+/// entry of [`Plan::changes`].
 fn read_replies(
     jobs: &[WriteJob],
     plan: &Plan<'_>,
     steps: &[Step],
     replies: Vec<Reply>,
+    verdicts: &[Verdict<'_>],
     ts: i64,
 ) -> Result<Committed, PgError> {
     let mut placed = Vec::with_capacity(plan.message_rooms.len());
     let mut changes = Vec::new();
     let mut rare: Vec<Option<Outcome>> = jobs.iter().map(|_| None).collect();
+    for (&index, verdict) in plan.changes.iter().zip(verdicts) {
+        if let WriteJob::Change {
+            room,
+            seq,
+            user,
+            change,
+            answer,
+            ..
+        } = &jobs[index]
+        {
+            let (outcome, stored) = changed(*room, *seq, user, change, answer, verdict, ts);
+            changes.extend(stored);
+            rare[index] = Some(outcome);
+        }
+    }
     for (step, reply) in steps.iter().zip(replies) {
         match (*step, reply) {
             (Step::StoreMessages, Reply::Rows(rows)) => {
@@ -1621,24 +1831,6 @@ fn read_replies(
                             rev: from_db(row.try_get(3)?),
                         },
                     });
-                }
-            }
-            (Step::Change(index), Reply::Rows(rows)) => {
-                if let (
-                    WriteJob::Change {
-                        room,
-                        seq,
-                        user,
-                        change,
-                        answer,
-                        ..
-                    },
-                    Some(row),
-                ) = (&jobs[index], rows.first())
-                {
-                    let (outcome, stored) = changed(*room, *seq, user, change, answer, row, ts)?;
-                    changes.extend(stored);
-                    rare[index] = Some(outcome);
                 }
             }
             (Step::RoomHead(index), Reply::Rows(rows)) => {
@@ -1703,6 +1895,101 @@ fn read_replies(
         outcomes.push(outcome);
     }
     Ok(Committed { outcomes, commits })
+}
+
+/// What is left to do about the writer's connection after a failed
+/// transaction.
+enum Cleanup {
+    /// The transaction is over (its `COMMIT` rolled it back).
+    Ended,
+    /// The transaction is still open: roll it back.
+    RollBack,
+    /// The connection's state is unknown: drop it.
+    Discard,
+}
+
+/// Sends a pipeline and waits for all its answers. The first error is the
+/// cause; those after it only say the transaction was already aborted.
+async fn send(
+    pipeline: Pipeline<'_>,
+    limit: Duration,
+) -> Result<(Vec<Step>, Vec<Reply>), (Failure, bool)> {
+    let Pipeline { steps, pending } = pipeline;
+    let Ok(answers) = timeout(limit, pipelined(pending)).await else {
+        // Whether it committed is unknown, and so is the connection's
+        // state.
+        let lost = Failure::Lost(format!("no answer within {} s", limit.as_secs()));
+        return Err((lost, true));
+    };
+    let mut replies = Vec::with_capacity(answers.len());
+    for answer in answers {
+        match answer {
+            Ok(reply) => replies.push(reply),
+            Err(err) => {
+                let broken = err.as_db_error().is_none();
+                return Err((Failure::Db(err), broken));
+            }
+        }
+    }
+    Ok((steps, replies))
+}
+
+/// One try at committing `jobs`: one pipeline, or two when there are
+/// changes to work out between them (see [`Pipeline::start`]).
+async fn transaction(
+    writer: &WriterConn,
+    jobs: &[WriteJob],
+    plan: &Plan<'_>,
+    ts: i64,
+    limit: Duration,
+) -> Result<Committed, (Failure, Cleanup)> {
+    let (conn, st) = (&**writer.conn, &writer.statements);
+    let mut first = Pipeline::default();
+    first.start(conn, st, plan, &ts);
+    if plan.changes.is_empty() {
+        first.finish(conn, st, jobs, None, &ts);
+        let (steps, replies) = send(first, limit).await.map_err(|(failure, broken)| {
+            (
+                failure,
+                if broken {
+                    Cleanup::Discard
+                } else {
+                    Cleanup::Ended
+                },
+            )
+        })?;
+        return read_replies(jobs, plan, &steps, replies, &[], ts)
+            .map_err(|err| (Failure::Db(err), Cleanup::Ended));
+    }
+    let (mut steps, mut replies) = send(first, limit).await.map_err(|(failure, broken)| {
+        (
+            failure,
+            if broken {
+                Cleanup::Discard
+            } else {
+                Cleanup::RollBack
+            },
+        )
+    })?;
+    let (targets, heads) =
+        read_state(&steps, &replies).map_err(|err| (Failure::Db(err), Cleanup::RollBack))?;
+    let (verdicts, writes) = changes::apply(&plan.requests(jobs), &targets, &heads, ts);
+    let mut second = Pipeline::default();
+    second.finish(conn, st, jobs, Some(&writes), &ts);
+    let (more_steps, more_replies) = send(second, limit).await.map_err(|(failure, broken)| {
+        (
+            failure,
+            if broken {
+                Cleanup::Discard
+            } else {
+                Cleanup::Ended
+            },
+        )
+    })?;
+    steps.extend(more_steps);
+    replies.extend(more_replies);
+    read_replies(jobs, plan, &steps, replies, &verdicts, ts)
+        .map_err(|err| (Failure::Db(err), Cleanup::Ended))
 }
 
 /// The writer's connection, kept across batches while it works.
@@ -1842,33 +2129,28 @@ impl Writer {
         } else {
             DELETE_TIMEOUT + ANSWER_TIMEOUT
         };
-        let Pipeline { steps, pending } =
-            Pipeline::build(&writer.conn, &writer.statements, jobs, plan, &ts);
-        let answers = timeout(limit, pipelined(pending)).await;
-        let Ok(answers) = answers else {
-            // Whether it committed is unknown, and so is the connection's
-            // state: drop it.
-            self.discard();
-            return Err(Failure::Lost(format!(
-                "no answer within {} s",
-                limit.as_secs()
-            )));
+        let done = transaction(writer, jobs, plan, ts, limit).await;
+        let (failure, cleanup) = match done {
+            Ok(committed) => return Ok(committed),
+            Err(failed) => failed,
         };
-        let mut replies = Vec::with_capacity(answers.len());
-        for answer in answers {
-            match answer {
-                Ok(reply) => replies.push(reply),
-                // The first error is the cause; those after it only say the
-                // transaction was already aborted.
-                Err(err) => {
-                    if err.as_db_error().is_none() {
-                        self.discard();
+        match cleanup {
+            Cleanup::Ended => {}
+            Cleanup::Discard => self.discard(),
+            Cleanup::RollBack => {
+                let rolled_back = match &self.conn {
+                    Some(writer) => {
+                        let rollback = writer.conn.batch_execute("ROLLBACK");
+                        matches!(timeout(ANSWER_TIMEOUT, rollback).await, Ok(Ok(())))
                     }
-                    return Err(Failure::Db(err));
+                    None => false,
+                };
+                if !rolled_back {
+                    self.discard();
                 }
             }
         }
-        Ok(read_replies(jobs, plan, &steps, replies, ts)?)
+        Err(failure)
     }
 
     /// The writer's connection: the one it had if still open, else a new
@@ -1919,6 +2201,8 @@ pub struct PostgresStore {
     /// sends in flight.
     jobs: Mutex<Option<mpsc::UnboundedSender<WriteJob>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// What searches of several words choose their plan by, once read.
+    word_stats: Mutex<Option<Arc<search::WordStats>>>,
 }
 
 impl PostgresStore {
@@ -1998,7 +2282,51 @@ impl PostgresStore {
             health,
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(writer)),
+            word_stats: Mutex::new(None),
         })
+    }
+
+    /// The statistics searches of several words choose their plan by, read
+    /// again when older than [`search::STATS_TTL`]. `None` when they cannot
+    /// be read: the search goes on with the planner's own plans.
+    async fn word_stats(&self) -> Option<Arc<search::WordStats>> {
+        let kept = self.word_stats.lock().expect("word stats lock").clone();
+        if let Some(stats) = kept.filter(|s| s.read_at.elapsed() < search::STATS_TTL) {
+            return Some(stats);
+        }
+        let read = self
+            .with_conn(ANSWER_TIMEOUT, |conn| {
+                Box::pin(async move {
+                    let statement = conn.prepare_cached(WORD_STATS).await?;
+                    Ok(conn.query_opt(&statement, &[]).await?)
+                })
+            })
+            .await;
+        let row = match read {
+            Ok(row) => row,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the search statistics");
+                return None;
+            }
+        };
+        let (words, shares, messages) = match &row {
+            Some(row) => (
+                row.try_get::<_, Option<Vec<String>>>(0).ok().flatten(),
+                row.try_get::<_, Option<Vec<f32>>>(1).ok().flatten(),
+                row.try_get::<_, f64>(2).unwrap_or(0.0),
+            ),
+            None => (None, None, 0.0),
+        };
+        // The shares array ends with three more: the least and greatest
+        // share, and the share of NULLs; zip stops at the words' end.
+        let common = words
+            .unwrap_or_default()
+            .into_iter()
+            .zip(shares.unwrap_or_default().into_iter().map(f64::from))
+            .collect();
+        let stats = Arc::new(search::WordStats::new(Instant::now(), messages, common));
+        *self.word_stats.lock().expect("word stats lock") = Some(stats.clone());
+        Some(stats)
     }
 
     fn is_closed(&self) -> bool {
@@ -2299,12 +2627,12 @@ impl Store for PostgresStore {
         change: Change,
         answer: Option<Answer>,
     ) -> Result<Changed, StoreError> {
-        let (_, text, emoji) = change_params(&change);
-        if [Some(user), text, emoji]
-            .into_iter()
-            .flatten()
-            .any(|s| s.contains('\0'))
-        {
+        let words = match &change {
+            Change::Edit { text } => text.as_str(),
+            Change::Delete => "",
+            Change::React { emoji } => emoji.as_str(),
+        };
+        if user.contains('\0') || words.contains('\0') {
             return Err(no_nul());
         }
         let user = user.to_owned();
@@ -2389,12 +2717,30 @@ impl Store for PostgresStore {
         let limit = query.limit;
         // One more than the page: whether there is a next one.
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let rarest = match query.words.len() {
+            1 => None,
+            _ => self.word_stats().await.and_then(|stats| {
+                let fetch = usize::try_from(fetch).unwrap_or(usize::MAX);
+                stats
+                    .rarest(&query.words, fetch)
+                    .map(|word| tsquery(&[word.to_owned()]))
+            }),
+        };
         self.with_conn(ANSWER_TIMEOUT, move |conn| {
             Box::pin(async move {
-                let statement = conn.prepare_cached(SEARCH).await?;
-                let rows = conn
-                    .query(&statement, &[&terms, &before, &room, &viewer, &fetch])
-                    .await?;
+                let rows = match &rarest {
+                    None => {
+                        let statement = conn.prepare_cached(SEARCH).await?;
+                        conn.query(&statement, &[&terms, &before, &room, &viewer, &fetch])
+                            .await?
+                    }
+                    Some(rare) => {
+                        let statement = conn.prepare_cached(SEARCH_RARE).await?;
+                        let params: [&(dyn ToSql + Sync); 6] =
+                            [&terms, &before, &room, &viewer, &fetch, rare];
+                        conn.query(&statement, &params).await?
+                    }
+                };
                 let mut page = SearchPage::default();
                 for row in rows.iter().take(limit) {
                     let name: String = row.try_get(1)?;

@@ -316,6 +316,108 @@ async fn concurrent_changes_share_batches_and_number_without_holes() {
 }
 
 #[tokio::test]
+async fn changes_queued_together_apply_in_order_across_rooms() {
+    let (store, mut feed, url) = open_store().await;
+    let a = store.open_room("a").await.unwrap().id;
+    let b = store.open_room("b").await.unwrap().id;
+    store.append(a, "ann", "one", None).await.unwrap();
+    store.append(a, "bob", "two", None).await.unwrap();
+    store.append(b, "ann", "secret", None).await.unwrap();
+    announced(&mut feed);
+    // Queued in this order in one go (each call queues its job when first
+    // polled), so most likely one batch; the outcomes are the same however
+    // the writer cuts them: each change sees the ones before it.
+    let thumbs = || react("👍");
+    let calls = [
+        (a, 1, "ann", false, thumbs()),
+        (a, 1, "bob", false, edit("not mine")),
+        (b, 1, "ann", false, edit("more secret")),
+        (a, 1, "ann", false, thumbs()),
+        (a, 2, "bob", false, Change::Delete),
+        (a, 2, "bob", false, thumbs()),
+        (a, 1, "bob", false, react("🎉")),
+        (b, 1, "cat", true, Change::Delete),
+        (a, 9, "ann", false, thumbs()),
+        (a, 1, "cat", false, thumbs()),
+    ];
+    let results = futures_util::future::join_all(calls.into_iter().map(
+        |(room, seq, user, admin, change)| store.change(room, seq, user, admin, change, None),
+    ))
+    .await;
+    let summary: Vec<Result<(u64, bool), String>> = results
+        .into_iter()
+        .map(|r| r.map(|c| (c.rev, c.on)).map_err(|e| e.to_string()))
+        .collect();
+    let no_message = Err(StoreError::NoSuchMessage.to_string());
+    assert_eq!(
+        summary,
+        [
+            Ok((1, true)),
+            Err(StoreError::NotAuthor.to_string()),
+            Ok((1, false)),
+            Ok((2, false)),
+            Ok((3, false)),
+            no_message.clone(),
+            Ok((4, true)),
+            Ok((2, false)),
+            no_message,
+            Ok((5, true)),
+        ]
+    );
+    let head = |name| {
+        let store = &store;
+        async move {
+            let head = store.room(name).await.unwrap().unwrap();
+            (head.last_seq, head.rev)
+        }
+    };
+    assert_eq!(head("a").await, (2, 5));
+    assert_eq!(head("b").await, (1, 2));
+    let messages = store.range(a, "a", 0, 2, 10).await.unwrap();
+    assert_eq!(
+        reactions(&messages[0]),
+        [("🎉", vec!["bob"]), ("👍", vec!["cat"])]
+    );
+    assert!(messages[1].deleted && messages[1].text.is_empty());
+    let gone = &store.range(b, "b", 0, 1, 10).await.unwrap()[0];
+    assert!(gone.deleted && gone.edited_ts.is_some());
+    assert_eq!(
+        psql(
+            &url,
+            "SELECT string_agg(coalesce(text, '-'), ',' ORDER BY room_id, rev) FROM room_changes"
+        ),
+        "-,-,-,-,-,,-"
+    );
+
+    // Per room, the feed's events in rev order, one index after another, and
+    // a gap fill gives the same positions.
+    let events = announced(&mut feed);
+    for (room, name, count) in [(a, "a", 5), (b, "b", 2)] {
+        let mine: Vec<Position> = events
+            .iter()
+            .filter(|e| e.room_id == room)
+            .map(|e| e.at)
+            .collect();
+        let last_seq = if name == "a" { 2 } else { 1 };
+        let expected: Vec<Position> = (1..=count)
+            .map(|rev| Position { seq: last_seq, rev })
+            .collect();
+        assert_eq!(mine, expected, "{name}");
+        let after = Position {
+            seq: last_seq,
+            rev: 0,
+        };
+        let filled = store
+            .events(room, name, after, last_seq + count, 100)
+            .await
+            .unwrap();
+        let filled: Vec<Position> = filled.iter().map(|e| e.at).collect();
+        assert_eq!(filled, expected, "{name}");
+    }
+    store.close().await;
+}
+
+#[tokio::test]
 async fn search_matches_prefixes_of_every_word_in_readable_rooms() {
     let (store, _feed, _) = open_store().await;
     store.create_user("ann", "h", false).await.unwrap();
@@ -648,5 +750,74 @@ async fn the_upgrade_numbers_and_indexes_existing_messages() {
         ),
     );
     assert!(plan.contains("messages_search"), "{plan}");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_rare_word_plan_finds_what_the_usual_one_does() {
+    let (store, _feed, _) = open_store().await;
+    store.create_user("ann", "h", false).await.unwrap();
+    let public = store.open_room("public").await.unwrap().id;
+    let other = store.open_room("other").await.unwrap().id;
+    let private = store
+        .create_private_room("secret", &["ann"])
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let rooms = [public, other, private];
+    for n in 0..90u64 {
+        let mut text = String::from("the common words");
+        if n % 7 == 0 {
+            text.push_str(" rarely");
+        }
+        if n % 3 == 0 {
+            text.push_str(" thematic");
+        }
+        store
+            .append(rooms[n as usize % 3], "ann", &text, None)
+            .await
+            .unwrap();
+    }
+    // Deleted messages never match, whichever plan.
+    store
+        .change(public, 1, "ann", false, Change::Delete, None)
+        .await
+        .unwrap();
+    let conn = store.pool.get().await.unwrap();
+    let usual = conn.prepare(SEARCH).await.unwrap();
+    let rare = conn.prepare(SEARCH_RARE).await.unwrap();
+    let gids = |rows: Vec<Row>| rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>();
+    for (words, room, viewer, before) in [
+        (&["the", "rar"][..], None, "ann", i64::MAX),
+        (&["th", "rarely"][..], None, "bob", i64::MAX),
+        (
+            &["com", "the", "rarely"][..],
+            Some(public.0),
+            "ann",
+            i64::MAX,
+        ),
+        (&["them", "rarely"][..], None, "ann", 60),
+        (&["words", "nothing"][..], None, "ann", i64::MAX),
+    ] {
+        let words: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+        let terms = tsquery(&words);
+        let limit = 5i64;
+        let expected = gids(
+            conn.query(&usual, &[&terms, &before, &room, &viewer, &limit])
+                .await
+                .unwrap(),
+        );
+        for word in &words {
+            let one = tsquery(std::slice::from_ref(word));
+            let found = gids(
+                conn.query(&rare, &[&terms, &before, &room, &viewer, &limit, &one])
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(found, expected, "{words:?} read by {word}");
+        }
+    }
+    drop(conn);
     store.close().await;
 }
