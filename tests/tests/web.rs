@@ -26,6 +26,17 @@ fn screenshots() -> PathBuf {
     target.join("screenshots")
 }
 
+/// Alice logged in on the page, in #general, and bob in #general over a
+/// plain WebSocket.
+async fn alice_in_the_page_and_bob(server: &TestServer) -> (Browser, Client) {
+    let browser = Browser::start(1000, 700).await;
+    browser.log_in(&page_url(server), "alice", PASSWORD).await;
+    browser.wait_for_text("#room-title", "general").await;
+    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
+    bob.join("general", None).await;
+    (browser, bob)
+}
+
 /// Sends raw HTTP requests on one connection and reads what came back
 /// until the server closes it.
 async fn http_exchange(port: u16, requests: &str) -> String {
@@ -196,11 +207,7 @@ async fn scrolling_up_loads_older_history_in_order() {
 #[tokio::test]
 async fn after_a_server_restart_the_page_shows_what_it_missed_once() {
     let mut server = TestServer::with_users(Backend::Sqlite, Options::unlimited());
-    let browser = Browser::start(1000, 700).await;
-    browser.log_in(&page_url(&server), "alice", PASSWORD).await;
-    browser.wait_for_text("#room-title", "general").await;
-    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
-    bob.join("general", None).await;
+    let (browser, mut bob) = alice_in_the_page_and_bob(&server).await;
     bob.say("general", "before the restart").await;
     browser
         .wait_for_text("#messages", "before the restart")
@@ -335,11 +342,7 @@ async fn a_phone_sized_window_shows_the_room_list_as_a_drawer() {
 #[tokio::test]
 async fn markup_in_a_message_is_shown_as_text_and_never_runs() {
     let server = TestServer::with_users(Backend::Sqlite, Options::default());
-    let browser = Browser::start(1000, 700).await;
-    browser.log_in(&page_url(&server), "alice", PASSWORD).await;
-    browser.wait_for_text("#room-title", "general").await;
-    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
-    bob.join("general", None).await;
+    let (browser, mut bob) = alice_in_the_page_and_bob(&server).await;
     let attack = "<img src=x onerror=alert(1)><script>document.title='pwned'</script>";
     bob.say("general", attack).await;
     bob.say(
@@ -372,11 +375,7 @@ async fn markup_in_a_message_is_shown_as_text_and_never_runs() {
 #[tokio::test]
 async fn edit_react_and_reply_from_the_page_reach_other_clients() {
     let server = TestServer::with_users(Backend::Sqlite, Options::default());
-    let browser = Browser::start(1000, 700).await;
-    browser.log_in(&page_url(&server), "alice", PASSWORD).await;
-    browser.wait_for_text("#room-title", "general").await;
-    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
-    bob.join("general", None).await;
+    let (browser, mut bob) = alice_in_the_page_and_bob(&server).await;
 
     browser.type_into("#input", "teh plan").await;
     browser.type_into("#input", ENTER).await;
@@ -512,11 +511,7 @@ async fn with_tls_the_page_comes_over_https_and_chats_over_wss() {
 #[tokio::test]
 async fn a_dm_from_the_page_with_typing_and_presence() {
     let server = TestServer::with_users(Backend::Sqlite, Options::default());
-    let browser = Browser::start(1000, 700).await;
-    browser.log_in(&page_url(&server), "alice", PASSWORD).await;
-    browser.wait_for_text("#room-title", "general").await;
-    let mut bob = Client::login(&server.url(), "bob", PASSWORD).await;
-    bob.join("general", None).await;
+    let (browser, mut bob) = alice_in_the_page_and_bob(&server).await;
     browser.wait_for_text("#room-members", "2 online").await;
 
     // Typing shows under the timeline, and goes when bob sends.

@@ -1908,6 +1908,12 @@ enum Cleanup {
     Discard,
 }
 
+/// How a failed [`send`] leaves the connection: unknown when the pipeline
+/// broke, else `intact` (what the transaction's state is at that point).
+fn failed(intact: Cleanup) -> impl FnOnce((Failure, bool)) -> (Failure, Cleanup) {
+    move |(failure, broken)| (failure, if broken { Cleanup::Discard } else { intact })
+}
+
 /// Sends a pipeline and waits for all its answers. The first error is the
 /// cause; those after it only say the transaction was already aborted.
 async fn send(
@@ -1948,44 +1954,19 @@ async fn transaction(
     first.start(conn, st, plan, &ts);
     if plan.changes.is_empty() {
         first.finish(conn, st, jobs, None, &ts);
-        let (steps, replies) = send(first, limit).await.map_err(|(failure, broken)| {
-            (
-                failure,
-                if broken {
-                    Cleanup::Discard
-                } else {
-                    Cleanup::Ended
-                },
-            )
-        })?;
+        let (steps, replies) = send(first, limit).await.map_err(failed(Cleanup::Ended))?;
         return read_replies(jobs, plan, &steps, replies, &[], ts)
             .map_err(|err| (Failure::Db(err), Cleanup::Ended));
     }
-    let (mut steps, mut replies) = send(first, limit).await.map_err(|(failure, broken)| {
-        (
-            failure,
-            if broken {
-                Cleanup::Discard
-            } else {
-                Cleanup::RollBack
-            },
-        )
-    })?;
+    let (mut steps, mut replies) = send(first, limit)
+        .await
+        .map_err(failed(Cleanup::RollBack))?;
     let (targets, heads) =
         read_state(&steps, &replies).map_err(|err| (Failure::Db(err), Cleanup::RollBack))?;
     let (verdicts, writes) = changes::apply(&plan.requests(jobs), &targets, &heads, ts);
     let mut second = Pipeline::default();
     second.finish(conn, st, jobs, Some(&writes), &ts);
-    let (more_steps, more_replies) = send(second, limit).await.map_err(|(failure, broken)| {
-        (
-            failure,
-            if broken {
-                Cleanup::Discard
-            } else {
-                Cleanup::Ended
-            },
-        )
-    })?;
+    let (more_steps, more_replies) = send(second, limit).await.map_err(failed(Cleanup::Ended))?;
     steps.extend(more_steps);
     replies.extend(more_replies);
     read_replies(jobs, plan, &steps, replies, &verdicts, ts)
